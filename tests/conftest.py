@@ -1,0 +1,31 @@
+"""Shared fixtures: the anyio backend and one local Ray instance per test session (bound to loopback)."""
+
+from __future__ import annotations
+
+import os
+
+# must be set before Ray is imported anywhere: bind to 127.0.0.1 only, no usage reporting
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole session (ray.init takes ~10 s): start it once, not per test."""
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        started = True
+    yield ray
+    if started:
+        ray.shutdown()
