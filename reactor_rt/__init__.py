@@ -8,9 +8,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from reactor_rt.errors import (
+    BusClosedError,
     CheckpointError,
     ConfigError,
     EventDecodeError,
+    EventEncodeError,
     InvalidIdError,
     QueryTooLongError,
     QueueFullError,
@@ -19,6 +21,7 @@ from reactor_rt.errors import (
     StaleVersionError,
     StoreError,
     StreamClosedError,
+    SubscriberOverflowError,
     TokenizerError,
 )
 
@@ -29,9 +32,11 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "BusClosedError",
     "CheckpointError",
     "ConfigError",
     "EventDecodeError",
+    "EventEncodeError",
     "InvalidIdError",
     "QueryTooLongError",
     "QueueFullError",
@@ -41,6 +46,7 @@ __all__ = [
     "StaleVersionError",
     "StoreError",
     "StreamClosedError",
+    "SubscriberOverflowError",
     "TokenizerError",
     "__version__",
     "load_model",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 __all__ = [
+    "BusClosedError",
     "CheckpointError",
     "ConfigError",
     "EventDecodeError",
+    "EventEncodeError",
     "InvalidIdError",
     "QueryTooLongError",
     "QueueFullError",
@@ -14,6 +16,7 @@ __all__ = [
     "StaleVersionError",
     "StoreError",
     "StreamClosedError",
+    "SubscriberOverflowError",
     "TokenizerError",
 ]
 
@@ -36,6 +39,18 @@ class TokenizerError(ReactorError):
 
 class EventDecodeError(ReactorError):
     """Raised when bytes or JSON cannot be decoded into a valid event (malformed, unknown, oversize)."""
+
+
+class EventEncodeError(ReactorError):
+    """Raised when an event cannot be encoded (a value msgpack cannot hold, or a frame over the size limit)."""
+
+
+class SubscriberOverflowError(ReactorError):
+    """Raised when a subscriber fell behind beyond its bounded buffer and the bus disconnected it."""
+
+
+class BusClosedError(ReactorError):
+    """Raised when publishing to, or subscribing on, an event bus that has been closed."""
 
 
 class InvalidIdError(ReactorError, ValueError):

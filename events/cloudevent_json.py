@@ -1,0 +1,40 @@
+"""CloudEvents 1.0 structured-mode JSON for interop: `seq` and `interaction` travel as extension attributes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from reactor_rt.events.schemas import Event, parse_event
+
+from reactor_rt.errors import EventDecodeError
+
+__all__ = ["CONTENT_TYPE", "from_cloudevent_json", "to_cloudevent_json"]
+
+CONTENT_TYPE = "application/cloudevents+json"
+_DATA_CONTENT_TYPE = "application/json"
+
+
+def to_cloudevent_json(event: Event) -> str:
+    """Write `event` as one CloudEvents 1.0 JSON document (``time`` in RFC 3339, UTC, ``Z``)."""
+    doc: dict[str, Any] = event.model_dump(mode="json")
+    doc["time"] = event.time.isoformat().replace("+00:00", "Z")
+    doc["datacontenttype"] = _DATA_CONTENT_TYPE
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+
+
+def from_cloudevent_json(text: str | bytes) -> Event:
+    """Read a CloudEvents 1.0 JSON document written by `to_cloudevent_json` (or any producer that
+    uses our types and fields). Anything else raises `EventDecodeError`."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, TypeError) as exc:
+        raise EventDecodeError(f"not a JSON document: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise EventDecodeError("a CloudEvents JSON document must be an object")
+    content_type = doc.pop("datacontenttype", _DATA_CONTENT_TYPE)
+    if not isinstance(content_type, str) or "json" not in content_type:
+        raise EventDecodeError(f"unsupported datacontenttype {content_type!r}: events carry JSON data")
+    if "data_base64" in doc:
+        raise EventDecodeError("binary (data_base64) CloudEvents are not reactor-rt events")
+    return parse_event(doc)
