@@ -1,0 +1,51 @@
+"""Train the small BPE tokenizer of the recipes with Hugging Face `tokenizers`.
+
+Metaspace word boundaries (so decoding restores spaces exactly), punctuation split off, digits split
+one by one (numbers are copied digit by digit, whatever their value), and the whole printable ASCII
+alphabet seeded in, so any ASCII text encodes without [UNK]. Other characters map to [UNK].
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+__all__ = ["SPECIAL_TOKENS", "save_tokenizer", "train_bpe_tokenizer"]
+
+# the order fixes their ids: [PAD] = 0, [BOS] = 1, ...; [UNK] last so the six RxT specials come first
+SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[BOS]", "[EOS]", "[Q]", "[A]", "[R]", "[UNK]")
+
+
+def train_bpe_tokenizer(lines: Iterable[str], vocab_size: int = 384) -> Tokenizer:
+    """A BPE tokenizer with the RxT special tokens, trained on ``lines`` (deterministic for the same lines)."""
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
+            pre_tokenizers.Punctuation(behavior="isolated"),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    alphabet = sorted(set(string.printable) - set(string.whitespace) | {"▁"})
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=alphabet,
+        min_frequency=2,
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(lines), trainer=trainer)
+    return tok
+
+
+def save_tokenizer(tok: Tokenizer, directory: str | Path) -> Path:
+    """Write ``tokenizer.json`` into ``directory`` (created if needed) and return its path."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    out = path / "tokenizer.json"
+    tok.save(str(out))
+    return out
