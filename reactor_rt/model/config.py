@@ -1,0 +1,117 @@
+"""RxTConfig: every hyper-parameter of a Reactive Transformer, validated, plus the named presets."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from reactor_rt.errors import ConfigError
+
+__all__ = ["MEMORY_ATTENTION_VARIANTS", "PRESETS", "RESIDUAL_GATES", "RxTConfig"]
+
+MEMORY_ATTENTION_VARIANTS = ("simple", "self", "interlayer", "gated-self-interlayer")
+RESIDUAL_GATES = ("static", "elementwise", "linear")
+
+MemoryAttentionKind = Literal["simple", "self", "interlayer", "gated-self-interlayer"]
+ResidualGateKind = Literal["static", "elementwise", "linear"]
+
+
+class RxTConfig(BaseModel):
+    """Shape and behaviour of one Reactive Transformer (decoder, encoder, memory attention, sampler).
+
+    Attention kind follows from the head counts: ``query_heads < heads`` is Sparse Query Attention
+    (the output projection then takes the reduced width ``query_heads * head_dim``), ``kv_heads <
+    query_heads`` is GQA (MQA at 1). Invalid values raise ``ConfigError`` (a ``ValueError``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    vocab_size: int = Field(512, gt=0)
+    dim: int = Field(128, gt=0)
+    layers: int = Field(4, gt=0)
+    heads: int = Field(8, gt=0)
+    query_heads: int = Field(4, gt=0)
+    kv_heads: int = Field(4, gt=0)
+    ff_dim: int = Field(256, gt=0)
+    moe_experts: int = Field(4, ge=0)  # 0 = dense SwiGLU decoder FFN
+    moe_top_k: int = Field(2, gt=0)
+    moe_shared_expert: bool = False
+    stm_slots: int = Field(64, gt=0)
+    memory_attention: MemoryAttentionKind = "interlayer"
+    residual_gate: ResidualGateKind = "elementwise"
+    gate_per_slot: bool = True
+    # sigmoid(-1) ~ 0.27: a fresh model keeps ~3/4 of the old memory per update (see memory.py)
+    gate_bias_init: float = -1.0
+    # a small learned initial STM lets the first write dominate the normalised slots (TRAINING_NOTES)
+    stm_init_std: float = Field(0.02, gt=0)
+    max_seq_len: int = Field(256, gt=1)
+    max_query_tokens: int = Field(128, gt=0)
+    rope_theta: float = Field(10000.0, gt=0)
+    norm_eps: float = Field(1e-6, gt=0)
+    temperature: float = Field(0.0, ge=0)
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1.0)
+
+    def __init__(self, **data: Any) -> None:
+        # pydantic's ValidationError is already a ValueError; re-raise as our ConfigError so callers can
+        # catch every reactor-rt error by one root, with pydantic's readable message kept.
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid RxTConfig: {exc}") from None
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> RxTConfig:
+        problems = []
+        if self.dim % self.heads:
+            problems.append(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        elif (self.dim // self.heads) % 2:
+            problems.append(f"head_dim (dim/heads = {self.dim // self.heads}) must be even for RoPE")
+        if self.query_heads > self.heads:
+            problems.append(f"query_heads ({self.query_heads}) must be <= heads ({self.heads})")
+        if self.kv_heads > self.query_heads or self.query_heads % self.kv_heads:
+            problems.append(
+                f"kv_heads ({self.kv_heads}) must divide query_heads ({self.query_heads}) "
+                "(GQA/MQA share each key/value head among a whole group of query heads)"
+            )
+        if self.moe_experts and self.moe_top_k > self.moe_experts:
+            problems.append(f"moe_top_k ({self.moe_top_k}) must be <= moe_experts ({self.moe_experts})")
+        if self.max_query_tokens >= self.max_seq_len:
+            problems.append(
+                f"max_query_tokens ({self.max_query_tokens}) must be < max_seq_len ({self.max_seq_len})"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head (dim / heads)."""
+        return self.dim // self.heads
+
+    @property
+    def is_moe(self) -> bool:
+        """True when the decoder FFN is a Mixture-of-Experts."""
+        return self.moe_experts > 0
+
+    @classmethod
+    def preset(cls, name: str, **changes: Any) -> RxTConfig:
+        """A named preset ("tiny" or "micro"), optionally with some fields changed."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **changes})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # ~2.7M parameters. vocab 512 leaves room for the bundled BPE tokenizer (the byte tokenizer needs 264).
+    "tiny": dict(
+        vocab_size=512, dim=128, layers=4, heads=8, query_heads=4, kv_heads=4, ff_dim=256,
+        moe_experts=4, moe_top_k=2, stm_slots=64, max_seq_len=256, max_query_tokens=128,
+    ),
+    # the shape of the published RxT-Alpha Micro: 256-token interactions, 256 STM slots per layer
+    "micro": dict(
+        vocab_size=7500, dim=128, layers=6, heads=8, query_heads=4, kv_heads=4, ff_dim=256,
+        moe_experts=12, moe_top_k=2, stm_slots=256, max_seq_len=256, max_query_tokens=128,
+    ),
+}

@@ -1,0 +1,289 @@
+"""DecodeBatch: continuous batching over a static, preallocated KV cache; `generate` built on it.
+
+Rows join (`add`, which prefills that row alone) and leave (`remove`) between steps; `step` runs one
+batched forward over every running row, each at its own position with its own key mask, memory K/V
+and sampler, so a row's tokens do not depend on its neighbours.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from torch import Tensor
+
+from reactor_rt.model.memory import MemoryKV
+from reactor_rt.model.sampler import Sampler
+
+if TYPE_CHECKING:
+    from reactor_rt.model.rxt import ReactiveTransformer
+
+__all__ = ["DecodeBatch", "StepOutput", "generate"]
+
+
+class StepOutput(NamedTuple):
+    """One row's result of a step: the token it produced and whether the row is now finished."""
+
+    slot: int
+    token: int
+    finished: bool
+
+
+class _Row:
+    __slots__ = ("budget", "emitted", "generator", "pos", "sampler")
+
+    def __init__(self, pos: int, budget: int, sampler: Sampler, generator: torch.Generator | None) -> None:
+        self.pos = pos  # tokens in the cache = position of the next token fed
+        self.budget = budget
+        self.emitted = 0
+        self.sampler = sampler
+        self.generator = generator
+
+
+class _PrefillHook:
+    """Writes a whole prompt into one cache row; attention over the prompt itself is plain causal."""
+
+    def __init__(self, db: DecodeBatch, slot: int) -> None:
+        self.db, self.slot = db, slot
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None, bool]:
+        t = k.shape[2]
+        self.db.k_cache[layer, self.slot, :, :t] = k[0]
+        self.db.v_cache[layer, self.slot, :, :t] = v[0]
+        return k, v, None, True
+
+
+class _StepHook:
+    """Writes one new key/value per row at that row's position, then exposes the rows' cache prefix."""
+
+    def __init__(self, db: DecodeBatch, rows: slice | Tensor, pos: Tensor, length: int, mask: Tensor | None):
+        self.db, self.rows, self.pos, self.length, self.mask = db, rows, pos, length, mask
+        self.n = pos.shape[0]
+        self.arange = torch.arange(self.n)
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None, bool]:
+        kc, vc = self.db.k_cache[layer], self.db.v_cache[layer]  # (C, H, M, hd)
+        if isinstance(self.rows, slice):
+            kc, vc = kc[self.rows], vc[self.rows]  # views: written in place, read without a copy
+            kc[self.arange, :, self.pos] = k[:, :, 0]
+            vc[self.arange, :, self.pos] = v[:, :, 0]
+            keys, values = kc[:, :, : self.length], vc[:, :, : self.length]
+        else:
+            kc[self.rows, :, self.pos] = k[:, :, 0]
+            vc[self.rows, :, self.pos] = v[:, :, 0]
+            keys = kc.index_select(0, self.rows)[:, :, : self.length]
+            values = vc.index_select(0, self.rows)[:, :, : self.length]
+        return keys, values, self.mask, False
+
+
+class DecodeBatch:
+    """Continuous-batching generation engine over a static KV cache of `capacity` rows x `max_len`.
+
+    >>> db = DecodeBatch(model, capacity=16)
+    >>> slot = db.add(prompt_ids, stm=row_stm, sampler=Sampler(), max_new_tokens=64)
+    >>> for out in db.step(): ...          # StepOutput(slot, token, finished), one per running row
+    >>> db.remove(slot)                    # frees the slot (finished rows keep it until removed)
+
+    cache_memory_kv=False recomputes the memory K/V projections from the STM at every step (only to
+    measure what the pre-cache saves; see benchmarks/model_speed.py).
+    """
+
+    def __init__(
+        self,
+        model: ReactiveTransformer,
+        capacity: int = 16,
+        max_len: int | None = None,
+        *,
+        cache_memory_kv: bool = True,
+    ) -> None:
+        c = model.config
+        self.model = model
+        self.capacity = capacity
+        self.max_len = min(max_len or c.max_seq_len, c.max_seq_len)
+        self.cache_memory_kv = cache_memory_kv
+        self.eos_id = model.tokenizer.eos_id
+        p = next(model.parameters())
+        kw = {"dtype": p.dtype, "device": p.device}
+        self.k_cache = torch.zeros(c.layers, capacity, c.kv_heads, self.max_len, c.head_dim, **kw)
+        self.v_cache = torch.zeros_like(self.k_cache)
+        self.mem_k = torch.zeros(c.layers, capacity, c.kv_heads, c.stm_slots, c.head_dim, **kw)
+        self.mem_v = torch.zeros_like(self.mem_k)
+        self.stm = None if cache_memory_kv else torch.zeros(capacity, c.layers, c.stm_slots, c.dim, **kw)
+        self.pending = torch.zeros(capacity, dtype=torch.long, device=p.device)  # next token to emit
+        self._rows: dict[int, _Row] = {}
+        self._finished: set[int] = set()
+
+    # ------------------------------------------------------------ membership
+    @property
+    def active(self) -> list[int]:
+        """Slots of the rows still generating, in slot order."""
+        return sorted(s for s in self._rows if s not in self._finished)
+
+    @property
+    def free_slots(self) -> list[int]:
+        """Slots that `add` may use."""
+        return [s for s in range(self.capacity) if s not in self._rows]
+
+    @property
+    def finished(self) -> list[int]:
+        """Slots whose rows are done but not yet removed."""
+        return sorted(self._finished)
+
+    def position(self, slot: int) -> int:
+        """Number of tokens in the slot's cache (prompt plus tokens fed so far)."""
+        return self._rows[slot].pos
+
+    @torch.no_grad()
+    def add(
+        self,
+        prompt_ids: Tensor,
+        memory_kv: MemoryKV | None = None,
+        stm: Tensor | None = None,
+        sampler: Sampler | None = None,
+        max_new_tokens: int = 64,
+        generator: torch.Generator | None = None,
+    ) -> int:
+        """Prefill one row (prompt (T,) long) into a free slot and return the slot.
+
+        Give exactly one of memory_kv (one row) / stm ((1, L, S, D) or (L, S, D)). The row's budget is
+        cut to what fits in max_len. Its first token is sampled here and returned by the next step().
+        """
+        if not self.free_slots:
+            raise RuntimeError(f"DecodeBatch is full ({self.capacity} rows); remove a row first")
+        prompt = prompt_ids.reshape(-1).to(self.pending.device)
+        t = prompt.shape[0]
+        if t == 0 or t > self.max_len:
+            raise ValueError(f"prompt of {t} tokens must have 1..{self.max_len} tokens")
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        slot = self.free_slots[0]
+        model = self.model
+        if stm is not None and stm.dim() == 3:
+            stm = stm.unsqueeze(0)
+        if (stm is None) == (memory_kv is None):
+            raise ValueError("pass exactly one of memory_kv / stm")
+        if memory_kv is None:
+            memory_kv = model.memory_kv(stm)
+        if memory_kv.batch_size != 1:
+            raise ValueError(f"memory_kv must hold one row, got {memory_kv.batch_size}")
+        self.mem_k[:, slot] = memory_kv.k[:, 0]
+        self.mem_v[:, slot] = memory_kv.v[:, 0]
+        if self.stm is not None:
+            if stm is None:
+                raise ValueError("cache_memory_kv=False needs the row's stm")
+            self.stm[slot] = stm[0]
+        cos, sin = model.rope.tables(t)
+        row_mem = MemoryKV(self.mem_k[:, slot : slot + 1], self.mem_v[:, slot : slot + 1])
+        logits, _ = model.run_decoder(prompt[None], row_mem, cos, sin, _PrefillHook(self, slot), last_only=True)
+        row = _Row(t, min(max_new_tokens, self.max_len - t + 1), sampler or Sampler.from_config(model.config),
+                   generator)
+        self.pending[slot] = row.sampler.sample(logits[:, -1], row.generator)[0]
+        self._rows[slot] = row
+        return slot
+
+    def remove(self, slot: int) -> None:
+        """Free a slot (finished or not); its cache row is simply overwritten by the next add."""
+        if slot not in self._rows:
+            raise KeyError(f"slot {slot} is not in use")
+        del self._rows[slot]
+        self._finished.discard(slot)
+
+    # ------------------------------------------------------------ stepping
+    @torch.no_grad()
+    def step(self) -> list[StepOutput]:
+        """Emit each running row's pending token, then one batched forward to sample the next ones."""
+        slots = self.active
+        if not slots:
+            return []
+        tokens = self.pending[slots].tolist() if len(slots) > 1 else [int(self.pending[slots[0]])]
+        outs, cont = [], []
+        for slot, tok in zip(slots, tokens, strict=True):
+            row = self._rows[slot]
+            row.emitted += 1
+            done = tok == self.eos_id or row.emitted >= row.budget
+            outs.append(StepOutput(slot, tok, done))
+            if done:
+                self._finished.add(slot)
+            else:
+                cont.append(slot)
+        if cont:
+            self._forward(cont)
+        return outs
+
+    def _forward(self, slots: list[int]) -> None:
+        model = self.model
+        n = len(slots)
+        first, last = slots[0], slots[-1]
+        rows: slice | Tensor
+        if last - first + 1 == n:
+            rows = slice(first, last + 1)
+        else:
+            rows = torch.tensor(slots, device=self.pending.device)
+        positions = [self._rows[s].pos for s in slots]
+        pos = torch.tensor(positions, device=self.pending.device)
+        length = max(positions) + 1
+        mask = None
+        if n > 1 and min(positions) != max(positions):
+            mask = (torch.arange(length, device=pos.device)[None] <= pos[:, None])[:, None, None]  # (n,1,1,T)
+        if self.stm is not None:  # benchmark path: project the memory K/V again at every step
+            mem = model.memory_kv(self.stm[rows])
+        elif isinstance(rows, slice):
+            mem = MemoryKV(self.mem_k[:, rows], self.mem_v[:, rows])
+        else:
+            mem = MemoryKV(self.mem_k.index_select(1, rows), self.mem_v.index_select(1, rows))
+        cos, sin = model.rope.at(pos)
+        ids = self.pending[rows][:, None]  # (n, 1)
+        logits, _ = model.run_decoder(ids, mem, cos, sin, _StepHook(self, rows, pos, length, mask))
+        logits = logits[:, -1]  # (n, V)
+        samplers = [self._rows[s].sampler for s in slots]
+        if all(s.greedy for s in samplers):
+            nxt = logits.argmax(dim=-1)
+        else:
+            nxt = torch.stack([
+                smp.sample(logits[i : i + 1], self._rows[s].generator)[0]
+                for i, (s, smp) in enumerate(zip(slots, samplers, strict=True))
+            ])
+        self.pending[rows] = nxt
+        for s in slots:
+            self._rows[s].pos += 1
+
+
+@torch.no_grad()
+def generate(
+    model: ReactiveTransformer,
+    ids: Tensor | list[Tensor],
+    stm: Tensor | None,
+    max_new_tokens: int = 64,
+    sampler: Sampler | None = None,
+    generator: torch.Generator | None = None,
+    *,
+    memory_kv: MemoryKV | None = None,
+) -> Tensor:
+    """Generate for a (ragged) batch on one DecodeBatch -> (B, n) new ids padded with the pad id."""
+    prompts = list(ids) if isinstance(ids, (list, tuple)) else list(ids.unbind(0))
+    b = len(prompts)
+    if (stm is None) == (memory_kv is None):
+        raise ValueError("pass exactly one of stm / memory_kv")
+    mem = memory_kv if memory_kv is not None else model.memory_kv(stm)
+    if mem.batch_size not in (1, b):
+        raise ValueError(f"memory for {mem.batch_size} rows does not match a batch of {b}")
+    pad = model.tokenizer.pad_id
+    if max_new_tokens <= 0 or b == 0:
+        return torch.full((b, 0), pad, dtype=torch.long)
+    longest = max(int(p.numel()) for p in prompts)
+    db = DecodeBatch(model, capacity=b, max_len=longest + max_new_tokens)
+    sampler = sampler or Sampler.from_config(model.config)
+    slots = [
+        db.add(p, memory_kv=mem[i if mem.batch_size > 1 else 0], sampler=sampler,
+               max_new_tokens=max_new_tokens, generator=generator)
+        for i, p in enumerate(prompts)
+    ]
+    produced: dict[int, list[int]] = {s: [] for s in slots}
+    while db.active:
+        for out in db.step():
+            produced[out.slot].append(out.token)
+    n = max(len(v) for v in produced.values())
+    result = torch.full((b, n), pad, dtype=torch.long)
+    for i, s in enumerate(slots):
+        result[i, : len(produced[s])] = torch.tensor(produced[s], dtype=torch.long)
+    return result

@@ -1,0 +1,282 @@
+"""ReactiveTransformer: decoder, encoder and memory-attention network around one shared embedding.
+
+One interaction: the decoder answers the query while reading the STM through memory cross-attention;
+then the encoder encodes query + answer and the memory-attention network writes it into the STM.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from reactor_rt.model.attention import Attention, RotaryEmbedding, apply_rope
+from reactor_rt.model.config import RxTConfig
+from reactor_rt.model.layers import MoE, RMSNorm, SwiGLU
+from reactor_rt.model.memory import MemoryAttention, MemoryKV, MemoryNorm
+from reactor_rt.tokenizer import ByteTokenizer, Tokenizer
+
+if TYPE_CHECKING:
+    from reactor_rt.model.sampler import Sampler
+
+__all__ = ["DecoderLayer", "EncoderLayer", "KVCacheHook", "ReactiveTransformer"]
+
+
+class KVCacheHook(Protocol):
+    """Where a decoder layer's new self-attention keys/values go (the generation cache)."""
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None, bool]:
+        """Store k, v (B, Hkv, T, hd); return (keys, values, mask or None, is_causal) to attend over."""
+        ...
+
+
+class DecoderLayer(nn.Module):
+    """Causal self-attention -> memory cross-attention -> FFN (SwiGLU or MoE), pre-norm residuals."""
+
+    def __init__(self, c: RxTConfig) -> None:
+        super().__init__()
+        self.self_norm = RMSNorm(c.dim, c.norm_eps)
+        self.self_attn = Attention(c.dim, c.heads, c.query_heads, c.kv_heads, fused=True)
+        self.memory_norm = MemoryNorm(c.dim, c.norm_eps)  # on the STM layer, before its K/V projection
+        self.cross_norm = RMSNorm(c.dim, c.norm_eps)
+        self.cross_attn = Attention(c.dim, c.heads, c.query_heads, c.kv_heads, fused=False)
+        self.ffn_norm = RMSNorm(c.dim, c.norm_eps)
+        self.ffn: nn.Module
+        if c.is_moe:
+            self.ffn = MoE(c.dim, c.ff_dim, c.moe_experts, c.moe_top_k, c.moe_shared_expert)
+        else:
+            self.ffn = SwiGLU(c.dim, c.ff_dim)
+        self.is_moe = c.is_moe
+
+    def memory_kv(self, stm_layer: Tensor) -> tuple[Tensor, Tensor]:
+        """Memory cross-attention keys/values of one STM layer (B, S, D) -> (B, Hkv, S, hd) each."""
+        return self.cross_attn.project_kv(self.memory_norm(stm_layer))
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mem_k: Tensor,
+        mem_v: Tensor,
+        cache: KVCacheHook | None = None,
+        index: int = 0,
+        token_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """x (B, T, D) -> (x, MoE balance loss or None). cos/sin broadcastable to (B, H, T, hd)."""
+        q, k, v = self.self_attn.project_qkv(self.self_norm(x))
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is None:
+            x = x + self.self_attn.attend(q, k, v, is_causal=True)
+        else:
+            k, v, mask, causal = cache.update(index, k, v)
+            x = x + self.self_attn.attend(q, k, v, mask, is_causal=causal)
+        # memory cross-attention: RoPE on the queries only, the STM slots have no positions
+        q = apply_rope(self.cross_attn.project_q(self.cross_norm(x)), cos, sin)
+        x = x + self.cross_attn.attend(q, mem_k, mem_v)
+        h = self.ffn_norm(x)
+        if self.is_moe:
+            f, aux = self.ffn(h, token_mask)
+            return x + f, aux
+        return x + self.ffn(h), None
+
+
+class EncoderLayer(nn.Module):
+    """Bidirectional self-attention -> dense SwiGLU FFN (no memory cross-attention)."""
+
+    def __init__(self, c: RxTConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(c.dim, c.norm_eps)
+        self.attn = Attention(c.dim, c.heads, c.query_heads, c.kv_heads, fused=True)
+        self.ffn_norm = RMSNorm(c.dim, c.norm_eps)
+        self.ffn = SwiGLU(c.dim, c.ff_dim)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None) -> Tensor:
+        """x (B, T, D), mask (B, 1, 1, T) bool or None -> (B, T, D)."""
+        q, k, v = self.attn.project_qkv(self.attn_norm(x))
+        x = x + self.attn.attend(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, mask)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class ReactiveTransformer(nn.Module):
+    """A Reactive Transformer (RxT): event-driven, one interaction at a time, with a fixed-size STM."""
+
+    def __init__(self, config: RxTConfig, tokenizer: Tokenizer | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer if tokenizer is not None else ByteTokenizer()
+        if self.tokenizer.vocab_size > config.vocab_size:
+            from reactor_rt.errors import ConfigError
+
+            raise ConfigError(
+                f"tokenizer has {self.tokenizer.vocab_size} ids but config.vocab_size is {config.vocab_size}"
+            )
+        c = config
+        # one embedding for encoder, decoder, the tied output head and the MLM head
+        self.embedding = nn.Embedding(c.vocab_size, c.dim)
+        self.rope = RotaryEmbedding(c.head_dim, c.max_seq_len, c.rope_theta)
+        self.decoder_layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.layers))
+        self.decoder_norm = RMSNorm(c.dim, c.norm_eps)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(c) for _ in range(c.layers))
+        self.mlm_head = nn.Sequential(nn.Linear(c.dim, c.dim), nn.GELU(), RMSNorm(c.dim, c.norm_eps))
+        self.memory_attention = MemoryAttention(c, self.rope)
+        # learned initial STM with a small std: the first write then dominates the normalised slots,
+        # which is what lets the decoder learn to read memory at all (TRAINING_NOTES.md)
+        self.stm_init = nn.Parameter(torch.randn(c.layers, c.stm_slots, c.dim) * c.stm_init_std)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        residual_std = 0.02 / math.sqrt(2 * self.config.layers)  # GPT-2: keep the residual stream's scale
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear) and module.out_features > 1:
+                std = residual_std if name.endswith((".out", ".down")) else 0.02
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        for module in self.modules():
+            if isinstance(module, MoE):
+                nn.init.normal_(module.w_gate_up, std=0.02)
+                nn.init.normal_(module.w_down, std=residual_std)
+
+    # ---------------------------------------------------------------- memory
+    def init_stm(self, batch_size: int = 1) -> Tensor:
+        """The learned initial STM, one copy per row: (B, L, S, D)."""
+        return self.stm_init.unsqueeze(0).expand(batch_size, -1, -1, -1).clone()
+
+    def memory_kv(self, stm: Tensor) -> MemoryKV:
+        """Memory cross-attention keys/values of every decoder layer, from stm (B, L, S, D)."""
+        self._check_stm(stm)
+        ks, vs = zip(*(layer.memory_kv(stm[:, i]) for i, layer in enumerate(self.decoder_layers)), strict=True)
+        return MemoryKV(torch.stack(ks), torch.stack(vs))
+
+    def update_memory(self, stm: Tensor, encoded: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Write an encoded interaction (L, B, T, D) into stm (B, L, S, D); returns a new tensor."""
+        self._check_stm(stm)
+        return self.memory_attention(stm, encoded, attention_mask)
+
+    def _check_stm(self, stm: Tensor) -> None:
+        c = self.config
+        if stm.dim() != 4 or tuple(stm.shape[1:]) != (c.layers, c.stm_slots, c.dim):
+            raise ValueError(f"stm must be (B, {c.layers}, {c.stm_slots}, {c.dim}), got {tuple(stm.shape)}")
+
+    # ---------------------------------------------------------------- encoder
+    def encode(self, ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Bidirectional encoder over ids (B, T) -> every layer's hidden states (L, B, T, D).
+
+        attention_mask (B, T) bool, True = real token (right padding); padded keys are ignored.
+        """
+        cos, sin = self.rope.tables(ids.shape[1])
+        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        x = self.embedding(ids)
+        outs = []
+        for layer in self.encoder_layers:
+            x = layer(x, cos, sin, mask)
+            outs.append(x)
+        return torch.stack(outs)
+
+    def mlm_logits(self, hidden: Tensor) -> Tensor:
+        """MLM head over encoder states (B, T, D) -> (B, T, V), tied to the shared embedding."""
+        return F.linear(self.mlm_head(hidden), self.embedding.weight)
+
+    # ---------------------------------------------------------------- decoder
+    def decode(
+        self,
+        ids: Tensor,
+        stm: Tensor | None = None,
+        *,
+        memory_kv: MemoryKV | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Causal decoder forward without cache: ids (B, T) right-padded -> logits (B, T, V)."""
+        return self.decode_with_aux(ids, stm, memory_kv=memory_kv, attention_mask=attention_mask)[0]
+
+    def decode_with_aux(
+        self,
+        ids: Tensor,
+        stm: Tensor | None = None,
+        *,
+        memory_kv: MemoryKV | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Like `decode`, also returning the mean MoE load-balancing loss (0 for a dense decoder).
+
+        attention_mask (B, T) bool marks real tokens: right padding needs no attention mask (causal
+        attention never lets a real token see the padding after it), it only keeps padding out of the
+        balance loss.
+        """
+        mem = self._memory(stm, memory_kv)
+        cos, sin = self.rope.tables(ids.shape[1])
+        token_mask = None if attention_mask is None else attention_mask.bool()
+        return self.run_decoder(ids, mem, cos, sin, token_mask=token_mask)
+
+    def _memory(self, stm: Tensor | None, memory_kv: MemoryKV | None) -> MemoryKV:
+        if (stm is None) == (memory_kv is None):
+            raise ValueError("pass exactly one of stm / memory_kv")
+        return memory_kv if memory_kv is not None else self.memory_kv(stm)
+
+    def run_decoder(
+        self,
+        ids: Tensor,
+        mem: MemoryKV,
+        cos: Tensor,
+        sin: Tensor,
+        cache: KVCacheHook | None = None,
+        token_mask: Tensor | None = None,
+        last_only: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """The decoder stack on ids (B, T) -> (logits (B, T or 1, V), balance loss). Used by generation."""
+        x = self.embedding(ids)  # (B, T, D)
+        aux_sum: Tensor | int = 0
+        for i, layer in enumerate(self.decoder_layers):
+            x, aux = layer(x, cos, sin, mem.k[i], mem.v[i], cache, i, token_mask)
+            if aux is not None:
+                aux_sum = aux_sum + aux
+        if last_only:
+            x = x[:, -1:]
+        logits = F.linear(self.decoder_norm(x), self.embedding.weight)
+        aux_mean = aux_sum / len(self.decoder_layers) if self.config.is_moe else logits.new_zeros(())
+        return logits, aux_mean
+
+    # ---------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(
+        self,
+        ids: Tensor | list[Tensor],
+        stm: Tensor | None = None,
+        max_new_tokens: int = 64,
+        sampler: Sampler | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        memory_kv: MemoryKV | None = None,
+    ) -> Tensor:
+        """Generate up to max_new_tokens per row -> (B, n) new ids, padded with tokenizer.pad_id.
+
+        ids: (B, T) or a list of 1-D tensors (ragged batch). Each row stops at [EOS] (included) or its
+        budget. KV-cached, memory K/V computed once; runs on DecodeBatch.
+        """
+        from reactor_rt.model.generation import generate
+
+        return generate(self, ids, stm, max_new_tokens, sampler, generator, memory_kv=memory_kv)
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write config.json, model.safetensors and the tokenizer files into directory."""
+        from reactor_rt.model.checkpoint import save_checkpoint
+
+        save_checkpoint(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **kwargs: Any) -> ReactiveTransformer:
+        """Load a checkpoint written by save_pretrained; CheckpointError when missing/corrupt/mismatched."""
+        from reactor_rt.model.checkpoint import load_checkpoint
+
+        return load_checkpoint(cls, directory, **kwargs)
+
+    def num_parameters(self) -> int:
+        """Number of parameters (the shared embedding counted once)."""
+        return sum(p.numel() for p in self.parameters())
