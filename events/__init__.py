@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from reactor_rt.events import codec
+from reactor_rt.events.bus import EventBus, InProcessBus, InProcessSubscription, Subscription
 from reactor_rt.events.cloudevent_json import from_cloudevent_json, to_cloudevent_json
 from reactor_rt.events.codec import CodecLimits, decode, encode
+from reactor_rt.events.filters import TypeFilter
+from reactor_rt.events.hub import OVERFLOW_POLICIES, OverflowPolicy
+from reactor_rt.events.log import EventLog
 from reactor_rt.events.schemas import (
     DURABLE_TYPES,
     EVENT_TYPES,
@@ -26,24 +32,37 @@ from reactor_rt.events.schemas import (
     parse_event,
 )
 
+if TYPE_CHECKING:
+    from reactor_rt.events.ray_bus import EventBusActor, RayBus
+
 __all__ = [
     "DURABLE_TYPES",
     "EVENT_TYPES",
+    "OVERFLOW_POLICIES",
     "AnyEvent",
     "CodecLimits",
     "ErrorEvent",
     "Event",
+    "EventBus",
+    "EventBusActor",
+    "EventLog",
+    "InProcessBus",
+    "InProcessSubscription",
     "LearningApplied",
     "LearningFeedback",
     "MemoryUpdated",
     "MemoryUpdating",
+    "OverflowPolicy",
     "Query",
+    "RayBus",
     "ResponseChunk",
     "ResponseDone",
     "StreamClosed",
     "StreamOpened",
+    "Subscription",
     "ThoughtQuery",
     "ThoughtResponse",
+    "TypeFilter",
     "codec",
     "decode",
     "encode",
@@ -52,3 +71,16 @@ __all__ = [
     "parse_event",
     "to_cloudevent_json",
 ]
+
+# Ray is heavy to import: load the Ray bus only when it is asked for
+_LAZY = {"RayBus": "reactor_rt.events.ray_bus", "EventBusActor": "reactor_rt.events.ray_bus"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'reactor_rt.events' has no attribute {name!r}")

@@ -6,8 +6,10 @@ __all__ = [
     "BusClosedError",
     "CheckpointError",
     "ConfigError",
+    "EmptyQueryError",
     "EventDecodeError",
     "EventEncodeError",
+    "EventLogError",
     "InvalidIdError",
     "QueryTooLongError",
     "QueueFullError",
@@ -45,6 +47,10 @@ class EventEncodeError(ReactorError):
     """Raised when an event cannot be encoded (a value msgpack cannot hold, or a frame over the size limit)."""
 
 
+class EventLogError(ReactorError):
+    """Raised when the durable event log cannot be opened, read or written."""
+
+
 class SubscriberOverflowError(ReactorError):
     """Raised when a subscriber fell behind beyond its bounded buffer and the bus disconnected it."""
 
@@ -59,6 +65,10 @@ class InvalidIdError(ReactorError, ValueError):
 
 class QueryTooLongError(ReactorError, ValueError):
     """Raised when a query is empty or exceeds the model's query-token limit (never truncated silently)."""
+
+
+class EmptyQueryError(QueryTooLongError):
+    """Raised when a query has no text (a length error at the other end of the range)."""
 
 
 class QueueFullError(ReactorError):

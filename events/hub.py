@@ -1,0 +1,277 @@
+"""The engine both buses share: per-subject seq counters, log-before-delivery, filtered fan-out into
+bounded anyio memory object streams, and the slow-subscriber policy.
+
+`Hub` is generic over the payload it moves: `InProcessBus` moves `Event` objects, the Ray actor moves
+encoded frames (bytes) so that nothing is decoded inside the actor. Everything a publish does happens
+under one lock, so per-subject order is the order of seq, and a subscription registered while no
+publish is in flight sees every later event exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Literal, TypeVar
+
+import anyio
+import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from reactor_rt.events.filters import TypeFilter
+from reactor_rt.events.log import EventLog, LogRecord
+
+from reactor_rt.errors import BusClosedError
+
+__all__ = ["CHUNK_TYPE", "OVERFLOW_POLICIES", "Hub", "HubSubscriber", "OverflowPolicy"]
+
+log = structlog.get_logger()
+
+P = TypeVar("P")
+
+OverflowPolicy = Literal["disconnect", "drop-chunks"]
+OVERFLOW_POLICIES: tuple[str, ...] = ("disconnect", "drop-chunks")
+CHUNK_TYPE = "rx.response.chunk"
+
+
+@dataclass(eq=False)
+class HubSubscriber(Generic[P]):
+    """One subscriber's side of the hub: its filter, its bounded stream and its delivery state."""
+
+    types: TypeFilter
+    subject: str | None
+    send: MemoryObjectSendStream[P]
+    receive: MemoryObjectReceiveStream[P]
+    overflow: OverflowPolicy
+    chunk_high_water: int  # drop-chunks: chunks are dropped once this many events are buffered
+    remaining: int | None  # events left before `limit` ends the subscription; None = no limit
+    replay: list[P] = field(default_factory=list)  # logged events to deliver before the live ones
+    skip_upto: int = 0  # live events on `subject` with seq <= this were already replayed
+    dropped: int = 0  # chunks dropped by the drop-chunks policy
+    overflowed: bool = False  # disconnected for falling behind
+    ended: bool = False  # no more events will be added (limit reached, overflow, close)
+
+    def wants(self, subject: str, type_: str) -> bool:
+        return (self.subject is None or self.subject == subject) and self.types(type_)
+
+    def end(self) -> None:
+        self.ended = True
+        self.send.close()  # the receiver drains what is buffered, then sees the end of the stream
+
+
+class Hub(Generic[P]):
+    """Seq counters + durable log + fan-out. Not thread-safe: use it from one event loop.
+
+    Args:
+        log: the durable log, or None for none (seq then restarts at 1 with every new hub).
+        stamp: returns a payload with its seq set.
+        to_frame: encodes a stamped payload for the log (called for durable types only).
+        from_frames: turns logged frames back into payloads (for replay).
+        buffer: default bound on each subscriber's buffered events.
+        overflow: default slow-subscriber policy.
+        overflow_wait: how long a publish may wait for a full subscriber before the policy applies
+            (seconds); bounds how long a slow subscriber can hold publishers up.
+    """
+
+    def __init__(
+        self,
+        *,
+        log: EventLog | None,
+        stamp: Callable[[P, int], P],
+        to_frame: Callable[[P], bytes],
+        from_frames: Callable[[list[bytes]], list[P]],
+        buffer: int = 1024,
+        overflow: OverflowPolicy = "disconnect",
+        overflow_wait: float = 0.1,
+    ) -> None:
+        _check_policy(overflow)
+        if buffer < 1:
+            raise ValueError(f"buffer must be >= 1, got {buffer}")
+        self.log = log
+        self._stamp = stamp
+        self._to_frame = to_frame
+        self._from_frames = from_frames
+        self.buffer = buffer
+        self.overflow: OverflowPolicy = overflow
+        self.overflow_wait = overflow_wait
+        self._durable = log.durable_types if log is not None else frozenset()
+        self._counters: dict[str, int] = {}
+        self._subs: list[HubSubscriber[P]] = []
+        self._lock = anyio.Lock(fast_acquire=True)  # no checkpoint when uncontended: publish stays cheap
+        self.closed = False
+
+    # ------------------------------------------------------------------ seq
+
+    def last_seq(self, subject: str) -> int:
+        """The last seq assigned on `subject` (0 if none)."""
+        n = self._counters.get(subject)
+        if n is None:
+            n = self.log.last_seq(subject) if self.log is not None else 0
+            self._counters[subject] = n
+        return n
+
+    # ------------------------------------------------------------------ publish
+
+    async def publish(self, items: Sequence[tuple[str, str, P]]) -> list[P]:
+        """Stamp, log (durable types, one transaction) and deliver `(subject, type, payload)` items.
+
+        Returns the stamped payloads, in order.
+        """
+        async with self._lock:
+            if self.closed:
+                raise BusClosedError("the event bus is closed")
+            stamped: list[P] = []
+            seqs: list[int] = []
+            counters = self._counters
+            for subject, _type, payload in items:
+                seq = (counters[subject] if subject in counters else self.last_seq(subject)) + 1
+                counters[subject] = seq
+                seqs.append(seq)
+                stamped.append(self._stamp(payload, seq))
+            if self.log is not None:
+                # log before delivery: a subscriber never sees a durable event that a replay could miss
+                durable = self._durable
+                self.log.append_records(
+                    [
+                        LogRecord(subject, seq, type_, self._to_frame(p) if type_ in durable else None)
+                        for (subject, type_, _), seq, p in zip(items, seqs, stamped, strict=True)
+                    ]
+                )
+            if self._subs:
+                for (subject, type_, _), seq, p in zip(items, seqs, stamped, strict=True):
+                    for sub in tuple(self._subs):
+                        if seq > sub.skip_upto and sub.wants(subject, type_):
+                            await self._offer(sub, p, type_)
+            return stamped
+
+    async def _offer(self, sub: HubSubscriber[P], payload: P, type_: str) -> None:
+        if sub.ended:
+            return
+        if (
+            type_ == CHUNK_TYPE
+            and sub.overflow == "drop-chunks"
+            and sub.send.statistics().current_buffer_used >= sub.chunk_high_water
+        ):
+            sub.dropped += 1
+            return
+        try:
+            sub.send.send_nowait(payload)
+        except anyio.WouldBlock:
+            if not await self._wait_for_room(sub, payload):
+                self._disconnect_slow(sub)
+                return
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._remove(sub)  # the subscriber closed its end
+            return
+        if sub.remaining is not None:
+            sub.remaining -= 1
+            if sub.remaining <= 0:
+                self._remove(sub)
+                sub.end()
+
+    async def _wait_for_room(self, sub: HubSubscriber[P], payload: P) -> bool:
+        with anyio.move_on_after(self.overflow_wait):
+            try:
+                await sub.send.send(payload)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._remove(sub)
+            return True
+        return False
+
+    def _disconnect_slow(self, sub: HubSubscriber[P]) -> None:
+        log.warning(
+            "event_bus.subscriber_disconnected",
+            reason="overflow",
+            buffer=sub.send.statistics().max_buffer_size,
+            subject=sub.subject,
+            policy=sub.overflow,
+        )
+        sub.overflowed = True
+        self._remove(sub)
+        sub.end()
+
+    # ------------------------------------------------------------------ subscribe
+
+    async def subscribe(
+        self,
+        types: Iterable[str] | str | None = None,
+        subject: str | None = None,
+        after: int | None = None,
+        limit: int | None = None,
+        *,
+        buffer: int | None = None,
+        overflow: OverflowPolicy | None = None,
+    ) -> HubSubscriber[P]:
+        """Register a subscriber; with `after`, its replay holds the logged events past that seq."""
+        if after is not None and subject is None:
+            raise ValueError("after= resumes one subject's sequence: give subject= too")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        if after is not None and after < 0:
+            raise ValueError(f"after must be >= 0, got {after}")
+        policy = overflow or self.overflow
+        _check_policy(policy)
+        size = buffer or self.buffer
+        if size < 1:
+            raise ValueError(f"buffer must be >= 1, got {size}")
+        type_filter = TypeFilter(types)
+        async with self._lock:  # never between a publish's log append and its delivery
+            if self.closed:
+                raise BusClosedError("the event bus is closed")
+            send, receive = anyio.create_memory_object_stream[P](size)
+            sub = HubSubscriber(
+                types=type_filter,
+                subject=subject,
+                send=send,
+                receive=receive,
+                overflow=policy,
+                chunk_high_water=max(1, math.ceil(size * 3 / 4)),  # room kept for non-chunk events
+                remaining=limit,
+            )
+            if after is not None and subject is not None:
+                upto = self.last_seq(subject)
+                if self.log is not None and upto > after:
+                    frames = self.log.read_frames(subject, after, types=types, limit=limit)
+                    sub.replay = self._from_frames(frames)
+                # live events from here on; the client already holds everything up to `after`
+                sub.skip_upto = max(upto, after)
+                if sub.remaining is not None:
+                    sub.remaining -= len(sub.replay)
+                    if sub.remaining <= 0:
+                        sub.end()
+                        return sub
+            self._subs.append(sub)
+            return sub
+
+    def unsubscribe(self, sub: HubSubscriber[P]) -> None:
+        """Stop delivering to `sub` (idempotent)."""
+        self._remove(sub)
+        if not sub.ended:
+            sub.end()
+
+    def _remove(self, sub: HubSubscriber[P]) -> None:
+        if sub in self._subs:
+            self._subs.remove(sub)
+
+    @property
+    def subscriber_count(self) -> int:
+        """Live subscribers."""
+        return len(self._subs)
+
+    # ------------------------------------------------------------------ close
+
+    async def close(self) -> None:
+        """End every subscription (they finish after draining) and close the log; idempotent."""
+        async with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            for sub in self._subs:
+                sub.end()
+            self._subs.clear()
+            if self.log is not None:
+                self.log.close()
+
+
+def _check_policy(policy: str) -> None:
+    if policy not in OVERFLOW_POLICIES:
+        raise ValueError(f"overflow policy must be one of {OVERFLOW_POLICIES}, got {policy!r}")

@@ -1,0 +1,396 @@
+"""The Ray-backed bus: `EventBusActor` (an async actor holding the seq counters, the log and the
+subscriber buffers) and `RayBus`, the `EventBus` client usable from the driver or from other actors.
+
+Events cross process boundaries as encoded frames: the client encodes once, the actor stamps the seq
+into the frame in place (`codec.stamp_seq`), logs and fans out the bytes without decoding them, and
+each subscriber receives them in batches through an async streaming generator with bounded
+backpressure, then decodes on its own side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+import anyio
+import ray
+import structlog
+from ray.exceptions import RayActorError, RayError, RayTaskError
+from reactor_rt.events.bus import Subscription
+from reactor_rt.events.codec import decode, decode_batch, encode, frame_seq, stamp_seq
+from reactor_rt.events.handlers import HandlerRegistry
+from reactor_rt.events.hub import Hub, HubSubscriber, OverflowPolicy
+from reactor_rt.events.log import EventLog
+from reactor_rt.events.schemas import DURABLE_TYPES, Event
+
+from reactor_rt.errors import ReactorError, RuntimeUnavailableError, SubscriberOverflowError
+
+__all__ = ["EventBusActor", "EventBusCore", "RayBus", "RaySubscription"]
+
+log = structlog.get_logger()
+
+_END_OVERFLOW = "overflow"
+
+
+def _same(frames: list[bytes]) -> list[bytes]:
+    return frames
+
+
+def _identity(frame: bytes) -> bytes:
+    return frame
+
+
+class EventBusCore:
+    """Everything `EventBusActor` does, as a plain class (unit-testable without Ray).
+
+    Args:
+        log_path: SQLite file for the durable log (":memory:" for a throwaway one); None for no log.
+        durable_types: the types the log keeps.
+        max_age, max_rows: log retention (see `EventLog`).
+        buffer, overflow, overflow_wait: the slow-subscriber policy (see `InProcessBus`).
+    """
+
+    def __init__(
+        self,
+        log_path: str | None = None,
+        *,
+        durable_types: Iterable[str] = DURABLE_TYPES,
+        max_age: float | None = None,
+        max_rows: int | None = None,
+        buffer: int = 1024,
+        overflow: OverflowPolicy = "disconnect",
+        overflow_wait: float = 0.1,
+    ) -> None:
+        event_log = (
+            EventLog(log_path, durable_types=durable_types, max_age=max_age, max_rows=max_rows)
+            if log_path is not None
+            else None
+        )
+        self.hub: Hub[bytes] = Hub(
+            log=event_log,
+            stamp=stamp_seq,
+            to_frame=_identity,
+            from_frames=_same,
+            buffer=buffer,
+            overflow=overflow,
+            overflow_wait=overflow_wait,
+        )
+        self._subs: dict[str, HubSubscriber[bytes]] = {}
+
+    async def publish_many(self, records: Sequence[tuple[str, str, bytes]]) -> list[int]:
+        """Publish `(subject, type, frame)` records; returns the seq assigned to each."""
+        return [frame_seq(f) for f in await self.hub.publish(records)]
+
+    async def subscribe(
+        self,
+        types: Sequence[str] | None = None,
+        subject: str | None = None,
+        after: int | None = None,
+        limit: int | None = None,
+        buffer: int | None = None,
+        overflow: OverflowPolicy | None = None,
+    ) -> str:
+        """Register a subscriber; returns its id for `stream` and `unsubscribe`."""
+        sub = await self.hub.subscribe(types, subject, after, limit, buffer=buffer, overflow=overflow)
+        sid = uuid.uuid4().hex
+        self._subs[sid] = sub
+        return sid
+
+    async def stream(self, sid: str, max_batch: int = 256) -> AsyncIterator[tuple[list[bytes], int, str | None]]:
+        """Yield `(frames, dropped, end)` batches for subscriber `sid`: the replay first, then live events
+        as they come (each batch takes whatever is buffered, up to `max_batch`). `end` is "overflow" on the
+        last batch of a subscriber disconnected for falling behind, else None."""
+        sub = self._subs.get(sid)
+        if sub is None:
+            return
+        try:
+            replay, sub.replay = sub.replay, []
+            for i in range(0, len(replay), max_batch):
+                yield replay[i : i + max_batch], sub.dropped, None
+            receive = sub.receive
+            while True:
+                try:
+                    batch = [await receive.receive()]
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    if sub.overflowed:
+                        yield [], sub.dropped, _END_OVERFLOW
+                    return
+                while len(batch) < max_batch:
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                        break
+                yield batch, sub.dropped, None
+        finally:
+            self.unsubscribe(sid)
+
+    def unsubscribe(self, sid: str) -> None:
+        """Stop delivering to subscriber `sid` (its stream ends after what is buffered)."""
+        sub = self._subs.pop(sid, None)
+        if sub is not None:
+            self.hub.unsubscribe(sub)
+
+    def replay(
+        self, subject: str, after: int = 0, types: Sequence[str] | None = None, limit: int | None = None
+    ) -> list[bytes]:
+        """Logged frames of `subject` past seq `after`."""
+        if self.hub.log is None:
+            return []
+        return self.hub.log.read_frames(subject, after, types, limit)
+
+    def last_seq(self, subject: str) -> int:
+        """The last seq assigned on `subject`."""
+        return self.hub.last_seq(subject)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for operators and tests."""
+        return {"subscribers": self.hub.subscriber_count, "closed": self.hub.closed}
+
+    async def close(self) -> None:
+        """End every subscription and close the log."""
+        await self.hub.close()
+        self._subs.clear()
+
+
+@ray.remote(max_restarts=3, max_concurrency=1000)
+class EventBusActor:
+    """The bus as an async Ray actor (one per runtime, named "bus" by default). Thin: wraps `EventBusCore`."""
+
+    def __init__(self, log_path: str | None = None, **options: Any) -> None:
+        self.core = EventBusCore(log_path, **options)
+
+    async def ping(self) -> bool:
+        return True
+
+    async def publish_many(self, records: list[tuple[str, str, bytes]]) -> list[int]:
+        return await self.core.publish_many(records)
+
+    async def subscribe(
+        self,
+        types: list[str] | None = None,
+        subject: str | None = None,
+        after: int | None = None,
+        limit: int | None = None,
+        buffer: int | None = None,
+        overflow: OverflowPolicy | None = None,
+    ) -> str:
+        return await self.core.subscribe(types, subject, after, limit, buffer, overflow)
+
+    # backpressure: at most 4 unconsumed batches per subscriber; past that the actor-side buffer fills
+    # and the slow-subscriber policy applies instead of objects piling up in the object store
+    @ray.method(num_returns="streaming", _generator_backpressure_num_objects=4)
+    async def stream(self, sid: str, max_batch: int = 256) -> AsyncIterator[tuple[list[bytes], int, str | None]]:
+        async for item in self.core.stream(sid, max_batch):
+            yield item
+
+    async def unsubscribe(self, sid: str) -> None:
+        self.core.unsubscribe(sid)
+
+    async def replay(
+        self, subject: str, after: int = 0, types: list[str] | None = None, limit: int | None = None
+    ) -> list[bytes]:
+        return self.core.replay(subject, after, types, limit)
+
+    async def last_seq(self, subject: str) -> int:
+        return self.core.last_seq(subject)
+
+    async def stats(self) -> dict[str, Any]:
+        return self.core.stats()
+
+    async def close(self) -> None:
+        await self.core.close()
+
+
+async def _call(ref: Any) -> Any:
+    """Await an actor call; Ray's own exceptions become `ReactorError`s."""
+    try:
+        return await ref
+    except RayTaskError as exc:
+        cause = exc.cause
+        if isinstance(cause, ReactorError | ValueError | TypeError):
+            raise cause from None
+        raise RuntimeUnavailableError(f"event bus call failed: {cause!r}") from exc
+    except RayActorError as exc:
+        raise RuntimeUnavailableError(f"the event bus actor is unavailable: {exc}") from exc
+    except RayError as exc:
+        raise RuntimeUnavailableError(f"event bus call failed: {exc}") from exc
+
+
+def _types_arg(types: Iterable[str] | str | None) -> list[str] | None:
+    if types is None:
+        return None
+    return [types] if isinstance(types, str) else list(types)
+
+
+class RaySubscription(Subscription):
+    """A subscription on a `RayBus`: batches of frames from the actor's streaming generator."""
+
+    def __init__(self, bus: RayBus, sid: str, gen: Any) -> None:
+        self._bus = bus
+        self._sid = sid
+        self._gen = gen
+        self._frames: deque[bytes] = deque()
+        self._dropped = 0
+        self._overflowed = False
+        self._done = False
+        self._closed = False
+
+    async def __anext__(self) -> Event:
+        while not self._frames:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._done:
+                if self._overflowed:
+                    raise SubscriberOverflowError(
+                        "subscriber fell behind its buffer in the event bus actor and was disconnected; "
+                        "resubscribe with after=<last seq seen> to resume"
+                    )
+                raise StopAsyncIteration
+            try:
+                ref = await self._gen.__anext__()
+                frames, self._dropped, end = await _call(ref)
+            except StopAsyncIteration:
+                self._done = True
+                continue
+            if end == _END_OVERFLOW:
+                self._overflowed = True
+                self._done = True
+            self._frames.extend(frames)
+        return decode(self._frames.popleft())
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._frames.clear()
+        with contextlib.suppress(RuntimeUnavailableError):  # actor gone: nothing to unsubscribe from
+            await _call(self._bus.actor.unsubscribe.remote(self._sid))
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped
+
+    @property
+    def overflowed(self) -> bool:
+        """True once the bus disconnected this subscriber for falling behind."""
+        return self._overflowed
+
+
+class RayBus(HandlerRegistry):
+    """`EventBus` client of an `EventBusActor`; works from the driver and from inside other actors
+    (pass it to them: it pickles as its actor handle).
+
+    Args:
+        actor: the `EventBusActor` handle.
+        max_batch: most events per delivered batch.
+    """
+
+    def __init__(self, actor: Any, *, max_batch: int = 256) -> None:
+        super().__init__()
+        self.actor = actor
+        self.max_batch = max_batch
+
+    @classmethod
+    def create(
+        cls,
+        name: str | None = "bus",
+        namespace: str | None = None,
+        log_path: str | None = None,
+        *,
+        max_restarts: int = 3,
+        get_if_exists: bool = False,
+        lifetime: str | None = None,
+        max_batch: int = 256,
+        **options: Any,
+    ) -> RayBus:
+        """Start an `EventBusActor` (named `name` in `namespace`; None for an anonymous one) and return a
+        client. `options` go to `EventBusCore`: durable_types, max_age, max_rows, buffer, overflow,
+        overflow_wait. Ray must be initialised."""
+        actor_options: dict[str, Any] = {"max_restarts": max_restarts, "get_if_exists": get_if_exists}
+        if name is not None:
+            actor_options["name"] = name
+        if namespace is not None:
+            actor_options["namespace"] = namespace
+        if lifetime is not None:
+            actor_options["lifetime"] = lifetime
+        actor = EventBusActor.options(**actor_options).remote(log_path, **options)
+        return cls(actor, max_batch=max_batch)
+
+    @classmethod
+    def connect(cls, name: str = "bus", namespace: str | None = None, *, max_batch: int = 256) -> RayBus:
+        """A client of the running `EventBusActor` called `name`; `RuntimeUnavailableError` if none."""
+        try:
+            actor = ray.get_actor(name, namespace=namespace)
+        except ValueError as exc:
+            raise RuntimeUnavailableError(f"no event bus actor named {name!r} in {namespace!r}") from exc
+        return cls(actor, max_batch=max_batch)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self.actor, self.max_batch))
+
+    async def wait_ready(self) -> None:
+        """Wait until the actor answers."""
+        await _call(self.actor.ping.remote())
+
+    async def publish(self, event: Event) -> Event:
+        """Assign the subject's next seq, log durable types, deliver; returns the stamped event."""
+        return (await self.publish_many((event,)))[0]
+
+    async def publish_many(self, events: Sequence[Event]) -> list[Event]:
+        """Publish a batch in one actor call (one log transaction), order kept."""
+        records = []
+        for ev in events:
+            if not isinstance(ev, Event):
+                raise TypeError(f"can only publish events, got {type(ev).__name__}")
+            records.append((ev.subject, ev.type, encode(ev)))
+        seqs = await _call(self.actor.publish_many.remote(records))
+        return [ev.model_copy(update={"seq": seq}) for ev, seq in zip(events, seqs, strict=True)]
+
+    async def subscribe(
+        self,
+        types: Iterable[str] | None = None,
+        subject: str | None = None,
+        after: int | None = None,
+        limit: int | None = None,
+        *,
+        buffer: int | None = None,
+        overflow: OverflowPolicy | None = None,
+    ) -> RaySubscription:
+        """Subscribe; registered in the actor when this returns. See `EventBus.subscribe`."""
+        sid = await _call(
+            self.actor.subscribe.remote(_types_arg(types), subject, after, limit, buffer, overflow)
+        )
+        gen = self.actor.stream.remote(sid, self.max_batch)
+        return RaySubscription(self, sid, gen)
+
+    async def replay(
+        self, subject: str, after: int = 0, types: Iterable[str] | None = None, limit: int | None = None
+    ) -> list[Event]:
+        """The logged events of `subject` past seq `after`."""
+        frames = await _call(self.actor.replay.remote(subject, after, _types_arg(types), limit))
+        return decode_batch(frames)
+
+    async def last_seq(self, subject: str) -> int:
+        """The last seq assigned on `subject` (0 if none)."""
+        return await _call(self.actor.last_seq.remote(subject))
+
+    async def close(self) -> None:
+        """End every subscription and close the actor's log (the actor itself stays up; see `kill`)."""
+        await _call(self.actor.close.remote())
+
+    def kill(self) -> None:
+        """Terminate the actor (no restart)."""
+        ray.kill(self.actor, no_restart=True)
+
+    async def __aenter__(self) -> RayBus:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _rebuild(actor: Any, max_batch: int) -> RayBus:
+    return RayBus(actor, max_batch=max_batch)
