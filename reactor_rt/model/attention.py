@@ -15,38 +15,42 @@ __all__ = ["Attention", "RotaryEmbedding", "apply_rope"]
 
 
 class RotaryEmbedding(nn.Module):
-    """Precomputed RoPE tables: `cos`, `sin` of shape (max_len, head_dim), "rotate half" layout."""
+    """Precomputed RoPE rotations as unit complex numbers `cis` (max_len, head_dim / 2).
+
+    Channel pairs (2i, 2i+1) of a head rotate together: one complex multiply applies RoPE.
+    """
 
     def __init__(self, head_dim: int, max_len: int, theta: float = 10000.0) -> None:
         super().__init__()
         inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
         angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # (T, hd/2)
-        angles = torch.cat([angles, angles], dim=-1)  # (T, hd)
         # not persistent: derived from the config, so checkpoints stay small and exact
-        self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        self.register_buffer("cis", torch.polar(torch.ones_like(angles), angles).to(torch.complex64),
+                             persistent=False)
 
     @property
     def max_len(self) -> int:
-        """Number of positions the tables cover."""
-        return self.cos.shape[0]
+        """Number of positions the table covers."""
+        return self.cis.shape[0]
 
-    def tables(self, length: int, start: int = 0) -> tuple[Tensor, Tensor]:
-        """(cos, sin) of shape (length, head_dim) for positions start .. start+length-1."""
+    def tables(self, length: int, start: int = 0) -> Tensor:
+        """Rotations for positions start .. start+length-1, shaped (T, 1, hd/2) to broadcast over
+        (B, T, H, hd/2)."""
         if start + length > self.max_len:
             raise ValueError(f"sequence of {start + length} positions exceeds max_seq_len {self.max_len}")
-        return self.cos[start : start + length], self.sin[start : start + length]
+        return self.cis[start : start + length, None]
 
-    def at(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """(cos, sin) gathered for per-row positions (B,) -> (B, 1, 1, head_dim), for one-token steps."""
-        return self.cos[positions][:, None, None], self.sin[positions][:, None, None]
+    def at(self, positions: Tensor) -> Tensor:
+        """Rotations for per-row positions (B,) of one-token steps -> (B, 1, 1, hd/2)."""
+        return self.cis[positions][:, None, None]
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate x (B, H, T, hd) by the angles in cos/sin (broadcastable to x)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+def apply_rope(x: Tensor, cis: Tensor) -> Tensor:
+    """Rotate x (B, T, H, hd) by cis (broadcastable to (B, T, H, hd/2)); returns a new tensor."""
+    if x.dtype != torch.float32:  # complex32 is poorly supported: rotate in float32
+        return apply_rope(x.float(), cis).to(x.dtype)
+    pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # (B, T, H, hd/2)
+    return torch.view_as_real(pairs * cis).flatten(-2)
 
 
 class Attention(nn.Module):
@@ -71,23 +75,32 @@ class Attention(nn.Module):
             self.kv = nn.Linear(dim, 2 * kv_width, bias=False)
         self.out = nn.Linear(q_width, dim, bias=False)  # SQA: from the reduced width
 
-    def _heads(self, x: Tensor, n: int) -> Tensor:
+    def project_qkv(self, x: Tensor, cis: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Self-attention projections of x (B, T, D) -> q (B, Hq, T, hd), k, v (B, Hkv, T, hd).
+
+        cis (from RotaryEmbedding) rotates queries and keys in one go; None = no positions.
+        """
         b, t, _ = x.shape
-        return x.view(b, t, n, self.head_dim).transpose(1, 2)  # (B, n, T, hd)
+        qkv = self.qkv(x).view(b, t, self.query_heads + 2 * self.kv_heads, self.head_dim)
+        hq, hk = self.query_heads, self.query_heads + self.kv_heads
+        qk = qkv[:, :, :hk] if cis is None else apply_rope(qkv[:, :, :hk], cis)
+        return qk[:, :, :hq].transpose(1, 2), qk[:, :, hq:].transpose(1, 2), qkv[:, :, hk:].transpose(1, 2)
 
-    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Self-attention projections of x (B, T, D) -> q (B, Hq, T, hd), k, v (B, Hkv, T, hd)."""
-        q, k, v = self.qkv(x).split([self.q_width, self.kv_width, self.kv_width], dim=-1)
-        return self._heads(q, self.query_heads), self._heads(k, self.kv_heads), self._heads(v, self.kv_heads)
+    def project_q(self, x: Tensor, cis: Tensor | None = None) -> Tensor:
+        """Cross-attention queries of x (B, T, D) -> (B, Hq, T, hd), rotated when cis is given."""
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.query_heads, self.head_dim)
+        return (q if cis is None else apply_rope(q, cis)).transpose(1, 2)
 
-    def project_q(self, x: Tensor) -> Tensor:
-        """Cross-attention queries of x (B, T, D) -> (B, Hq, T, hd)."""
-        return self._heads(self.q(x), self.query_heads)
-
-    def project_kv(self, ctx: Tensor) -> tuple[Tensor, Tensor]:
-        """Cross-attention keys/values of ctx (B, S, D) -> k, v (B, Hkv, S, hd)."""
-        k, v = self.kv(ctx).split(self.kv_width, dim=-1)
-        return self._heads(k, self.kv_heads), self._heads(v, self.kv_heads)
+    def project_kv(self, ctx: Tensor, cis: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys/values of ctx (B, S, D) -> k, v (B, Hkv, S, hd); keys rotated when cis
+        is given."""
+        b, s, _ = ctx.shape
+        kv = self.kv(ctx).view(b, s, 2 * self.kv_heads, self.head_dim)
+        k, v = kv[:, :, : self.kv_heads], kv[:, :, self.kv_heads :]
+        if cis is not None:
+            k = apply_rope(k, cis)
+        return k.transpose(1, 2), v.transpose(1, 2)
 
     def attend(
         self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal: bool = False

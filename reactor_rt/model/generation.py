@@ -56,23 +56,30 @@ class _PrefillHook:
 class _StepHook:
     """Writes one new key/value per row at that row's position, then exposes the rows' cache prefix."""
 
-    def __init__(self, db: DecodeBatch, rows: slice | Tensor, pos: Tensor, length: int, mask: Tensor | None):
-        self.db, self.rows, self.pos, self.length, self.mask = db, rows, pos, length, mask
-        self.n = pos.shape[0]
-        self.arange = torch.arange(self.n)
+    def __init__(
+        self, db: DecodeBatch, rows: slice | Tensor, pos: Tensor, single: int | None, length: int,
+        mask: Tensor | None,
+    ) -> None:
+        self.db, self.rows, self.pos, self.single = db, rows, pos, single
+        self.length, self.mask = length, mask
+        self.arange = torch.arange(pos.shape[0], device=pos.device)
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None, bool]:
         kc, vc = self.db.k_cache[layer], self.db.v_cache[layer]  # (C, H, M, hd)
-        if isinstance(self.rows, slice):
-            kc, vc = kc[self.rows], vc[self.rows]  # views: written in place, read without a copy
-            kc[self.arange, :, self.pos] = k[:, :, 0]
-            vc[self.arange, :, self.pos] = v[:, :, 0]
-            keys, values = kc[:, :, : self.length], vc[:, :, : self.length]
-        else:
-            kc[self.rows, :, self.pos] = k[:, :, 0]
-            vc[self.rows, :, self.pos] = v[:, :, 0]
-            keys = kc.index_select(0, self.rows)[:, :, : self.length]
-            values = vc.index_select(0, self.rows)[:, :, : self.length]
+        rows = self.rows
+        if isinstance(rows, slice):
+            kc, vc = kc[rows], vc[rows]  # views: written in place, read without a copy
+            if self.single is not None:  # one row: plain indexing, no index tensors
+                kc[0, :, self.single] = k[0, :, 0]
+                vc[0, :, self.single] = v[0, :, 0]
+            else:
+                kc[self.arange, :, self.pos] = k[:, :, 0]
+                vc[self.arange, :, self.pos] = v[:, :, 0]
+            return kc[:, :, : self.length], vc[:, :, : self.length], self.mask, False
+        kc[rows, :, self.pos] = k[:, :, 0]
+        vc[rows, :, self.pos] = v[:, :, 0]
+        keys = kc.index_select(0, rows)[:, :, : self.length]
+        values = vc.index_select(0, rows)[:, :, : self.length]
         return keys, values, self.mask, False
 
 
@@ -172,9 +179,9 @@ class DecodeBatch:
             if stm is None:
                 raise ValueError("cache_memory_kv=False needs the row's stm")
             self.stm[slot] = stm[0]
-        cos, sin = model.rope.tables(t)
         row_mem = MemoryKV(self.mem_k[:, slot : slot + 1], self.mem_v[:, slot : slot + 1])
-        logits, _ = model.run_decoder(prompt[None], row_mem, cos, sin, _PrefillHook(self, slot), last_only=True)
+        logits, _ = model.run_decoder(prompt[None], row_mem, model.rope.tables(t), _PrefillHook(self, slot),
+                                      last_only=True, need_aux=False)
         row = _Row(t, min(max_new_tokens, self.max_len - t + 1), sampler or Sampler.from_config(model.config),
                    generator)
         self.pending[slot] = row.sampler.sample(logits[:, -1], row.generator)[0]
@@ -231,9 +238,9 @@ class DecodeBatch:
             mem = MemoryKV(self.mem_k[:, rows], self.mem_v[:, rows])
         else:
             mem = MemoryKV(self.mem_k.index_select(1, rows), self.mem_v.index_select(1, rows))
-        cos, sin = model.rope.at(pos)
+        hook = _StepHook(self, rows, pos, positions[0] if n == 1 else None, length, mask)
         ids = self.pending[rows][:, None]  # (n, 1)
-        logits, _ = model.run_decoder(ids, mem, cos, sin, _StepHook(self, rows, pos, length, mask))
+        logits, _ = model.run_decoder(ids, mem, model.rope.at(pos), hook, need_aux=False)
         logits = logits[:, -1]  # (n, V)
         samplers = [self._rows[s].sampler for s in slots]
         if all(s.greedy for s in samplers):

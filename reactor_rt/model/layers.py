@@ -58,51 +58,69 @@ def load_balancing_loss(probs: Tensor, top_idx: Tensor, experts: int, mask: Tens
 class MoE(nn.Module):
     """Mixture of SwiGLU experts: a linear router, top-k with renormalised weights, optional shared expert.
 
-    Small token counts (decode steps) run every expert densely and weight them by the sparse top-k
-    weights: a few large batched matmuls beat gathering tokens per expert when tokens are few.
+    Small token counts (decode steps) run every expert densely, as two plain matmuls over all experts'
+    weights, and weight the outputs by the sparse top-k weights (zero for experts not chosen): at a few
+    tokens this beats gathering tokens per expert. Large token counts go the sparse way.
     """
 
-    # at most this many tokens x experts go the dense way (measured: benchmarks/model_speed.py)
-    dense_limit = 256
+    # at most this many tokens go the dense way (benchmarks/model_speed.py measures the cross-over)
+    dense_limit = 8
 
     def __init__(self, dim: int, ff_dim: int, experts: int, top_k: int, shared_expert: bool = False) -> None:
         super().__init__()
         self.experts, self.top_k, self.ff_dim = experts, top_k, ff_dim
         self.router = nn.Linear(dim, experts, bias=False)
-        self.w_gate_up = nn.Parameter(torch.randn(experts, dim, 2 * ff_dim) / math.sqrt(dim))
+        # (D, E, 2F) and (E, F, D): both views the dense path needs, (D, E*2F) and (E*F, D), are free
+        self.w_gate_up = nn.Parameter(torch.randn(dim, experts, 2 * ff_dim) / math.sqrt(dim))
         self.w_down = nn.Parameter(torch.randn(experts, ff_dim, dim) / math.sqrt(ff_dim))
         self.shared = SwiGLU(dim, ff_dim) if shared_expert else None
 
     def route(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Router for x (N, D) -> probs (N, E), top-k weights (N, k) summing to 1, top-k indices (N, k)."""
-        probs = self.router(x).float().softmax(dim=-1)
-        weights, idx = probs.topk(self.top_k, dim=-1)
-        weights = weights / weights.sum(dim=-1, keepdim=True)
-        return probs, weights.to(x.dtype), idx
+        """Router for x (N, D) -> logits (N, E), top-k weights (N, k) summing to 1, top-k indices (N, k).
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """x (..., D), mask (...) bool True = real token -> (y like x, load-balancing loss scalar)."""
+        softmax over the top-k logits equals the full softmax renormalised over the chosen experts.
+        """
+        logits = self.router(x)
+        top, idx = logits.topk(self.top_k, dim=-1)
+        return logits, top.softmax(dim=-1), idx
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, need_aux: bool = True) -> tuple[Tensor, Tensor | None]:
+        """x (..., D), mask (...) bool True = real token -> (y like x, load-balancing loss or None)."""
         shape = x.shape
         flat = x.reshape(-1, shape[-1])  # (N, D)
-        probs, weights, idx = self.route(flat)
-        if flat.shape[0] * self.experts <= self.dense_limit:
+        logits, weights, idx = self.route(flat)
+        if flat.shape[0] == 1:
+            y = self._single(flat, weights, idx)
+        elif flat.shape[0] <= self.dense_limit:
             y = self._dense(flat, weights, idx)
         else:
             y = self._sparse(flat, weights, idx)
         if self.shared is not None:
             y = y + self.shared(flat)
-        aux = load_balancing_loss(probs, idx, self.experts, None if mask is None else mask.reshape(-1))
+        aux = None
+        if need_aux:
+            probs = logits.float().softmax(dim=-1)
+            aux = load_balancing_loss(probs, idx, self.experts, None if mask is None else mask.reshape(-1))
         return y.view(shape), aux
 
-    def _expert(self, x: Tensor, w_gate_up: Tensor, w_down: Tensor) -> Tensor:
-        g, u = (x @ w_gate_up).split(self.ff_dim, dim=-1)
-        return (F.silu(g) * u) @ w_down
+    def _single(self, x: Tensor, weights: Tensor, idx: Tensor) -> Tensor:
+        # one token (batch-1 decode): run just its k experts; reading k of E experts' weights is the cost
+        y = None
+        for j, e in enumerate(idx[0].tolist()):
+            g, u = (x @ self.w_gate_up[:, e]).split(self.ff_dim, dim=-1)
+            out = ((F.silu(g) * u) @ self.w_down[e]) * weights[:, j : j + 1]
+            y = out if y is None else y + out
+        assert y is not None
+        return y
 
     def _dense(self, x: Tensor, weights: Tensor, idx: Tensor) -> Tensor:
-        combine = torch.zeros(x.shape[0], self.experts, dtype=x.dtype, device=x.device)
-        combine.scatter_(1, idx, weights)  # (N, E), zero for experts not chosen
-        out = self._expert(x.unsqueeze(0), self.w_gate_up, self.w_down)  # (E, N, D)
-        return torch.einsum("end,ne->nd", out, combine)
+        n, d = x.shape
+        e, f = self.experts, self.ff_dim
+        combine = x.new_zeros(n, e).scatter_(1, idx, weights)  # (N, E), zero for experts not chosen
+        h = (x @ self.w_gate_up.view(d, e * 2 * f)).view(n, e, 2 * f)
+        g, u = h.split(f, dim=-1)
+        act = F.silu(g) * u * combine[:, :, None]  # (N, E, F)
+        return act.view(n, e * f) @ self.w_down.view(e * f, d)
 
     def _sparse(self, x: Tensor, weights: Tensor, idx: Tensor) -> Tensor:
         flat_idx = idx.reshape(-1)  # (N*k,)
@@ -115,7 +133,8 @@ class MoE(nn.Module):
         for e, n in enumerate(counts):
             if n:
                 rows = token[start : start + n]
-                out = self._expert(x[rows], self.w_gate_up[e], self.w_down[e])
+                g, u = (x[rows] @ self.w_gate_up[:, e]).split(self.ff_dim, dim=-1)
+                out = (F.silu(g) * u) @ self.w_down[e]
                 y.index_add_(0, rows, out * w[start : start + n, None])
             start += n
         return y

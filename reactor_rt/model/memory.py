@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reactor_rt.model.attention import Attention, RotaryEmbedding, apply_rope
+from reactor_rt.model.attention import Attention, RotaryEmbedding
 from reactor_rt.model.config import RxTConfig
 from reactor_rt.model.layers import RMSNorm
 
@@ -104,12 +104,11 @@ class MemoryAttentionLayer(nn.Module):
         normed: Tensor,
         interlayer: Tensor,
         encoded: Tensor,
-        cos: Tensor,
-        sin: Tensor,
+        cis: Tensor,
         mask: Tensor | None,
     ) -> Tensor:
         """stm (B, S, D) raw layer, normed = MemoryNorm(stm), interlayer (B, S, D) mean of normed layers,
-        encoded (B, T, D), cos/sin (T, hd), mask (B, T) bool -> new STM layer (B, S, D)."""
+        encoded (B, T, D), cis (T, 1, hd/2), mask (B, T) bool -> new STM layer (B, S, D)."""
         s, consolidated = normed, None
         if self.pre is not None:
             if self.variant == "self":
@@ -123,8 +122,7 @@ class MemoryAttentionLayer(nn.Module):
             consolidated = self.pre.attend(self.pre.project_q(s), k, v)  # what the slots learn from the STM
             s = self.pre_norm(s + consolidated)
         q = self.attn.project_q(s)  # (B, Hq, S, hd), no RoPE: slots have no order
-        k, v = self.attn.project_kv(self.enc_norm(encoded))  # (B, Hkv, T, hd)
-        k = apply_rope(k, cos, sin)
+        k, v = self.attn.project_kv(self.enc_norm(encoded), cis)  # (B, Hkv, T, hd), RoPE on keys only
         b = k.shape[0]
         k = torch.cat([self.null_k.expand(b, -1, -1, -1), k], dim=2)  # (B, Hkv, 1+T, hd)
         v = torch.cat([self.null_v.expand(b, -1, -1, -1), v], dim=2)
@@ -150,11 +148,11 @@ class MemoryAttention(nn.Module):
         """stm (B, L, S, D), encoded (L, B, T, D), mask (B, T) bool True = real token -> new stm."""
         if encoded.shape[0] != stm.shape[1] or encoded.shape[1] != stm.shape[0]:
             raise ValueError(f"encoded {tuple(encoded.shape)} does not match stm {tuple(stm.shape)}")
-        cos, sin = self.rope.tables(encoded.shape[2])
+        cis = self.rope.tables(encoded.shape[2])
         normed = [layer.stm_norm(stm[:, i]) for i, layer in enumerate(self.layers)]
         interlayer = torch.stack(normed, 0).mean(0)  # (B, S, D)
         new = [
-            layer(stm[:, i], normed[i], interlayer, encoded[i], cos, sin, mask)
+            layer(stm[:, i], normed[i], interlayer, encoded[i], cis, mask)
             for i, layer in enumerate(self.layers)
         ]
         return torch.stack(new, dim=1)

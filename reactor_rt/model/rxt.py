@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reactor_rt.model.attention import Attention, RotaryEmbedding, apply_rope
+from reactor_rt.model.attention import Attention, RotaryEmbedding
 from reactor_rt.model.config import RxTConfig
 from reactor_rt.model.layers import MoE, RMSNorm, SwiGLU
 from reactor_rt.model.memory import MemoryAttention, MemoryKV, MemoryNorm
@@ -59,28 +59,27 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: Tensor,
-        cos: Tensor,
-        sin: Tensor,
+        cis: Tensor,
         mem_k: Tensor,
         mem_v: Tensor,
         cache: KVCacheHook | None = None,
         index: int = 0,
         token_mask: Tensor | None = None,
+        need_aux: bool = True,
     ) -> tuple[Tensor, Tensor | None]:
-        """x (B, T, D) -> (x, MoE balance loss or None). cos/sin broadcastable to (B, H, T, hd)."""
-        q, k, v = self.self_attn.project_qkv(self.self_norm(x))
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        """x (B, T, D) -> (x, MoE balance loss or None). cis: RoPE rotations for x's positions."""
+        q, k, v = self.self_attn.project_qkv(self.self_norm(x), cis)
         if cache is None:
             x = x + self.self_attn.attend(q, k, v, is_causal=True)
         else:
             k, v, mask, causal = cache.update(index, k, v)
             x = x + self.self_attn.attend(q, k, v, mask, is_causal=causal)
         # memory cross-attention: RoPE on the queries only, the STM slots have no positions
-        q = apply_rope(self.cross_attn.project_q(self.cross_norm(x)), cos, sin)
+        q = self.cross_attn.project_q(self.cross_norm(x), cis)
         x = x + self.cross_attn.attend(q, mem_k, mem_v)
         h = self.ffn_norm(x)
         if self.is_moe:
-            f, aux = self.ffn(h, token_mask)
+            f, aux = self.ffn(h, token_mask, need_aux)
             return x + f, aux
         return x + self.ffn(h), None
 
@@ -95,10 +94,10 @@ class EncoderLayer(nn.Module):
         self.ffn_norm = RMSNorm(c.dim, c.norm_eps)
         self.ffn = SwiGLU(c.dim, c.ff_dim)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, cis: Tensor, mask: Tensor | None) -> Tensor:
         """x (B, T, D), mask (B, 1, 1, T) bool or None -> (B, T, D)."""
-        q, k, v = self.attn.project_qkv(self.attn_norm(x))
-        x = x + self.attn.attend(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, mask)
+        q, k, v = self.attn.project_qkv(self.attn_norm(x), cis)
+        x = x + self.attn.attend(q, k, v, mask)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -170,12 +169,12 @@ class ReactiveTransformer(nn.Module):
 
         attention_mask (B, T) bool, True = real token (right padding); padded keys are ignored.
         """
-        cos, sin = self.rope.tables(ids.shape[1])
+        cis = self.rope.tables(ids.shape[1])
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         x = self.embedding(ids)
         outs = []
         for layer in self.encoder_layers:
-            x = layer(x, cos, sin, mask)
+            x = layer(x, cis, mask)
             outs.append(x)
         return torch.stack(outs)
 
@@ -210,9 +209,8 @@ class ReactiveTransformer(nn.Module):
         balance loss.
         """
         mem = self._memory(stm, memory_kv)
-        cos, sin = self.rope.tables(ids.shape[1])
         token_mask = None if attention_mask is None else attention_mask.bool()
-        return self.run_decoder(ids, mem, cos, sin, token_mask=token_mask)
+        return self.run_decoder(ids, mem, self.rope.tables(ids.shape[1]), token_mask=token_mask)
 
     def _memory(self, stm: Tensor | None, memory_kv: MemoryKV | None) -> MemoryKV:
         if (stm is None) == (memory_kv is None):
@@ -223,23 +221,26 @@ class ReactiveTransformer(nn.Module):
         self,
         ids: Tensor,
         mem: MemoryKV,
-        cos: Tensor,
-        sin: Tensor,
+        cis: Tensor,
         cache: KVCacheHook | None = None,
         token_mask: Tensor | None = None,
         last_only: bool = False,
+        need_aux: bool = True,
     ) -> tuple[Tensor, Tensor]:
-        """The decoder stack on ids (B, T) -> (logits (B, T or 1, V), balance loss). Used by generation."""
+        """The decoder stack on ids (B, T) -> (logits (B, T or 1, V), balance loss). Used by generation.
+
+        cis: RoPE rotations of the ids' positions; cache: where self-attention K/V go (None = no cache).
+        """
         x = self.embedding(ids)  # (B, T, D)
-        aux_sum: Tensor | int = 0
+        aux_sum: Tensor | None = None
         for i, layer in enumerate(self.decoder_layers):
-            x, aux = layer(x, cos, sin, mem.k[i], mem.v[i], cache, i, token_mask)
+            x, aux = layer(x, cis, mem.k[i], mem.v[i], cache, i, token_mask, need_aux)
             if aux is not None:
-                aux_sum = aux_sum + aux
+                aux_sum = aux if aux_sum is None else aux_sum + aux
         if last_only:
             x = x[:, -1:]
         logits = F.linear(self.decoder_norm(x), self.embedding.weight)
-        aux_mean = aux_sum / len(self.decoder_layers) if self.config.is_moe else logits.new_zeros(())
+        aux_mean = logits.new_zeros(()) if aux_sum is None else aux_sum / len(self.decoder_layers)
         return logits, aux_mean
 
     # ---------------------------------------------------------------- generation
