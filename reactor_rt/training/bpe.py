@@ -15,8 +15,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 __all__ = ["SPECIAL_TOKENS", "save_tokenizer", "train_bpe_tokenizer"]
 
-# the order fixes their ids: [PAD] = 0, [BOS] = 1, ...; [UNK] last so the six RxT specials come first
-SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[BOS]", "[EOS]", "[Q]", "[A]", "[R]", "[UNK]")
+# the order fixes their ids: [PAD] = 0, [BOS] = 1, ...; the six RxT specials first, then [UNK] and the
+# encoder's MLM [MASK]
+SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[BOS]", "[EOS]", "[Q]", "[A]", "[R]", "[UNK]", "[MASK]")
 
 
 def train_bpe_tokenizer(lines: Iterable[str], vocab_size: int = 384) -> Tokenizer:

@@ -36,13 +36,63 @@ _CITY_STARTS = (
 )  # fmt: skip
 _CITY_ENDS = ("ton", "burg", "ville", "ford", "port", "dale", "mere", "wick")
 _SHADES = ("light", "dark", "pale", "deep", "bright", "soft", "warm", "cool")
-_HUES = ("red", "blue", "green", "yellow", "orange", "purple", "pink", "brown", "gray", "teal", "gold", "silver")
+_HUES = (
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "orange",
+    "purple",
+    "pink",
+    "brown",
+    "gray",
+    "teal",
+    "gold",
+    "silver",
+)
 _PET_ADJECTIVES = ("small", "big", "lazy", "happy", "spotted", "sleepy", "fluffy", "young", "noisy", "shy")
-_ANIMALS = ("cat", "dog", "parrot", "rabbit", "turtle", "hamster", "goldfish", "pony", "snake", "lizard", "mouse", "frog")
+_ANIMALS = (
+    "cat",
+    "dog",
+    "parrot",
+    "rabbit",
+    "turtle",
+    "hamster",
+    "goldfish",
+    "pony",
+    "snake",
+    "lizard",
+    "mouse",
+    "frog",
+)
 _FOOD_ADJECTIVES = ("spicy", "sweet", "sour", "salty", "fresh", "hot", "cold", "crispy", "creamy", "smoky")
-_DISHES = ("noodles", "soup", "rice", "bread", "salad", "pie", "curry", "tacos", "pasta", "cake", "stew", "pancakes")
+_DISHES = (
+    "noodles",
+    "soup",
+    "rice",
+    "bread",
+    "salad",
+    "pie",
+    "curry",
+    "tacos",
+    "pasta",
+    "cake",
+    "stew",
+    "pancakes",
+)
 _JOB_FIELDS = ("bread", "boat", "book", "garden", "code", "music", "stone", "glass", "tea", "bike")
-_JOB_ROLES = ("maker", "seller", "painter", "keeper", "teacher", "tester", "driver", "fixer", "cleaner", "builder")
+_JOB_ROLES = (
+    "maker",
+    "seller",
+    "painter",
+    "keeper",
+    "teacher",
+    "tester",
+    "driver",
+    "fixer",
+    "cleaner",
+    "builder",
+)
 _MONTHS = (
     "January", "February", "March", "April", "May", "June",
     "July", "August", "September", "October", "November", "December",

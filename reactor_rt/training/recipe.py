@@ -1,0 +1,258 @@
+"""Training recipes: the whole pipeline (tokenizer, five stages, final evaluation) for one named setup.
+
+``tiny`` — the recipe of the bundled model, sized for <= 45 minutes on a 2-core CPU.
+
+Where its budget goes, and why (see also shared/TRAINING_NOTES.md, whose feasibility run on this
+machine is the starting point):
+
+* tokenizer (seconds): BPE, 768 ids, trained on the train split only. A few hundred ids more than the
+  bare minimum buy whole-word tokens for the common words, so a value is 2-4 tokens and the memory
+  has fewer pieces to carry.
+* stage 1, joint LM pre-training (~1 %): a short warm start of the shared embedding, encoder (MLM) and
+  decoder (AR) on generated sentences. The feasibility run showed it is not needed for the recall
+  task, so it stays brief; it exists so the pipeline is complete and each stage is exercised.
+* stage 2, interaction SFT (~1 %): teaches the ``[BOS][Q] … [A] … [EOS]`` format and the answer shapes.
+* stage 3, self-supervised memory-attention pre-training (~1 %): puts the memory-attention network
+  into a sensible regime (outputs near a mix of old memory and new data) before supervised training.
+* stage 4, supervised memory-aware training (~85 %): where recall is learned. Full backprop through
+  the memory chain over whole dialogues; a two-turn warm-up (fact, then its question) until the
+  decoder has learned to read memory at all, then dialogue length 3 -> 12 over the first ~45 % of the
+  steps (30 % of steps mix in shorter lengths); question turns weigh 3x; AdamW (wd 0.01, betas
+  0.9/0.98), clip 1.0, batch 32, peak lr 2e-3 with cosine decay. Gradual unfreezing is brief (the
+  memory path alone for the first 2 %, then the encoder, then all), because stages 1-3 were short.
+* stage 5, MRL (~5 %): PPO-style rollouts with the real inference path, reward = recall of earlier
+  facts; a small learning rate, as the supervised model already recalls most facts and MRL must not
+  undo it. Its reward before/after is reported in the summary.
+* final evaluation (~5 %): the recall table (200 held-out dialogues a cell) stored beside the model.
+
+The model (`TINY_MODEL`) is not the ``tiny`` preset of `RxTConfig`: 2 layers instead of 4, a dense
+FFN instead of MoE, 32 STM slots instead of 64, 4 full heads — the shape that trains in the budget on
+two cores. It is an ordinary RxTConfig; ``load_model("tiny")`` loads whatever this recipe produced.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+
+from reactor_rt.model import ReactiveTransformer, RxTConfig
+from reactor_rt.tokenizer import HFTokenizer, load_tokenizer
+from reactor_rt.training.bpe import save_tokenizer, train_bpe_tokenizer
+from reactor_rt.training.corpus import tokenizer_corpus
+from reactor_rt.training.eval_recall import RecallReport, evaluate_recall, format_table
+from reactor_rt.training.loop import StageResult
+from reactor_rt.training.memory_aware import COMPONENTS
+from reactor_rt.training.stages import (
+    JointSpec,
+    MemoryAwareSpec,
+    MemoryPretrainSpec,
+    MRLSpec,
+    run_joint_lm,
+    run_memory_aware,
+    run_memory_pretrain,
+    run_mrl,
+    run_sft,
+)
+
+__all__ = ["RECIPES", "TINY_MODEL", "Recipe", "TrainSummary", "get_recipe", "train", "with_steps"]
+
+log = structlog.get_logger()
+
+TINY_MODEL: dict[str, Any] = dict(
+    dim=128, layers=2, heads=4, query_heads=4, kv_heads=4, ff_dim=512, moe_experts=0,
+    stm_slots=32, max_seq_len=64, max_query_tokens=40, memory_attention="interlayer",
+    residual_gate="elementwise", gate_per_slot=True,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that defines a training run, apart from the seed."""
+
+    name: str
+    model: dict[str, Any]  # RxTConfig fields; vocab_size comes from the trained tokenizer
+    vocab_size: int
+    max_len: int  # longest training interaction in tokens
+    joint_lm: JointSpec
+    sft: JointSpec
+    memory_pretrain: MemoryPretrainSpec
+    memory_aware: MemoryAwareSpec
+    mrl: MRLSpec
+    eval_n: int = 200  # held-out dialogues per cell of the final recall table (0 = no evaluation)
+    tokenizer_sentences: int = 4000
+    tokenizer_dialogues: int = 1500
+
+    def config(self, vocab_size: int) -> RxTConfig:
+        return RxTConfig(vocab_size=vocab_size, **self.model)
+
+
+RECIPES: dict[str, Recipe] = {
+    "tiny": Recipe(
+        name="tiny",
+        model=TINY_MODEL,
+        vocab_size=768,
+        max_len=48,
+        joint_lm=JointSpec(steps=150, batch=32, lr=2e-3),
+        sft=JointSpec(steps=150, batch=64, lr=2e-3),
+        memory_pretrain=MemoryPretrainSpec(steps=60, batch=32, turns=6),
+        memory_aware=MemoryAwareSpec(
+            steps=2000,
+            batch=32,
+            lr=2e-3,
+            warmup=50,
+            max_turns=12,
+            warmup_two_turn=400,
+            grow_fraction=0.45,
+            mix_short=0.3,
+            question_weight=3.0,
+            unfreeze=((0.0, ("memory",)), (0.02, ("memory", "encoder")), (0.04, COMPONENTS)),
+        ),
+        mrl=MRLSpec(iterations=40, batch=32, turns=8, lr=5e-5, eval_dialogues=128),
+    ),
+    # a seconds-long smoke run of the whole pipeline (tests)
+    "micro": Recipe(
+        name="micro",
+        model=dict(
+            dim=32,
+            layers=1,
+            heads=2,
+            query_heads=2,
+            kv_heads=2,
+            ff_dim=64,
+            moe_experts=0,
+            stm_slots=8,
+            max_seq_len=64,
+            max_query_tokens=40,
+        ),
+        vocab_size=320,
+        max_len=48,
+        joint_lm=JointSpec(steps=6, batch=8, warmup=2),
+        sft=JointSpec(steps=6, batch=8, warmup=2),
+        memory_pretrain=MemoryPretrainSpec(steps=4, batch=4, turns=3, warmup=1),
+        memory_aware=MemoryAwareSpec(
+            steps=10, batch=4, warmup=2, max_turns=4, warmup_two_turn=3, save_every=4
+        ),
+        mrl=MRLSpec(iterations=2, batch=4, turns=3, eval_dialogues=4),
+        eval_n=4,
+        tokenizer_sentences=600,
+        tokenizer_dialogues=200,
+    ),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    """A named recipe; ValueError listing the known names otherwise."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
+    return RECIPES[name]
+
+
+@dataclass
+class TrainSummary:
+    """What a run produced: per-stage results, the recall table, where the model is, how long it took."""
+
+    recipe: str
+    seed: int
+    model_dir: str
+    parameters: int
+    seconds: float
+    stages: list[StageResult] = field(default_factory=list)
+    recall: RecallReport | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["recall"] = self.recall.as_dict() if self.recall is not None else None
+        return d
+
+    def text(self) -> str:
+        lines = [
+            f"recipe {self.recipe} (seed {self.seed}): {self.parameters:,} parameters, {self.seconds / 60:.1f} min"
+        ]
+        lines += ["  " + s.line() for s in self.stages]
+        if self.recall is not None:
+            lines += ["", format_table(self.recall)]
+        lines.append(f"model: {self.model_dir}")
+        return "\n".join(lines)
+
+
+def _tokenizer(recipe: Recipe, out: Path, seed: int) -> HFTokenizer:
+    tok_dir = out / "tokenizer"
+    if (tok_dir / "tokenizer.json").exists():
+        tok = load_tokenizer(tok_dir)
+        assert isinstance(tok, HFTokenizer)
+        return tok
+    lines = tokenizer_corpus(recipe.tokenizer_sentences, recipe.tokenizer_dialogues, seed=seed)
+    save_tokenizer(train_bpe_tokenizer(lines, recipe.vocab_size), tok_dir)
+    return HFTokenizer.from_file(tok_dir / "tokenizer.json")
+
+
+def train(
+    recipe: Recipe | str,
+    out: str | Path,
+    seed: int = 0,
+    resume: bool = True,
+    progress: bool = True,
+    evaluate: bool = True,
+) -> TrainSummary:
+    """Run a recipe end to end into ``out`` and return its summary.
+
+    ``out`` receives ``tokenizer/``, ``stages/<n_stage>/`` (``last.pt`` while a stage runs, ``done.pt``
+    when it is finished), ``model/`` (the final checkpoint, loadable with
+    `ReactiveTransformer.from_pretrained`, with ``recall.json`` beside it) and ``summary.json``.
+    With ``resume`` a rerun skips the finished stages and continues the interrupted one; without it
+    ``out`` is cleared first. Deterministic for a seed (same machine, same thread count).
+    """
+    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    out = Path(out)
+    if not resume and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    tok = _tokenizer(recipe, out, seed)
+    torch.manual_seed(seed)
+    model = ReactiveTransformer(recipe.config(tok.vocab_size), tok)
+    stages_dir = out / "stages"
+    common = dict(seed=seed, max_len=recipe.max_len, checkpoint_dir=stages_dir, progress=progress)
+    results = [
+        run_joint_lm(model, recipe.joint_lm, **common),
+        run_sft(model, recipe.sft, **common),
+        run_memory_pretrain(model, recipe.memory_pretrain, **common),
+        run_memory_aware(model, recipe.memory_aware, **common),
+        run_mrl(model, recipe.mrl, **common),
+    ]
+    model.eval()
+    model_dir = out / "model"
+    model.save_pretrained(model_dir)
+    report = None
+    if evaluate and recipe.eval_n:
+        report = evaluate_recall(model, n=recipe.eval_n, batch_size=recipe.eval_n, n_examples=3)
+        (model_dir / "recall.json").write_text(json.dumps(report.as_dict(), indent=1))
+    summary = TrainSummary(
+        recipe=recipe.name,
+        seed=seed,
+        model_dir=str(model_dir),
+        parameters=model.num_parameters(),
+        seconds=time.perf_counter() - t0,
+        stages=results,
+        recall=report,
+    )
+    (out / "summary.json").write_text(json.dumps(summary.as_dict(), indent=1, default=str))
+    log.info("training done", recipe=recipe.name, minutes=round(summary.seconds / 60, 1))
+    return summary
+
+
+def with_steps(recipe: Recipe, **stage_steps: int) -> Recipe:
+    """A copy of ``recipe`` with some stages' step counts changed (e.g. memory_aware=100)."""
+    changes: dict[str, Any] = {}
+    for stage, steps in stage_steps.items():
+        spec = getattr(recipe, stage)
+        key = "iterations" if stage == "mrl" else "steps"
+        changes[stage] = replace(spec, **{key: steps})
+    return replace(recipe, **changes)
