@@ -1,0 +1,182 @@
+"""DecodeBatch (continuous batching over a static KV cache) and generate()."""
+
+import pytest
+import torch
+
+from reactor_rt.model import DecodeBatch, ReactiveTransformer, RxTConfig, Sampler
+from reactor_rt.tokenizer import ByteTokenizer
+
+
+def small(**changes):
+    base = dict(vocab_size=300, dim=32, layers=2, heads=4, query_heads=2, kv_heads=2, ff_dim=48,
+                moe_experts=4, moe_top_k=2, stm_slots=8, max_seq_len=64, max_query_tokens=32)
+    return RxTConfig(**{**base, **changes})
+
+
+def perturbed(cfg, tokenizer=None, seed=0):
+    torch.manual_seed(seed)
+    m = ReactiveTransformer(cfg, tokenizer).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m
+
+
+@pytest.fixture(scope="module")
+def model():
+    return perturbed(small())
+
+
+def prompt(n, seed):
+    return torch.randint(8, 260, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def stms(n, seed=0):
+    return torch.randn(n, 2, 8, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def run_alone(model, p, stm, n):
+    db = DecodeBatch(model, capacity=1)
+    slot = db.add(p, stm=stm, max_new_tokens=n)
+    out = []
+    while db.active:
+        out += [o.token for o in db.step()]
+    db.remove(slot)
+    return out
+
+
+@torch.no_grad()
+def test_cached_generation_equals_full_recompute(model):
+    stm = stms(1)
+    p = prompt(6, 1)
+    out = model.generate(p[None], stm, max_new_tokens=15)[0].tolist()
+    seq = p[None]
+    for tok in out:
+        assert tok == int(model.decode(seq, stm)[0, -1].argmax())
+        seq = torch.cat([seq, torch.tensor([[tok]])], dim=1)
+
+
+@pytest.mark.parametrize("changes", [{}, {"kv_heads": 1}, {"moe_experts": 0}, {"query_heads": 4, "kv_heads": 4}])
+@torch.no_grad()
+def test_ragged_batch_equals_rows(changes):
+    m = perturbed(small(**changes))
+    prompts = [prompt(3, 2), prompt(12, 3), prompt(7, 4)]
+    stm = stms(3)
+    batch = m.generate(prompts, stm, max_new_tokens=10)
+    assert batch.shape[0] == 3
+    for i, p in enumerate(prompts):
+        alone = m.generate(p[None], stm[i : i + 1], max_new_tokens=10)[0]
+        assert torch.equal(batch[i, : alone.shape[0]], alone)
+
+
+@torch.no_grad()
+def test_rows_join_and_leave_mid_way(model):
+    """A row's tokens do not depend on which rows run beside it, or when they joined."""
+    s = stms(3, seed=1)
+    ps = [prompt(5, 10), prompt(9, 11), prompt(4, 12)]
+    expected = [run_alone(model, ps[i], s[i : i + 1], 12) for i in range(3)]
+    db = DecodeBatch(model, capacity=3)
+    got: dict[int, list[int]] = {}
+    slots = {0: db.add(ps[0], stm=s[0:1], max_new_tokens=12)}
+    for step in range(40):
+        if step == 3:
+            slots[1] = db.add(ps[1], stm=s[1:2], max_new_tokens=12)
+        if step == 5:
+            slots[2] = db.add(ps[2], memory_kv=model.memory_kv(s[2:3]), max_new_tokens=12)
+        for out in db.step():
+            got.setdefault(out.slot, []).append(out.token)
+            if out.finished:
+                db.remove(out.slot)
+    assert not db.active and db.free_slots == [0, 1, 2]
+    for i in range(3):
+        assert got[slots[i]] == expected[i], i
+
+
+@torch.no_grad()
+def test_non_contiguous_slots_and_slot_reuse(model):
+    s = stms(3, seed=2)
+    ps = [prompt(4, 20), prompt(6, 21), prompt(5, 22)]
+    db = DecodeBatch(model, capacity=3)
+    a, b, c = (db.add(p, stm=s[i : i + 1], max_new_tokens=8) for i, p in enumerate(ps))
+    db.remove(b)  # the middle row leaves: slots 0 and 2 keep running
+    got = {a: [], c: []}
+    while db.active:
+        for out in db.step():
+            got[out.slot].append(out.token)
+    assert got[a] == run_alone(model, ps[0], s[0:1], 8)
+    assert got[c] == run_alone(model, ps[2], s[2:3], 8)
+    assert db.finished == [a, c] and db.free_slots == [b]
+    assert db.add(ps[1], stm=s[1:2], max_new_tokens=3) == b  # a freed slot is reused
+
+
+@torch.no_grad()
+def test_eos_stops_a_row_and_pads_the_output():
+    base = perturbed(small())
+    first = int(base.generate(prompt(5, 30)[None], stms(1), max_new_tokens=1)[0, 0])
+
+    class EosAt(ByteTokenizer):
+        def __init__(self):
+            super().__init__()
+            self.eos_id = first  # this prompt's first answer token now ends the answer
+
+    m = perturbed(small(), EosAt())
+    out = m.generate([prompt(5, 30), prompt(8, 31)], stms(1).expand(2, -1, -1, -1), max_new_tokens=6)
+    assert out[0, 0] == first and (out[0, 1:] == m.tokenizer.pad_id).all()
+    assert out.shape == (2, 6) or first in out[1].tolist()
+
+
+@torch.no_grad()
+def test_budget_is_cut_to_the_cache_length(model):
+    db = DecodeBatch(model, capacity=1, max_len=10)
+    slot = db.add(prompt(8, 40), stm=stms(1), max_new_tokens=50)
+    n = 0
+    while db.active:
+        n += len(db.step())
+    assert n == 3 and db.position(slot) == 10  # 8 prompt tokens + 2 fed back; the 3rd is never fed
+    db.remove(slot)
+    with pytest.raises(ValueError):
+        db.add(prompt(11, 41), stm=stms(1))
+
+
+@torch.no_grad()
+def test_memory_kv_pre_cache_changes_nothing(model):
+    p, s = prompt(6, 50), stms(1, seed=5)
+    db = DecodeBatch(model, capacity=1, cache_memory_kv=False)
+    db.add(p, stm=s, max_new_tokens=10)
+    out = []
+    while db.active:
+        out += [o.token for o in db.step()]
+    assert out == run_alone(model, p, s, 10)
+
+
+@torch.no_grad()
+def test_sampled_rows_are_reproducible_and_independent(model):
+    smp = Sampler(temperature=1.0, top_k=20)
+    p, s = prompt(5, 60), stms(2, seed=6)
+
+    def run(with_neighbour):
+        db = DecodeBatch(model, capacity=2)
+        if with_neighbour:
+            db.add(prompt(7, 61), stm=s[1:2], sampler=Sampler(), max_new_tokens=10)
+        slot = db.add(p, stm=s[0:1], sampler=smp, max_new_tokens=10, generator=torch.Generator().manual_seed(3))
+        out = []
+        while slot in db.active:
+            out += [o.token for o in db.step() if o.slot == slot]
+        return out
+
+    assert run(False) == run(True)
+
+
+@torch.no_grad()
+def test_capacity_and_bad_calls(model):
+    db = DecodeBatch(model, capacity=1)
+    db.add(prompt(3, 70), stm=stms(1))
+    with pytest.raises(RuntimeError, match="full"):
+        db.add(prompt(3, 71), stm=stms(1))
+    with pytest.raises(KeyError):
+        db.remove(5)
+    db2 = DecodeBatch(model, capacity=1)
+    with pytest.raises(ValueError, match="exactly one"):
+        db2.add(prompt(3, 72))
+    assert db2.step() == []
+    assert model.generate([prompt(3, 73)], stms(1), max_new_tokens=0).shape == (1, 0)

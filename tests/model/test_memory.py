@@ -1,0 +1,109 @@
+"""Memory write path: residual gate, memory-attention variants, MemoryKV."""
+
+import pytest
+import torch
+
+from reactor_rt.model import MemoryKV, ReactiveTransformer, RxTConfig
+from reactor_rt.model.memory import ResidualGate
+
+
+def small(**changes):
+    base = dict(vocab_size=300, dim=32, layers=2, heads=4, query_heads=2, kv_heads=2, ff_dim=48,
+                moe_experts=0, stm_slots=8, max_seq_len=64, max_query_tokens=32)
+    return RxTConfig(**{**base, **changes})
+
+
+@pytest.mark.parametrize("kind", ["static", "elementwise", "linear"])
+@pytest.mark.parametrize("per_slot", [True, False])
+def test_gate_stays_in_open_unit_interval(kind, per_slot):
+    torch.manual_seed(0)
+    gate = ResidualGate(kind, slots=8, dim=32, per_slot=per_slot, bias_init=-1.0)
+    with torch.no_grad():
+        for p in gate.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    old, upd = 3 * torch.randn(3, 8, 32), 3 * torch.randn(3, 8, 32)
+    g = gate.gate(old, upd)
+    assert ((g > 0) & (g < 1)).all()
+    assert g.shape[-1] == 1 and g.shape[-2] == (8 if per_slot else 1)
+    new = gate(old, upd)
+    assert torch.allclose(new, (1 - g) * old + g * upd, atol=1e-5)
+
+
+def test_fresh_gate_keeps_most_of_the_old_memory():
+    gate = ResidualGate("elementwise", slots=8, dim=32, per_slot=True, bias_init=-1.0)
+    g = gate.gate(torch.randn(1, 8, 32), torch.randn(1, 8, 32))
+    assert torch.allclose(g, torch.sigmoid(torch.tensor(-1.0)).expand_as(g))
+    assert (g < 0.5).all()
+
+
+def perturbed(cfg, seed=0):
+    torch.manual_seed(seed)
+    m = ReactiveTransformer(cfg).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m
+
+
+@pytest.mark.parametrize("variant", ["simple", "self", "interlayer", "gated-self-interlayer"])
+@torch.no_grad()
+def test_update_is_slot_permutation_equivariant(variant):
+    """Memory attention treats the STM as a set: permuting slots permutes the new STM the same way."""
+    m = perturbed(small(memory_attention=variant, gate_per_slot=False))
+    stm = torch.randn(1, 2, 8, 32)
+    enc = m.encode(torch.randint(8, 260, (1, 10)))
+    perm = torch.randperm(8)
+    a = m.update_memory(stm, enc)[:, :, perm]
+    b = m.update_memory(stm[:, :, perm], enc)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+@torch.no_grad()
+def test_padding_is_ignored_by_the_update():
+    m = perturbed(small())
+    stm = torch.randn(1, 2, 8, 32)
+    ids = torch.randint(8, 260, (1, 7))
+    padded = torch.cat([ids, torch.zeros(1, 4, dtype=torch.long)], dim=1)
+    mask = torch.tensor([[True] * 7 + [False] * 4])
+    alone = m.update_memory(stm, m.encode(ids))
+    batched = m.update_memory(stm, m.encode(padded, attention_mask=mask), attention_mask=mask)
+    assert torch.allclose(alone, batched, atol=1e-5)
+
+
+@torch.no_grad()
+def test_memory_stays_bounded_for_every_gate():
+    for gate in ("static", "elementwise", "linear"):
+        m = perturbed(small(residual_gate=gate, memory_attention="gated-self-interlayer"))
+        stm = m.init_stm(1) + torch.randn(1, 2, 8, 32)
+        start = stm.norm()
+        for i in range(150):
+            g = torch.Generator().manual_seed(i)
+            stm = m.update_memory(stm, m.encode(torch.randint(8, 260, (1, 12), generator=g)))
+        assert torch.isfinite(stm).all() and stm.norm() <= 4 * start, gate
+
+
+def test_backprop_through_a_chain_of_updates():
+    m = perturbed(small(moe_experts=4, moe_top_k=2)).train()
+    stm = m.init_stm(2)
+    for _ in range(3):
+        stm = m.update_memory(stm, m.encode(torch.randint(8, 260, (2, 6))))
+    logits, aux = m.decode_with_aux(torch.randint(8, 260, (2, 5)), stm)
+    (logits.logsumexp(-1).mean() + 0.01 * aux).backward()
+    for name in ("stm_init", "embedding.weight", "encoder_layers.0.attn.qkv.weight",
+                 "memory_attention.layers.0.attn.kv.weight", "memory_attention.layers.1.gate.bias",
+                 "decoder_layers.1.ffn.router.weight"):
+        grad = dict(m.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+@torch.no_grad()
+def test_memory_kv_rows_and_cat():
+    m = perturbed(small())
+    stm = torch.randn(3, 2, 8, 32)
+    kv = m.memory_kv(stm)
+    assert kv.k.shape == (2, 3, 2, 8, 8) and kv.batch_size == 3 == len(kv)
+    assert torch.equal(kv[1].k, m.memory_kv(stm[1:2]).k)
+    joined = MemoryKV.cat([kv[2], kv[0]])
+    assert torch.equal(joined.v, kv[[2, 0]].v)
+    perm = torch.randperm(8)
+    assert torch.allclose(m.memory_kv(stm[:, :, perm]).k, kv.k[:, :, :, perm], atol=1e-6)
