@@ -26,15 +26,19 @@ from reactor_rt.training.recall import recall_correct
 
 __all__ = [
     "DEFAULT_KS",
+    "FIXED_EVAL",
     "RecallReport",
     "answer_dialogues",
     "evaluate_recall",
+    "fixed_eval",
     "format_table",
     "play_dialogues",
     "recall_dialogues",
 ]
 
 DEFAULT_KS: tuple[int, ...] = (0, 1, 2, 4, 8)
+# the small eval recorded beside a trained checkpoint (fixed_eval.json) and re-checked by the tests
+FIXED_EVAL: dict[str, Any] = {"ks": (0, 1, 4, 8), "n": 25, "seed": 7}
 
 
 @dataclass
@@ -172,6 +176,18 @@ def evaluate_recall(
             (memory if mode == "memory" else reset)[k] = sum(correct) / len(correct)
     model.train(was_training)
     return RecallReport(list(ks), n, seed, memory, reset, examples)
+
+
+def fixed_eval(model: ReactiveTransformer) -> dict[str, Any]:
+    """The small fixed evaluation (`FIXED_EVAL`): counts of correct answers per k, memory and reset."""
+    ks, n, seed = FIXED_EVAL["ks"], FIXED_EVAL["n"], FIXED_EVAL["seed"]
+    r = evaluate_recall(model, ks=ks, n=n, seed=seed, batch_size=n)
+    return {
+        **FIXED_EVAL,
+        "ks": list(ks),
+        "memory_correct": {str(k): round(r.memory[k] * n) for k in ks},
+        "reset_correct": {str(k): round(r.reset[k] * n) for k in ks},
+    }
 
 
 def format_table(report: RecallReport) -> str:

@@ -46,7 +46,7 @@ from reactor_rt.model import ReactiveTransformer, RxTConfig
 from reactor_rt.tokenizer import HFTokenizer, load_tokenizer
 from reactor_rt.training.bpe import save_tokenizer, train_bpe_tokenizer
 from reactor_rt.training.corpus import tokenizer_corpus
-from reactor_rt.training.eval_recall import RecallReport, evaluate_recall, format_table
+from reactor_rt.training.eval_recall import RecallReport, evaluate_recall, fixed_eval, format_table
 from reactor_rt.training.loop import StageResult
 from reactor_rt.training.memory_aware import COMPONENTS
 from reactor_rt.training.stages import (
@@ -205,7 +205,8 @@ def train(
 
     ``out`` receives ``tokenizer/``, ``stages/<n_stage>/`` (``last.pt`` while a stage runs, ``done.pt``
     when it is finished), ``model/`` (the final checkpoint, loadable with
-    `ReactiveTransformer.from_pretrained`, with ``recall.json`` beside it) and ``summary.json``.
+    `ReactiveTransformer.from_pretrained`, with ``recall.json`` — the recall table — and
+    ``fixed_eval.json`` — the small eval the tests re-check — beside it) and ``summary.json``.
     With ``resume`` a rerun skips the finished stages and continues the interrupted one; without it
     ``out`` is cleared first. Deterministic for a seed (same machine, same thread count).
     """
@@ -234,6 +235,7 @@ def train(
     if evaluate and recipe.eval_n:
         report = evaluate_recall(model, n=recipe.eval_n, batch_size=recipe.eval_n, n_examples=3)
         (model_dir / "recall.json").write_text(json.dumps(report.as_dict(), indent=1))
+        (model_dir / "fixed_eval.json").write_text(json.dumps(fixed_eval(model), indent=1))
     summary = TrainSummary(
         recipe=recipe.name,
         seed=seed,
