@@ -1,0 +1,418 @@
+"""The conductor: subscribes to queries on the bus, orders them per memory, pushes the results as events.
+
+Per memory there is one *lane*: a bounded FIFO worked by one task, so a memory's interactions run one at
+a time (answer, then memory update, then the next query), while different memories run concurrently and
+their decode steps batch together in the decoder. Streams that share a memory share its lane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+import structlog
+import torch
+
+from reactor_rt.actors.engine import InteractionEngine
+from reactor_rt.actors.handles import GenerateRequest, STMHandle
+from reactor_rt.error_codes import code_for
+from reactor_rt.errors import (
+    EmptyQueryError,
+    QueryTooLongError,
+    QueueFullError,
+    ReactorError,
+    StreamClosedError,
+)
+from reactor_rt.events import (
+    ErrorEvent,
+    Event,
+    MemoryUpdated,
+    MemoryUpdating,
+    Query,
+    ResponseChunk,
+    ResponseDone,
+    StreamClosed,
+    StreamOpened,
+)
+from reactor_rt.ids import validate_id
+from reactor_rt.model import RxTConfig
+from reactor_rt.template import build_prompt
+from reactor_rt.tokenizer import IncrementalDecoder
+
+__all__ = ["Conductor", "ConductorActor", "ConductorActorImpl", "ConductorConfig", "StreamInfo"]
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class ConductorConfig:
+    """Runtime limits; sampling defaults come from the model's config."""
+
+    max_queue: int = 64  # queued queries per memory before `queue_full`
+    max_new_tokens: int = 64  # answer budget unless a query asks for less (or more, up to max_seq_len)
+    source: str = "reactor-rt/conductor"
+    remember_interactions: int = 65536  # ids kept to ignore a redelivered query
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What a client learns when it opens a stream."""
+
+    stream_id: str
+    memory_id: str
+    stm_version: int
+    chat: int | None  # the `Chat N:` number when the memory is shared, else None
+
+
+@dataclass
+class _Stream:
+    stream_id: str
+    memory_id: str
+    chat: int | None
+    closed: bool = False
+
+
+@dataclass
+class _Job:
+    query: Query
+    stream: _Stream
+    prompt: list[int]
+    request_budget: int
+
+
+@dataclass
+class _Barrier:
+    done: asyncio.Future[None]
+
+
+@dataclass
+class _Lane:
+    """One memory's FIFO of interactions and its latest STM handle."""
+
+    memory_id: str
+    queue: asyncio.Queue[_Job | _Barrier]
+    streams: list[str] = field(default_factory=list)
+    handle: STMHandle | None = None
+    task: asyncio.Task[None] | None = None
+
+
+class Conductor:
+    """Turns ``rx.query`` events into answers and memory updates, emitting every step as an event."""
+
+    def __init__(self, bus: Any, engine: InteractionEngine, tokenizer: Any, model_config: RxTConfig,
+                 config: ConductorConfig | None = None) -> None:
+        self.bus = bus
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.model_config = model_config
+        self.config = config or ConductorConfig()
+        self._streams: dict[str, _Stream] = {}
+        self._lanes: dict[str, _Lane] = {}
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._pump_task: asyncio.Task[None] | None = None
+        self._subscription: Any = None
+        self._pumped: dict[str, int] = {}  # subject -> seq of the last query taken from the bus
+        self._pumped_changed = asyncio.Condition()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe to queries; returns once the subscription is live."""
+        self._subscription = await self.bus.subscribe(types={"rx.query"})
+        self._pump_task = asyncio.get_running_loop().create_task(self._pump())
+
+    async def stop(self) -> None:
+        """Stop taking queries and cancel the lanes' workers."""
+        tasks = [lane.task for lane in self._lanes.values() if lane.task] + [self._pump_task]
+        for task in tasks:
+            if task is not None:
+                task.cancel()
+        if self._subscription is not None:
+            await self._subscription.aclose()
+        await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
+
+    async def _pump(self) -> None:
+        async for event in self._subscription:
+            if isinstance(event, Query):
+                try:
+                    await self.on_query(event)
+                except Exception:  # one bad query must never stop the pump
+                    log.exception("conductor.query_failed", subject=event.subject, interaction=event.interaction)
+                async with self._pumped_changed:
+                    self._pumped[event.subject] = max(self._pumped.get(event.subject, 0), event.seq)
+                    self._pumped_changed.notify_all()
+
+    async def _caught_up(self, subject: str, seq: int) -> None:
+        """Wait until the query with this seq (published before the call) has been taken in."""
+        if seq <= 0:
+            return
+        async with self._pumped_changed:
+            await self._pumped_changed.wait_for(lambda: self._pumped.get(subject, 0) >= seq)
+
+    # -- streams ----------------------------------------------------------------------------------
+
+    async def open_stream(self, stream_id: str, memory: str | None = None) -> StreamInfo:
+        """Get or create a stream (reopening a closed one); its STM version comes from the store."""
+        stream_id = validate_id(stream_id, "stream")
+        if memory is not None:
+            memory = validate_id(memory, "memory")
+        stream = self._streams.get(stream_id)
+        if stream is not None and memory is not None and memory != stream.memory_id:
+            raise ReactorError(f"stream {stream_id!r} already uses memory {stream.memory_id!r}, not {memory!r}")
+        if stream is None:
+            memory_id = memory or await self._remembered_memory(stream_id) or stream_id
+            lane = self._lane(memory_id)
+            lane.streams.append(stream_id)
+            chat = lane.streams.index(stream_id) + 1 if memory_id != stream_id else None
+            stream = self._streams[stream_id] = _Stream(stream_id, memory_id, chat)
+        elif not stream.closed:
+            return StreamInfo(stream_id, stream.memory_id, await self._version(stream.memory_id), stream.chat)
+        stream.closed = False
+        version = await self._version(stream.memory_id)
+        await self._publish(StreamOpened(subject=stream_id, source=self.config.source,
+                                         data={"memory": stream.memory_id, "stm_version": version}))
+        return StreamInfo(stream_id, stream.memory_id, version, stream.chat)
+
+    async def close_stream(self, stream_id: str) -> None:
+        """Close a stream: queries already accepted finish; later ones get `stream_closed`."""
+        stream = self._streams.get(validate_id(stream_id, "stream"))
+        if stream is None or stream.closed:
+            return
+        stream.closed = True
+        await self._publish(StreamClosed(subject=stream_id, source=self.config.source, data={}))
+
+    async def memory(self, stream_id: str, after_seq: int = 0) -> tuple[int, torch.Tensor]:
+        """Wait for the stream's queued interactions and memory updates, then return ``(version, stm)``.
+
+        ``after_seq``: the seq of the caller's last published query; it is waited for too, since the
+        call may overtake that query on its way through the bus.
+        """
+        stream = await self._stream(stream_id)
+        await self._caught_up(stream.stream_id, after_seq)
+        await self._barrier(stream.memory_id)
+        return await self.engine.tensor(stream.memory_id)
+
+    async def fork(self, stream_id: str, new_stream_id: str, after_seq: int = 0) -> StreamInfo:
+        """Copy the stream's STM (after its pending updates) into a new stream with its own memory."""
+        stream = await self._stream(stream_id)
+        new_stream_id = validate_id(new_stream_id, "stream")
+        await self._caught_up(stream.stream_id, after_seq)
+        await self._barrier(stream.memory_id)
+        await self.engine.fork(stream.memory_id, new_stream_id)
+        return await self.open_stream(new_stream_id, memory=new_stream_id)
+
+    async def import_memory(self, stream_id: str, stm: torch.Tensor, after_seq: int = 0) -> int:
+        """Replace the stream's STM with ``stm`` as a new version (after pending updates)."""
+        stream = await self._stream(stream_id)
+        lane = self._lane(stream.memory_id)
+        await self._caught_up(stream.stream_id, after_seq)
+        await self._barrier(stream.memory_id)
+        version = await self._version(stream.memory_id)
+        lane.handle = await self.engine.put(stream.memory_id, stm, version)
+        return lane.handle.version
+
+    async def _stream(self, stream_id: str) -> _Stream:
+        stream_id = validate_id(stream_id, "stream")
+        if stream_id not in self._streams:
+            await self.open_stream(stream_id)
+        return self._streams[stream_id]
+
+    async def _remembered_memory(self, stream_id: str) -> str | None:
+        """The memory this stream used before a restart, from the durable log."""
+        try:
+            opened = await self.bus.replay(stream_id, after=0, types={"rx.stream.opened"})
+        except Exception:
+            log.warning("conductor.replay_failed", stream=stream_id)
+            return None
+        return opened[-1].data.memory if opened else None
+
+    async def _version(self, memory_id: str) -> int:
+        lane = self._lane(memory_id)
+        if lane.handle is None:
+            lane.handle = await self.engine.handle(memory_id)
+        return lane.handle.version
+
+    # -- queries ----------------------------------------------------------------------------------
+
+    async def on_query(self, query: Query) -> None:
+        """Validate and queue one query; every rejection is an ``rx.error`` on the query's subject."""
+        interaction = query.interaction or query.id
+        if interaction in self._seen:
+            log.info("conductor.duplicate_query", interaction=interaction)
+            return
+        self._seen[interaction] = None
+        if len(self._seen) > self.config.remember_interactions:
+            self._seen.popitem(last=False)
+        try:
+            stream = await self._stream(query.subject)
+            if stream.closed:
+                raise StreamClosedError(f"stream {stream.stream_id!r} is closed")
+            job = self._job(query, stream)
+            lane = self._lane(stream.memory_id)
+            try:
+                lane.queue.put_nowait(job)
+            except asyncio.QueueFull:
+                raise QueueFullError(
+                    f"memory {stream.memory_id!r} already has {self.config.max_queue} queued queries"
+                ) from None
+            self._ensure_worker(lane)
+        except ReactorError as exc:
+            await self._error(query.subject, interaction, exc)
+
+    def _job(self, query: Query, stream: _Stream) -> _Job:
+        text = query.data.text
+        if not text.strip():
+            raise EmptyQueryError("the query is empty")
+        if stream.chat is not None:
+            # several streams write one memory: the architecture tells them apart with a prefix
+            text = f"Chat {stream.chat}: {text}"
+        n_tokens = len(self.tokenizer.encode(text))
+        limit = self.model_config.max_query_tokens
+        if n_tokens > limit:
+            raise QueryTooLongError(f"the query has {n_tokens} tokens; the limit is {limit}")
+        prompt = build_prompt(self.tokenizer, text)
+        room = self.model_config.max_seq_len - len(prompt) - 1  # keep one position for [EOS]
+        budget = min(query.data.max_new_tokens or self.config.max_new_tokens, room)
+        if budget < 1:
+            raise QueryTooLongError(f"the query leaves no room to answer within {self.model_config.max_seq_len} tokens")
+        return _Job(query, stream, prompt, budget)
+
+    def _lane(self, memory_id: str) -> _Lane:
+        lane = self._lanes.get(memory_id)
+        if lane is None:
+            lane = self._lanes[memory_id] = _Lane(memory_id, asyncio.Queue(self.config.max_queue))
+        return lane
+
+    def _ensure_worker(self, lane: _Lane) -> None:
+        if lane.task is None or lane.task.done():
+            lane.task = asyncio.get_running_loop().create_task(self._work(lane))
+
+    async def _barrier(self, memory_id: str) -> None:
+        lane = self._lane(memory_id)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await lane.queue.put(_Barrier(done))
+        self._ensure_worker(lane)
+        await done
+
+    async def _work(self, lane: _Lane) -> None:
+        while not lane.queue.empty():
+            item = lane.queue.get_nowait()
+            if isinstance(item, _Barrier):
+                if not item.done.done():
+                    item.done.set_result(None)
+                continue
+            interaction = item.query.interaction or item.query.id
+            try:
+                await self._interact(lane, item, interaction)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("conductor.interaction_failed", interaction=interaction)
+                await self._error(item.stream.stream_id, interaction, exc)
+
+    async def _interact(self, lane: _Lane, job: _Job, interaction: str) -> None:
+        subject = job.stream.stream_id
+        if lane.handle is None:
+            lane.handle = await self.engine.handle(lane.memory_id)
+        handle = lane.handle
+        cfg, q = self.model_config, job.query.data
+        request = GenerateRequest(
+            prompt=job.prompt,
+            handle=handle,
+            max_new_tokens=job.request_budget,
+            temperature=cfg.temperature if q.temperature is None else q.temperature,
+            top_k=cfg.top_k if q.top_k is None else q.top_k,
+            top_p=cfg.top_p if q.top_p is None else q.top_p,
+        )
+        answer_ids: list[int] = []
+        parts: list[str] = []
+        detok = IncrementalDecoder(self.tokenizer)
+        started = time.perf_counter()
+        first_token_ms = None
+        async for chunk in self.engine.generate(request):
+            if first_token_ms is None:
+                first_token_ms = (time.perf_counter() - started) * 1000
+            answer_ids.extend(chunk)
+            text = "".join(detok.push(t) for t in chunk)
+            if text:
+                parts.append(text)
+                await self._publish(ResponseChunk(subject=subject, source=self.config.source,
+                                                  interaction=interaction, data={"text": text, "tokens": len(chunk)}))
+        tail = detok.flush()
+        if tail:
+            parts.append(tail)
+            await self._publish(ResponseChunk(subject=subject, source=self.config.source,
+                                              interaction=interaction, data={"text": tail}))
+        eos = self.tokenizer.eos_id
+        finished = "eos" if answer_ids and answer_ids[-1] == eos else "length"
+        await self._publish(ResponseDone(
+            subject=subject, source=self.config.source, interaction=interaction,
+            data={"text": "".join(parts), "tokens": len(answer_ids), "stm_version": handle.version,
+                  "query_tokens": len(job.prompt), "finish_reason": finished,
+                  "first_token_ms": first_token_ms, "generate_ms": (time.perf_counter() - started) * 1000},
+        ))
+        await self._publish(MemoryUpdating(subject=subject, source=self.config.source, interaction=interaction,
+                                           data={"memory": lane.memory_id, "from_version": handle.version}))
+        update_started = time.perf_counter()
+        full = job.prompt + answer_ids + ([] if finished == "eos" else [eos])
+        lane.handle = await self.engine.update(handle, full, interaction)
+        await self._publish(MemoryUpdated(
+            subject=subject, source=self.config.source, interaction=interaction,
+            data={"memory": lane.memory_id, "version": lane.handle.version,
+                  "update_ms": (time.perf_counter() - update_started) * 1000},
+        ))
+
+    # -- events -----------------------------------------------------------------------------------
+
+    async def _publish(self, event: Event) -> Event:
+        return await self.bus.publish(event)
+
+    async def _error(self, subject: str, interaction: str, exc: BaseException) -> None:
+        message = str(exc) if isinstance(exc, ReactorError) else f"{type(exc).__name__}: {exc}"
+        try:
+            await self._publish(ErrorEvent(subject=subject, source=self.config.source, interaction=interaction,
+                                           data={"code": code_for(exc), "message": message[:4096]}))
+        except Exception:
+            log.exception("conductor.error_event_failed", subject=subject[:256], interaction=interaction)
+
+
+class ConductorActorImpl:
+    """Ray actor named ``conductor``: a :class:`Conductor` over the Ray bus and the model actors."""
+
+    def __init__(self, bus: Any, actors: Any, tokenizer: Any, model_config: RxTConfig,
+                 config: ConductorConfig | None = None) -> None:
+        from reactor_rt.actors.engine import RayEngine
+
+        self.conductor = Conductor(bus, RayEngine(actors), tokenizer, model_config, config)
+
+    async def start(self) -> bool:
+        await self.conductor.start()
+        return True
+
+    async def stop(self) -> None:
+        await self.conductor.stop()
+
+    async def open_stream(self, stream_id: str, memory: str | None = None) -> StreamInfo:
+        return await self.conductor.open_stream(stream_id, memory)
+
+    async def close_stream(self, stream_id: str) -> None:
+        await self.conductor.close_stream(stream_id)
+
+    async def memory(self, stream_id: str, after_seq: int = 0) -> tuple[int, torch.Tensor]:
+        return await self.conductor.memory(stream_id, after_seq)
+
+    async def fork(self, stream_id: str, new_stream_id: str, after_seq: int = 0) -> StreamInfo:
+        return await self.conductor.fork(stream_id, new_stream_id, after_seq)
+
+    async def import_memory(self, stream_id: str, stm: torch.Tensor, after_seq: int = 0) -> int:
+        return await self.conductor.import_memory(stream_id, stm, after_seq)
+
+    async def ping(self) -> bool:
+        return True
+
+
+ConductorActor = ray.remote(ConductorActorImpl)

@@ -1,0 +1,218 @@
+"""The decoder: continuous batching of many streams' answers, one batched decode step at a time.
+
+``DecoderCore`` is plain, synchronous and unit-tested without Ray; ``DecoderService`` adds the asyncio
+loop that admits requests between steps and streams tokens back; ``DecoderActor`` is the thin Ray actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+import structlog
+import torch
+
+from reactor_rt.actors.handles import GenerateRequest, STMHandle
+from reactor_rt.model import DecodeBatch, ReactiveTransformer, Sampler
+
+__all__ = ["DecoderActor", "DecoderActorImpl", "DecoderCore", "DecoderService"]
+
+log = structlog.get_logger()
+
+# (tokens produced since the last call, finished?, the error that ended the request or None) -> None
+TokenSink = Callable[[list[int], bool, BaseException | None], None]
+
+
+@dataclass
+class _Pending:
+    request_id: int
+    request: GenerateRequest
+    stm: torch.Tensor | None
+    sink: TokenSink
+
+
+class DecoderCore:
+    """Admits generation requests into a :class:`DecodeBatch` at step boundaries and runs its steps.
+
+    Memory keys/values are pre-computed once per STM version and kept in a bounded LRU cache keyed
+    on ``(memory_id, version, token)``, so a stream's later turns on the same version (and other
+    streams sharing that memory) skip the projection.
+    """
+
+    def __init__(self, model: ReactiveTransformer, capacity: int = 16, memory_cache_size: int = 256) -> None:
+        self.model = model.eval()
+        self.batch = DecodeBatch(model, capacity=capacity)
+        self._memory_cache: OrderedDict[tuple[str, int, str], Any] = OrderedDict()
+        self._memory_cache_size = memory_cache_size
+        self._pending: deque[_Pending] = deque()
+        self._rows: dict[int, _Pending] = {}  # slot -> request
+        self._ids = itertools.count(1)
+
+    def has_memory(self, handle: STMHandle) -> bool:
+        """Whether the pre-computed memory keys/values of this STM version are cached."""
+        return handle.cache_key in self._memory_cache
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._pending or self._rows)
+
+    def submit(self, request: GenerateRequest, stm: torch.Tensor | None, sink: TokenSink) -> int:
+        """Queue a request; it joins the batch at the next step. ``stm`` may be None when cached."""
+        if stm is None and not self.has_memory(request.handle):
+            raise ValueError("the STM tensor is needed: its memory keys/values are not cached")
+        request_id = next(self._ids)
+        self._pending.append(_Pending(request_id, request, stm, sink))
+        return request_id
+
+    def cancel(self, request_id: int) -> None:
+        """Drop a request (its consumer went away); its row leaves the batch at once."""
+        self._pending = deque(p for p in self._pending if p.request_id != request_id)
+        for slot, pending in list(self._rows.items()):
+            if pending.request_id == request_id:
+                self.batch.remove(slot)
+                del self._rows[slot]
+
+    def fail_all(self, error: BaseException) -> None:
+        """End every admitted and pending request with ``error`` (after a failed step)."""
+        for slot, pending in list(self._rows.items()):
+            self.batch.remove(slot)
+            pending.sink([], True, error)
+        self._rows.clear()
+        while self._pending:
+            self._pending.popleft().sink([], True, error)
+
+    def step(self) -> None:
+        """Admit what fits, then run one batched decode step and hand each row its token."""
+        self._admit()
+        if not self._rows:
+            return
+        with torch.inference_mode():
+            outputs = self.batch.step()
+        for out in outputs:
+            pending = self._rows.get(out.slot)
+            if pending is None:
+                continue
+            if out.finished:
+                self.batch.remove(out.slot)
+                del self._rows[out.slot]
+            pending.sink([out.token], out.finished, None)
+
+    def _admit(self) -> None:
+        while self._pending and self.batch.free_slots:
+            pending = self._pending.popleft()
+            req = pending.request
+            try:
+                memory_kv = self._memory_kv(req.handle, pending.stm)
+                generator = None
+                if req.seed is not None:
+                    generator = torch.Generator().manual_seed(req.seed)
+                sampler = Sampler(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p)
+                with torch.inference_mode():
+                    slot = self.batch.add(
+                        torch.tensor(req.prompt, dtype=torch.long),
+                        memory_kv=memory_kv,
+                        sampler=sampler,
+                        max_new_tokens=req.max_new_tokens,
+                        generator=generator,
+                    )
+            except Exception as exc:
+                log.exception("decoder.admit_failed", request_id=pending.request_id)
+                pending.sink([], True, exc)
+                continue
+            self._rows[slot] = pending
+
+    def _memory_kv(self, handle: STMHandle, stm: torch.Tensor | None) -> Any:
+        key = handle.cache_key
+        if key in self._memory_cache:
+            self._memory_cache.move_to_end(key)
+            return self._memory_cache[key]
+        assert stm is not None
+        with torch.inference_mode():
+            kv = self.model.memory_kv(stm.unsqueeze(0))  # (1, L, S, D) -> one row
+        self._memory_cache[key] = kv
+        if len(self._memory_cache) > self._memory_cache_size:
+            self._memory_cache.popitem(last=False)
+        return kv
+
+
+class DecoderService:
+    """Runs a :class:`DecoderCore` on an asyncio loop and streams each request's tokens in chunks.
+
+    The first token is sent alone (time to first token), later ones in chunks of at least
+    ``chunk_tokens`` (fewer messages per answer), and whatever is left at the end.
+    """
+
+    def __init__(self, core: DecoderCore, chunk_tokens: int = 4) -> None:
+        self.core = core
+        self.chunk_tokens = chunk_tokens
+        self._loop_task: asyncio.Task[None] | None = None
+
+    async def generate(
+        self, request: GenerateRequest, load_stm: Callable[[STMHandle], Awaitable[torch.Tensor]]
+    ) -> AsyncIterator[list[int]]:
+        """Yield the answer's token ids in chunks; the last chunk ends with EOS when one was produced."""
+        stm = None if self.core.has_memory(request.handle) else await load_stm(request.handle)
+        queue: asyncio.Queue[tuple[list[int], bool, BaseException | None]] = asyncio.Queue()
+        request_id = self.core.submit(request, stm, lambda *item: queue.put_nowait(item))
+        self._ensure_loop()
+        buffer: list[int] = []
+        sent_first = False
+        try:
+            while True:
+                tokens, done, error = await queue.get()
+                buffer.extend(tokens)
+                while not done and not queue.empty():
+                    more, done, error = queue.get_nowait()
+                    buffer.extend(more)
+                if error is not None:
+                    raise error
+                if done or not sent_first or len(buffer) >= self.chunk_tokens:
+                    if buffer or done:
+                        yield buffer
+                    buffer = []
+                    sent_first = True
+                if done:
+                    return
+        finally:
+            self.core.cancel(request_id)
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while self.core.busy:
+            try:
+                self.core.step()
+            except Exception as exc:
+                # a failed batched step fails every request in it; the service keeps serving new ones
+                log.exception("decoder.step_failed")
+                self.core.fail_all(exc)
+            await asyncio.sleep(0)  # let new requests join and consumers drain between steps
+
+
+class DecoderActorImpl:
+    """Ray actor named ``decoder``: one process generating for every stream."""
+
+    def __init__(self, model: ReactiveTransformer, capacity: int = 16, threads: int = 1,
+                 chunk_tokens: int = 4) -> None:
+        torch.set_num_threads(threads)
+        self.service = DecoderService(DecoderCore(model, capacity=capacity), chunk_tokens=chunk_tokens)
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[list[int]]:
+        async def load(handle: STMHandle) -> torch.Tensor:
+            return await handle.stm
+
+        async for chunk in self.service.generate(request, load):
+            yield chunk
+
+    async def ping(self) -> bool:
+        return True
+
+
+DecoderActor = ray.remote(DecoderActorImpl)

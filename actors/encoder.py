@@ -1,0 +1,41 @@
+"""The encoder: turns a finished interaction (``[BOS][Q] query [A] answer [EOS]``) into encoded layers."""
+
+from __future__ import annotations
+
+import ray
+import torch
+
+from reactor_rt.model import ReactiveTransformer
+
+__all__ = ["EncoderActor", "EncoderActorImpl", "EncoderCore"]
+
+
+class EncoderCore:
+    """Encodes one interaction; plain and synchronous."""
+
+    def __init__(self, model: ReactiveTransformer) -> None:
+        self.model = model.eval()
+
+    @torch.inference_mode()
+    def encode(self, interaction_ids: list[int]) -> torch.Tensor:
+        """Return the encoder's layer outputs for one interaction: ``(layers, T, dim)``."""
+        ids = torch.tensor(interaction_ids, dtype=torch.long).unsqueeze(0)  # (1, T)
+        return self.model.encode(ids)[:, 0].contiguous()  # (L, 1, T, D) -> (L, T, D)
+
+
+class EncoderActorImpl:
+    """Ray actor named ``encoder``. Its result stays in Ray's object store and goes straight to the
+    memory updater: the conductor only passes the reference along."""
+
+    def __init__(self, model: ReactiveTransformer, threads: int = 1) -> None:
+        torch.set_num_threads(threads)
+        self.core = EncoderCore(model)
+
+    def encode(self, interaction_ids: list[int]) -> torch.Tensor:
+        return self.core.encode(interaction_ids)
+
+    def ping(self) -> bool:
+        return True
+
+
+EncoderActor = ray.remote(EncoderActorImpl)

@@ -1,0 +1,100 @@
+"""Creates the runtime's named actors in one Ray namespace, and stops them."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import ray
+import structlog
+import torch
+
+from reactor_rt.actors.conductor import ConductorActor, ConductorConfig
+from reactor_rt.actors.decoder import DecoderActor
+from reactor_rt.actors.encoder import EncoderActor
+from reactor_rt.actors.engine import ActorSet
+from reactor_rt.actors.memory_updater import MemoryUpdaterActor
+from reactor_rt.actors.stm_store import STMStoreActor
+from reactor_rt.errors import ReactorError
+from reactor_rt.events.ray_bus import RayBus
+from reactor_rt.model import ReactiveTransformer
+
+__all__ = ["ACTOR_NAMES", "launch_actors", "stop_actors"]
+
+log = structlog.get_logger()
+
+ACTOR_NAMES = ("bus", "decoder", "encoder", "memory", "stm", "conductor")
+# a crashed actor comes back; its callers retry idempotent calls (DESIGN.md §5 "Faults")
+_RESTARTS = 3
+
+
+def _options(name: str, namespace: str, **extra: Any) -> dict[str, Any]:
+    # num_cpus=0: the actors share the machine's cores; none should wait for a free "CPU slot"
+    return {"name": name, "namespace": namespace, "num_cpus": 0, "max_restarts": _RESTARTS, **extra}
+
+
+def _refuse_if_running(namespace: str) -> None:
+    for name in ACTOR_NAMES:
+        try:
+            ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            continue
+        raise ReactorError(
+            f"a reactor-rt runtime already runs in Ray namespace {namespace!r} (actor {name!r} exists); "
+            "use another namespace or stop that one first"
+        )
+
+
+async def launch_actors(model: ReactiveTransformer, *, store: str, namespace: str, event_log: str | None,
+                        decoder_capacity: int, decoder_threads: int, max_queue: int,
+                        max_new_tokens: int) -> tuple[Any, dict[str, Any]]:
+    """Start bus, decoder, encoder, memory updater, STM store and conductor; returns ``(bus, actors)``."""
+    _refuse_if_running(namespace)
+    bus = RayBus.create(name="bus", namespace=namespace, log_path=event_log, max_restarts=_RESTARTS)
+    await bus.wait_ready()
+    model_ref = ray.put(model)
+    with torch.no_grad():
+        initial = model.init_stm(batch_size=1)[0].clone()
+    actors: dict[str, Any] = {"bus": bus.actor}
+    try:
+        actors["decoder"] = DecoderActor.options(**_options("decoder", namespace)).remote(
+            model_ref, capacity=decoder_capacity, threads=decoder_threads)
+        actors["encoder"] = EncoderActor.options(**_options("encoder", namespace)).remote(model_ref)
+        actors["memory"] = MemoryUpdaterActor.options(**_options("memory", namespace)).remote(model_ref)
+        actors["stm"] = STMStoreActor.options(**_options("stm", namespace)).remote(store, initial)
+        await asyncio.gather(*(actors[n].ping.remote() for n in ("decoder", "encoder", "memory", "stm")))
+        model_actors = ActorSet(actors["decoder"], actors["encoder"], actors["memory"], actors["stm"])
+        actors["conductor"] = ConductorActor.options(**_options("conductor", namespace)).remote(
+            bus, model_actors, model.tokenizer, model.config,
+            ConductorConfig(max_queue=max_queue, max_new_tokens=max_new_tokens))
+        await actors["conductor"].start.remote()
+    except BaseException:
+        await stop_actors(actors, bus)
+        raise
+    log.info("reactor.started", namespace=namespace, store=store)
+    return bus, actors
+
+
+async def stop_actors(actors: dict[str, Any], bus: Any) -> None:
+    """Stop the conductor first (no new work), then kill every actor and close the bus."""
+    conductor = actors.get("conductor")
+    if conductor is not None:
+        try:
+            await asyncio.wait_for(conductor.stop.remote(), timeout=10)
+        except Exception:
+            log.warning("reactor.conductor_stop_failed")
+    stm = actors.get("stm")
+    if stm is not None:
+        try:
+            await asyncio.wait_for(stm.close.remote(), timeout=10)
+        except Exception:
+            log.warning("reactor.stm_close_failed")
+    try:
+        await bus.close()
+    except Exception:
+        log.warning("reactor.bus_close_failed")
+    for name, actor in actors.items():
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:
+            log.warning("reactor.kill_failed", actor=name)

@@ -1,0 +1,115 @@
+"""The STM store: the current version of every memory, handed out as handles and persisted.
+
+``STMRegistry`` is plain (a cache in front of an :class:`~reactor_rt.store.STMStore`); ``STMStoreActor``
+wraps it in Ray and makes exactly one ``ray.put`` per version, so every reader of a version shares
+one object in Ray's store.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import ray
+import torch
+
+from reactor_rt.actors.handles import STMHandle
+from reactor_rt.store import STMStore, open_store
+
+__all__ = ["STMRegistry", "STMStoreActor", "STMStoreActorImpl"]
+
+
+class STMRegistry:
+    """Versioned STMs by memory id. A memory never written is version 0: the model's initial STM."""
+
+    def __init__(self, store: STMStore, initial: torch.Tensor) -> None:
+        self.store = store
+        self.initial = initial.detach().clone()  # (layers, slots, dim)
+        self._current: dict[str, tuple[int, torch.Tensor]] = {}
+        self._lock = threading.Lock()
+
+    def load(self, memory_id: str) -> tuple[int, torch.Tensor]:
+        """``(version, stm)`` of the memory's latest version (cached after the first read)."""
+        with self._lock:
+            if memory_id in self._current:
+                return self._current[memory_id]
+        stored = self.store.load(memory_id)
+        if stored is None:
+            current = (0, self.initial)
+        else:
+            self._check_shape(memory_id, stored.stm)
+            current = (stored.version, stored.stm)
+        with self._lock:
+            self._current.setdefault(memory_id, current)
+            return self._current[memory_id]
+
+    def commit(
+        self, memory_id: str, expected_version: int, stm: torch.Tensor, interaction: str | None
+    ) -> tuple[int, torch.Tensor]:
+        """Persist ``stm`` as the next version (compare-and-set, idempotent on ``interaction``)."""
+        self._check_shape(memory_id, stm)
+        if interaction is not None and self.store.applied_version(memory_id, interaction) is not None:
+            # a retry of an interaction already applied: nothing is written; serve what is stored
+            self.forget(memory_id)
+            return self.load(memory_id)
+        version = self.store.save(memory_id, stm, expected_version=expected_version, interaction=interaction)
+        current = (version, stm.detach().clone())
+        with self._lock:
+            self._current[memory_id] = current
+        return current
+
+    def fork(self, src: str, dst: str) -> tuple[int, torch.Tensor]:
+        """Create memory ``dst`` as a copy of ``src``'s latest STM (the initial one if ``src`` is new)."""
+        _, stm = self.load(src)
+        return self.commit(dst, 0, stm, None)
+
+    def forget(self, memory_id: str) -> None:
+        """Drop the cached version (the next read goes to the store)."""
+        with self._lock:
+            self._current.pop(memory_id, None)
+
+    def _check_shape(self, memory_id: str, stm: torch.Tensor) -> None:
+        if stm.shape != self.initial.shape:
+            from reactor_rt.errors import StoreError
+
+            raise StoreError(
+                f"memory {memory_id!r} has shape {tuple(stm.shape)}, but this model's STM is "
+                f"{tuple(self.initial.shape)}"
+            )
+
+
+class STMStoreActorImpl:
+    """Ray actor named ``stm``. Hands out ``STMHandle``s whose tensors live in Ray's object store."""
+
+    def __init__(self, store_url: str, initial: torch.Tensor) -> None:
+        self.registry = STMRegistry(open_store(store_url), initial)
+        self._handles: dict[str, STMHandle] = {}
+
+    def handle(self, memory_id: str) -> STMHandle:
+        """The latest version of the memory as a handle."""
+        version, stm = self.registry.load(memory_id)
+        current = self._handles.get(memory_id)
+        if current is None or current.version != version:
+            current = STMHandle(memory_id, version, ray.put(stm))
+            self._handles[memory_id] = current
+        return current
+
+    def commit(self, memory_id: str, expected_version: int, stm: torch.Tensor, interaction: str | None) -> STMHandle:
+        """Persist the new version (durable before this returns), then hand it out."""
+        self.registry.commit(memory_id, expected_version, stm, interaction)
+        return self.handle(memory_id)
+
+    def fork(self, src: str, dst: str) -> STMHandle:
+        self.registry.fork(src, dst)
+        return self.handle(dst)
+
+    def tensor(self, memory_id: str) -> tuple[int, torch.Tensor]:
+        return self.registry.load(memory_id)
+
+    def close(self) -> None:
+        self.registry.store.close()
+
+    def ping(self) -> bool:
+        return True
+
+
+STMStoreActor = ray.remote(STMStoreActorImpl)

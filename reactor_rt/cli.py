@@ -1,0 +1,224 @@
+"""The ``reactor-rt`` command line: chat, ask, events, train, eval."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from reactor_rt.errors import ReactorError
+
+__all__ = ["main"]
+
+CHAT_HELP = "commands: /new [NAME] new stream, /fork NAME copy this memory, /memory show STM stats, /quit"
+
+
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="bundled model name or checkpoint dir (default: the bundled tiny)")
+    p.add_argument("--store", default=None, help="STM store URL: sqlite:///path.db (default ~/.reactor-rt/stm.db) or memory://")
+    p.add_argument("--address", default=None, help="join this Ray cluster instead of starting a local one")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the model's)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reactor-rt", description="Event-driven runtime for Reactive Transformers")
+    parser.add_argument("--log-level", default="WARNING")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    chat = sub.add_parser("chat", help="interactive chat; answers stream, the memory updates in the background")
+    chat.add_argument("--stream", default="chat", help="stream id (its STM persists in the store)")
+    _runtime_args(chat)
+
+    ask = sub.add_parser("ask", help="ask one question on a stream and print the answer")
+    ask.add_argument("--stream", required=True)
+    ask.add_argument("text")
+    _runtime_args(ask)
+
+    ev = sub.add_parser("events", help="print events from the durable event log (JSON lines)")
+    ev.add_argument("--store", default=None, help="the store whose event log to read (default ~/.reactor-rt/stm.db)")
+    ev.add_argument("--subject", default=None)
+    ev.add_argument("--after", type=int, default=0, help="only events with seq > AFTER (with --subject)")
+    ev.add_argument("--follow", action="store_true", help="keep printing new events as they are logged")
+
+    train = sub.add_parser("train", help="train a model with a recipe")
+    train.add_argument("--recipe", default="tiny")
+    train.add_argument("--out", default=None)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--resume", action="store_true")
+
+    ev2 = sub.add_parser("eval", help="evaluate a model")
+    ev2.add_argument("task", choices=["recall"])
+    ev2.add_argument("--model", default="tiny")
+    ev2.add_argument("--json", action="store_true")
+    ev2.add_argument("--dialogues", type=int, default=200)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``reactor-rt`` script."""
+    args = _parser().parse_args(argv)
+    from reactor_rt.log_setup import configure_logging
+
+    configure_logging(args.log_level)
+    try:
+        if args.command == "chat":
+            return asyncio.run(_chat(args))
+        if args.command == "ask":
+            return asyncio.run(_ask(args))
+        if args.command == "events":
+            return _events(args)
+        if args.command in ("train", "eval"):
+            return _training(args)
+    except ReactorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def _start(args: argparse.Namespace) -> Any:
+    from reactor_rt.runtime import Reactor
+
+    return Reactor.start(model=args.model, store=args.store, address=args.address, max_new_tokens=args.max_new_tokens)
+
+
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    return {} if args.temperature is None else {"temperature": args.temperature}
+
+
+async def _ask(args: argparse.Namespace) -> int:
+    async with _start(args) as rx:
+        stream = await rx.stream(args.stream)
+        async for event in stream.ask(args.text, max_new_tokens=args.max_new_tokens, **_sampling(args)):
+            if event.type == "rx.response.chunk":
+                print(event.data.text, end="", flush=True)
+            elif event.type == "rx.response.done":
+                print(flush=True)
+        # the loop ran to rx.memory.updated: the new STM is persisted before we stop
+    return 0
+
+
+async def _chat(args: argparse.Namespace) -> int:
+    print("starting reactor-rt (the first start takes a few seconds)...", file=sys.stderr)
+    async with _start(args) as rx:
+        stream = await rx.stream(args.stream)
+        print(f"stream {stream.id!r} (memory {stream.memory_id!r}, version {stream.stm_version}). {CHAT_HELP}")
+        background: set[asyncio.Task[None]] = set()
+        while True:
+            try:
+                line = await asyncio.to_thread(input, f"{stream.id}> ")
+            except EOFError:
+                line = "/quit"
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/"):
+                stream = await _chat_command(rx, stream, line)
+                if stream is None:
+                    break
+                continue
+            await _chat_turn(stream, line, args, background)
+        if background:
+            print("(waiting for the memory update to finish...)")
+            await asyncio.gather(*background, return_exceptions=True)
+    return 0
+
+
+async def _chat_turn(stream: Any, text: str, args: argparse.Namespace, background: set[asyncio.Task[None]]) -> None:
+    events = stream.ask(text, max_new_tokens=args.max_new_tokens, **_sampling(args))
+    try:
+        async for event in events:
+            if event.type == "rx.response.chunk":
+                print(event.data.text, end="", flush=True)
+            elif event.type == "rx.response.done":
+                print()
+                break
+    except ReactorError as exc:
+        print(f"\n[error] {exc}")
+        await events.aclose()
+        return
+
+    async def finish_update() -> None:
+        try:
+            async for event in events:
+                if event.type == "rx.memory.updating":
+                    print("  (updating memory…)", flush=True)
+                elif event.type == "rx.memory.updated":
+                    print(f"  (memory updated: version {event.data.version})", flush=True)
+        except ReactorError as exc:
+            print(f"  [memory update failed] {exc}", flush=True)
+
+    task = asyncio.get_running_loop().create_task(finish_update())
+    background.add(task)
+    task.add_done_callback(background.discard)
+
+
+async def _chat_command(rx: Any, stream: Any, line: str) -> Any:
+    cmd, _, arg = line.partition(" ")
+    arg = arg.strip()
+    if cmd in ("/quit", "/exit"):
+        return None
+    if cmd == "/new":
+        new = await rx.stream(arg or f"chat-{int(time.time())}")
+        print(f"switched to stream {new.id!r} (version {new.stm_version})")
+        return new
+    if cmd == "/fork":
+        if not arg:
+            print("usage: /fork NAME")
+            return stream
+        new = await stream.fork(arg)
+        print(f"forked {stream.id!r} into {new.id!r}; now on {new.id!r}")
+        return new
+    if cmd == "/memory":
+        stm = await stream.memory()
+        print(f"memory {stream.memory_id!r} version {stream.stm_version}: shape {tuple(stm.shape)}, "
+              f"rms {stm.pow(2).mean().sqrt().item():.4f}")
+        return stream
+    print(CHAT_HELP)
+    return stream
+
+
+def _events(args: argparse.Namespace) -> int:
+    from reactor_rt.events.log import EventLog
+    from reactor_rt.runtime import default_store, event_log_path
+
+    path = event_log_path(args.store or default_store())
+    if path is None:
+        print("error: only a sqlite:/// store has a durable event log", file=sys.stderr)
+        return 1
+    log = EventLog(path)
+    after = args.after
+    last: dict[str, int] = {}
+    try:
+        while True:
+            if args.subject is not None:
+                batch = log.read(args.subject, after=after)
+            else:
+                batch = [e for e in log.read_all(after_rowid=last.get("*", 0))] if hasattr(log, "read_all") else []
+            for event in batch:
+                print(event.to_cloudevent_json(), flush=True)
+                after = max(after, event.seq)
+            if not args.follow:
+                return 0
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        log.close()
+
+
+def _training(args: argparse.Namespace) -> int:
+    from reactor_rt import cli_train
+
+    if args.command == "train":
+        return int(cli_train.train_command(recipe=args.recipe, out=args.out, seed=args.seed, resume=args.resume) or 0)
+    return int(cli_train.eval_recall_command(model=args.model, json_output=args.json, dialogues=args.dialogues) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

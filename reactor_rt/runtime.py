@@ -1,0 +1,344 @@
+"""The `Reactor` facade: starts (or joins) Ray, runs the actors, and hands out stream handles.
+
+Everything here is a convenience over the event bus: ``ask()`` subscribes to the stream's events,
+publishes a ``Query`` and yields that interaction's events; the conductor does the work.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import structlog
+import torch
+
+from reactor_rt.error_codes import error_for
+from reactor_rt.errors import QueryTooLongError, ReactorError, RuntimeUnavailableError
+from reactor_rt.events import Event, Query
+from reactor_rt.ids import validate_id
+from reactor_rt.model import ReactiveTransformer, RxTConfig
+
+__all__ = ["DEFAULT_NAMESPACE", "Reactor", "Stream", "Subscription", "default_store", "resolve_model"]
+
+log = structlog.get_logger()
+
+DEFAULT_NAMESPACE = "reactor_rt"
+CLIENT_SOURCE = "reactor-rt/client"
+# a query's text can never need more characters than this per allowed token (UTF-8 bytes, worst case)
+_MAX_CHARS_PER_TOKEN = 16
+
+
+def resolve_model(model: str | os.PathLike[str] | ReactiveTransformer | None) -> ReactiveTransformer:
+    """A bundled name (``"tiny"``), a checkpoint directory, or a model instance -> an eval-mode model."""
+    if isinstance(model, ReactiveTransformer):
+        return model.eval()
+    from reactor_rt.bundled import load_model
+
+    if model is None:
+        return load_model("tiny")
+    path = Path(model)
+    if path.is_dir():
+        return ReactiveTransformer.from_pretrained(path).eval()
+    if isinstance(model, str) and os.sep not in model:
+        return load_model(model)  # a bundled name; unknown names raise a clear error there
+    raise ReactorError(f"model {str(model)!r} is neither a bundled model name nor a checkpoint directory")
+
+
+def default_store() -> str:
+    """``sqlite:///$REACTOR_RT_HOME/stm.db`` (``~/.reactor-rt`` unless the variable says otherwise)."""
+    home = Path(os.environ.get("REACTOR_RT_HOME", Path.home() / ".reactor-rt")).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'stm.db'}"
+
+
+def event_log_path(store: str) -> str | None:
+    """The durable event log lives beside a SQLite STM store (``x.db`` -> ``x.events.db``)."""
+    if store.startswith("sqlite:///"):
+        path = Path(store[len("sqlite:///"):])
+        return str(path.with_name(path.stem + ".events.db"))
+    return None
+
+
+class Stream:
+    """A handle on one interaction stream. It holds only ids, so it survives actor restarts."""
+
+    def __init__(self, reactor: Reactor, stream_id: str, memory_id: str, stm_version: int) -> None:
+        self._rx = reactor
+        self.id = stream_id
+        self.memory_id = memory_id
+        self.stm_version = stm_version  # the last completed update this handle knows of
+        self._last_query_seq = 0  # memory()/fork() wait for this query, which may still be on the bus
+
+    def __repr__(self) -> str:
+        return f"Stream({self.id!r}, memory={self.memory_id!r}, stm_version={self.stm_version})"
+
+    async def ask(self, text: str, *, max_new_tokens: int | None = None, temperature: float | None = None,
+                  top_k: int | None = None, top_p: float | None = None) -> AsyncIterator[Event]:
+        """Yield this interaction's events in order, up to ``rx.memory.updated``.
+
+        Leaving the loop early is fine: the memory update goes on in the background. An ``rx.error``
+        event is yielded, then raised as the matching `ReactorError`.
+        """
+        query = self._rx._query(self.id, text, max_new_tokens=max_new_tokens, temperature=temperature,
+                                top_k=top_k, top_p=top_p)
+        sub = await self._rx._bus.subscribe(subject=self.id)
+        try:
+            self._last_query_seq = (await self._rx.publish(query)).seq
+            async for event in sub:
+                if event.interaction != query.interaction:
+                    continue
+                if event.type == "rx.response.done":
+                    self.stm_version = max(self.stm_version, event.data.stm_version)
+                elif event.type == "rx.memory.updated":
+                    self.stm_version = max(self.stm_version, event.data.version)
+                yield event
+                if event.type == "rx.error":
+                    raise error_for(event.data.code, event.data.message)
+                if event.type == "rx.memory.updated":
+                    return
+        finally:
+            await sub.aclose()
+
+    async def reply(self, text: str, **sampling: Any) -> str:
+        """The answer's text, returned at ``rx.response.done`` (the memory update continues)."""
+        events = self.ask(text, **sampling)
+        try:
+            async for event in events:
+                if event.type == "rx.response.done":
+                    return event.data.text
+        finally:
+            await events.aclose()
+        raise ReactorError("the interaction ended without an answer")
+
+    async def memory(self) -> torch.Tensor:
+        """Wait for this stream's pending memory updates, then return a copy of its STM ``(layers, slots, dim)``."""
+        version, stm = await self._rx._call(self._rx._conductor.memory.remote(self.id, self._last_query_seq))
+        self.stm_version = version
+        return stm.clone()
+
+    async def fork(self, new_stream_id: str) -> Stream:
+        """A new stream whose own memory starts as a copy of this one's STM (after pending updates)."""
+        info = await self._rx._call(self._rx._conductor.fork.remote(
+            self.id, validate_id(new_stream_id, "stream"), self._last_query_seq))
+        return Stream(self._rx, info.stream_id, info.memory_id, info.stm_version)
+
+    async def export_memory(self, path: str | os.PathLike[str]) -> None:
+        """Write this stream's STM to a ``.safetensors`` file."""
+        from reactor_rt.store import save_stm_file
+
+        stm = await self.memory()
+        save_stm_file(path, stm, {"memory": self.memory_id, "stm_version": str(self.stm_version)})
+
+    async def import_memory(self, path: str | os.PathLike[str]) -> int:
+        """Replace this stream's STM with one read from a ``.safetensors`` file; returns the new version."""
+        from reactor_rt.store import load_stm_file
+
+        stm, _ = load_stm_file(path)
+        self.stm_version = await self._rx._call(
+            self._rx._conductor.import_memory.remote(self.id, stm, self._last_query_seq))
+        return self.stm_version
+
+    async def close(self) -> None:
+        """Close the stream: later queries on it get ``rx.error`` (`StreamClosedError`)."""
+        await self._rx._call(self._rx._conductor.close_stream.remote(self.id))
+
+
+class Subscription:
+    """An event subscription: an async iterator, awaitable to register it before iterating."""
+
+    def __init__(self, bus: Any, types: set[str] | None, subject: str | None, after: int | None,
+                 limit: int | None) -> None:
+        self._bus = bus
+        self._args = {"types": types, "subject": subject, "after": after, "limit": limit}
+        self._sub: Any = None
+
+    async def _open(self) -> Subscription:
+        if self._sub is None:
+            self._sub = await self._bus.subscribe(**self._args)
+        return self
+
+    def __await__(self) -> Any:
+        return self._open().__await__()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        await self._open()
+        try:
+            return await self._sub.__anext__()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """End the subscription (also done when the iteration ends or fails)."""
+        if self._sub is not None:
+            await self._sub.aclose()
+
+    async def __aenter__(self) -> Subscription:
+        return await self._open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class _Starting:
+    """What `Reactor.start` returns: ``async with`` it (stops on exit) or ``await`` it."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._reactor: Reactor | None = None
+
+    def __await__(self) -> Any:
+        return Reactor._launch(**self._options).__await__()
+
+    async def __aenter__(self) -> Reactor:
+        self._reactor = await Reactor._launch(**self._options)
+        return self._reactor
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._reactor is not None:
+            await self._reactor.close()
+
+
+class Reactor:
+    """A running reactor-rt: the Ray actors of one namespace, and the bus they talk on."""
+
+    def __init__(self, *, namespace: str, bus: Any, actors: dict[str, Any], model_config: RxTConfig,
+                 tokenizer: Any, started_ray: bool) -> None:
+        self.namespace = namespace
+        self._bus = bus
+        self._actors = actors
+        self._conductor = actors["conductor"]
+        self.model_config = model_config
+        self.tokenizer = tokenizer
+        self._started_ray = started_ray
+        self._closed = False
+
+    @classmethod
+    def start(cls, model: str | os.PathLike[str] | ReactiveTransformer | None = None,
+              store: str | None = None, address: str | None = None, *, namespace: str = DEFAULT_NAMESPACE,
+              decoder_capacity: int = 16, decoder_threads: int = 1, max_queue: int = 64,
+              max_new_tokens: int = 64, event_log: str | None = None) -> _Starting:
+        """Start the runtime: ``async with Reactor.start(model="tiny") as rx: ...``.
+
+        Runs ``ray.init()`` locally (loopback only, no dashboard) unless Ray is already initialised in
+        this process or ``address`` names a cluster to join; leaving the ``async with`` stops the actors,
+        and Ray itself when this call started it. ``model``: a bundled name, a checkpoint directory or a
+        `ReactiveTransformer` (default: the bundled ``tiny``). ``store``: ``sqlite:///path`` (beside it
+        the durable event log ``path.events.db``) or ``memory://``; default `default_store()`.
+        """
+        return _Starting(model=model, store=store or default_store(), address=address, namespace=namespace,
+                         decoder_capacity=decoder_capacity, decoder_threads=decoder_threads, max_queue=max_queue,
+                         max_new_tokens=max_new_tokens, event_log=event_log)
+
+    @classmethod
+    async def _launch(cls, *, model: Any, store: str, address: str | None, namespace: str, decoder_capacity: int,
+                      decoder_threads: int, max_queue: int, max_new_tokens: int, event_log: str | None) -> Reactor:
+        from reactor_rt.actors.launch import launch_actors
+        from reactor_rt.store import open_store
+
+        resolved = resolve_model(model)
+        open_store(store).close()  # fail fast on a bad store URL, before starting anything
+        started_ray = _ensure_ray(address)
+        try:
+            bus, actors = await launch_actors(
+                resolved, store=store, namespace=namespace, event_log=event_log or event_log_path(store),
+                decoder_capacity=decoder_capacity, decoder_threads=decoder_threads, max_queue=max_queue,
+                max_new_tokens=max_new_tokens,
+            )
+        except BaseException:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+            raise
+        return cls(namespace=namespace, bus=bus, actors=actors, model_config=resolved.config,
+                   tokenizer=resolved.tokenizer, started_ray=started_ray)
+
+    async def __aenter__(self) -> Reactor:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def stream(self, stream_id: str, memory: str | None = None) -> Stream:
+        """Get or create a stream; its STM is loaded from the store. ``memory`` shares another memory."""
+        stream_id = validate_id(stream_id, "stream")
+        if memory is not None:
+            memory = validate_id(memory, "memory")
+        info = await self._call(self._conductor.open_stream.remote(stream_id, memory))
+        return Stream(self, info.stream_id, info.memory_id, info.stm_version)
+
+    async def publish(self, event: Event) -> Event:
+        """Publish any event on the bus (a ``Query`` starts an interaction); returns it with its ``seq``."""
+        return await self._bus.publish(event)
+
+    def subscribe(self, types: Iterable[str] | None = None, subject: str | None = None,
+                  after: int | None = None, limit: int | None = None) -> Subscription:
+        """Live events matching the filter; ``after=SEQ`` first replays the log past SEQ; ``limit=N`` stops after N.
+
+        ``async for ev in rx.subscribe(...)`` registers on the first step; ``sub = await rx.subscribe(...)``
+        registers at once (nothing published after the await is missed), then iterate ``sub``.
+        Types are exact names or prefixes ending in ``.`` (``"rx.memory."``).
+        """
+        return Subscription(self._bus, set(types) if types is not None else None, subject, after, limit)
+
+    async def close(self) -> None:
+        """Stop the actors of this runtime (and Ray, when `start` started it). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        import ray
+
+        from reactor_rt.actors.launch import stop_actors
+
+        try:
+            await stop_actors(self._actors, self._bus)
+        finally:
+            if self._started_ray:
+                ray.shutdown()
+
+    def _query(self, stream_id: str, text: str, **sampling: Any) -> Query:
+        if not isinstance(text, str):
+            raise TypeError(f"a query is a str, not {type(text).__name__}")
+        limit = self.model_config.max_query_tokens * _MAX_CHARS_PER_TOKEN
+        if len(text) > limit:
+            raise QueryTooLongError(f"the query has {len(text)} characters; at most {limit} can fit the token limit")
+        data: dict[str, Any] = {"text": text, **{k: v for k, v in sampling.items() if v is not None}}
+        return Query(subject=stream_id, source=CLIENT_SOURCE, data=data)
+
+    async def _call(self, ref: Any) -> Any:
+        """Await an actor call, turning Ray's failures into `ReactorError`s."""
+        import ray.exceptions
+
+        try:
+            return await ref
+        except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, ReactorError | TypeError | ValueError):
+                raise cause from None
+            raise RuntimeUnavailableError(f"the runtime failed: {exc}") from None
+        except ray.exceptions.RayError as exc:
+            raise RuntimeUnavailableError(f"an actor of the runtime is unavailable: {type(exc).__name__}") from None
+
+
+def _ensure_ray(address: str | None) -> bool:
+    """Start or join Ray; True when this call initialised Ray in this process."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind to 127.0.0.1 only
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address is None:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    return True

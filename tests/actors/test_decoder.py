@@ -1,0 +1,106 @@
+"""DecoderCore / DecoderService: continuous batching keeps every row's greedy answer unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reactor_rt.actors.decoder import DecoderCore, DecoderService
+from reactor_rt.actors.handles import GenerateRequest, STMHandle
+
+
+def _stm(model, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return model.init_stm(1)[0] + 0.3 * torch.randn(model.init_stm(1)[0].shape, generator=g)
+
+
+def _prompt(seed: int, n: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(10, 250, (n,), generator=g).tolist()
+
+
+def _alone(model, prompt: list[int], stm: torch.Tensor, n: int) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(torch.tensor(prompt)[None], stm[None], max_new_tokens=n)[0].tolist()
+    return [t for t in out if t != model.tokenizer.pad_id]
+
+
+def test_rows_joining_mid_way_match_generation_alone(model):
+    core = DecoderCore(model, capacity=4)
+    reqs = [GenerateRequest(_prompt(i, 5 + 3 * i), STMHandle(f"m{i}", 0, None), max_new_tokens=10) for i in range(3)]
+    stms = [_stm(model, i) for i in range(3)]
+    got: dict[int, list[int]] = {i: [] for i in range(3)}
+    done: set[int] = set()
+
+    def sink(i):
+        def put(tokens, finished, error):
+            assert error is None
+            got[i].extend(tokens)
+            if finished:
+                done.add(i)
+        return put
+
+    core.submit(reqs[0], stms[0], sink(0))
+    core.step()
+    core.step()
+    core.submit(reqs[1], stms[1], sink(1))  # joins while row 0 is mid-answer
+    core.step()
+    core.submit(reqs[2], stms[2], sink(2))
+    for _ in range(40):
+        if not core.busy:
+            break
+        core.step()
+    assert done == {0, 1, 2}
+    for i in range(3):
+        assert got[i] == _alone(model, reqs[i].prompt, stms[i], 10), i
+
+
+def test_memory_keys_values_are_cached_per_version(model):
+    core = DecoderCore(model, capacity=2, memory_cache_size=2)
+    handles = [STMHandle("m", v, None) for v in range(3)]
+    for h in handles:
+        core.submit(GenerateRequest([5, 6, 7], h, max_new_tokens=1), _stm(model, h.version), lambda t, d, e: None)
+        while core.busy:
+            core.step()
+    assert not core.has_memory(handles[0])  # evicted: the cache is bounded
+    assert core.has_memory(handles[1]) and core.has_memory(handles[2])
+    with pytest.raises(ValueError):
+        core.submit(GenerateRequest([5], handles[0], max_new_tokens=1), None, lambda t, d, e: None)
+
+
+def test_cancel_frees_the_row(model):
+    core = DecoderCore(model, capacity=1)
+    rid = core.submit(GenerateRequest([5, 6], STMHandle("m", 0, None), max_new_tokens=50), _stm(model, 0),
+                      lambda t, d, e: None)
+    core.step()
+    core.cancel(rid)
+    assert not core.busy and core.batch.free_slots
+
+
+@pytest.mark.anyio
+async def test_service_streams_the_same_tokens_in_chunks(model):
+    service = DecoderService(DecoderCore(model, capacity=2), chunk_tokens=4)
+    stm = _stm(model, 7)
+    prompt = _prompt(7, 6)
+
+    async def load(handle):
+        return stm
+
+    chunks = [c async for c in service.generate(GenerateRequest(prompt, STMHandle("m", 0, None), 12), load)]
+    assert len(chunks[0]) == 1  # the first token goes out alone
+    assert all(len(c) >= 4 for c in chunks[1:-1])
+    assert [t for c in chunks for t in c] == _alone(model, prompt, stm, 12)
+
+
+@pytest.mark.anyio
+async def test_a_failed_request_raises_and_the_service_keeps_serving(model):
+    service = DecoderService(DecoderCore(model, capacity=2))
+    stm = _stm(model, 1)
+
+    async def load(handle):
+        return stm
+
+    with pytest.raises(ValueError):  # an empty prompt cannot be prefilled
+        [c async for c in service.generate(GenerateRequest([], STMHandle("m", 0, None), 4), load)]
+    ok = [c async for c in service.generate(GenerateRequest([5, 6], STMHandle("m", 0, None), 4), load)]
+    assert sum(len(c) for c in ok) >= 1

@@ -1,0 +1,53 @@
+"""STMRegistry: versions, compare-and-set, idempotency and forks over a store."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reactor_rt.actors.stm_store import STMRegistry
+from reactor_rt.errors import StaleVersionError, StoreError
+from reactor_rt.store import MemorySTMStore, SQLiteSTMStore
+
+
+@pytest.fixture
+def initial() -> torch.Tensor:
+    return torch.randn(2, 4, 8)
+
+
+def test_a_new_memory_is_version_zero_with_the_initial_stm(initial):
+    reg = STMRegistry(MemorySTMStore(), initial)
+    version, stm = reg.load("m")
+    assert version == 0 and torch.equal(stm, initial)
+
+
+def test_commit_is_compare_and_set_and_idempotent(initial):
+    reg = STMRegistry(MemorySTMStore(), initial)
+    v1, _ = reg.commit("m", 0, initial + 1, "i-1")
+    assert v1 == 1
+    with pytest.raises(StaleVersionError):
+        reg.commit("m", 0, initial + 2, "i-2")
+    again, stm = reg.commit("m", 0, initial + 3, "i-1")  # a retry of i-1: its version, not a new one
+    assert again == 1 and torch.equal(stm, initial + 1)
+
+
+def test_versions_survive_a_new_registry(tmp_path, initial):
+    store = SQLiteSTMStore(tmp_path / "s.db")
+    STMRegistry(store, initial).commit("m", 0, initial * 2, "i")
+    store.close()
+    version, stm = STMRegistry(SQLiteSTMStore(tmp_path / "s.db"), initial).load("m")
+    assert version == 1 and torch.equal(stm, initial * 2)
+
+
+def test_fork_copies_the_latest_or_initial_stm(initial):
+    reg = STMRegistry(MemorySTMStore(), initial)
+    assert torch.equal(reg.fork("new", "copy-of-new")[1], initial)
+    reg.commit("m", 0, initial + 5, None)
+    version, stm = reg.fork("m", "copy")
+    assert version == 1 and torch.equal(stm, initial + 5)
+
+
+def test_a_wrong_shape_is_refused(initial):
+    reg = STMRegistry(MemorySTMStore(), initial)
+    with pytest.raises(StoreError, match="shape"):
+        reg.commit("m", 0, torch.zeros(3, 3), None)

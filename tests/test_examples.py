@@ -1,0 +1,40 @@
+"""Every example runs (on the bundled model, in the session's Ray)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytestmark = [pytest.mark.anyio, pytest.mark.ray]
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_quickstart(ray_local):
+    answers = await load("quickstart").main()
+    assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
+
+
+async def test_multi_stream(ray_local):
+    results = await load("multi_stream").main(streams=4)
+    assert sorted(results) == [f"user-{i}" for i in range(4)]
+
+
+async def test_subscribe(ray_local):
+    seen = await load("subscribe").main()
+    assert len(seen) == 12
+    assert {subject for subject, _ in seen} == {"carol", "dave"}
+    for subject in ("carol", "dave"):
+        types = [t for s, t in seen if s == subject]
+        assert types == ["rx.response.done", "rx.memory.updating", "rx.memory.updated"] * 2

@@ -1,0 +1,133 @@
+"""The Reactor facade over Ray actors: streams, ordering, isolation, persistence, bad input."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+import ray
+import torch
+
+from reactor_rt import InvalidIdError, QueryTooLongError, Reactor, StreamClosedError
+from reactor_rt.model import ReactiveTransformer, RxTConfig
+
+pytestmark = [pytest.mark.anyio, pytest.mark.ray]
+
+
+def _model() -> ReactiveTransformer:
+    torch.manual_seed(0)
+    model = ReactiveTransformer(RxTConfig.preset("tiny")).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="module")
+def model() -> ReactiveTransformer:
+    return _model()
+
+
+@pytest.fixture
+async def rx(ray_local, model, tmp_path):
+    async with Reactor.start(model=model, store=f"sqlite:///{tmp_path}/stm.db", max_new_tokens=8) as reactor:
+        yield reactor
+
+
+async def test_actors_are_named_in_the_namespace(rx):
+    for name in ("decoder", "encoder", "memory", "stm", "conductor"):
+        assert ray.get_actor(name, namespace="reactor_rt") is not None
+
+
+async def test_interleaved_streams_keep_order_and_do_not_leak(rx):
+    """8 streams x 5 turns at once: per-stream order holds, and a stream's answers and STM equal those
+    of a stream with the same turns run alone."""
+    turns = [f"turn {t}: tell me something" for t in range(5)]
+
+    async def run(stream_id: str) -> list[str]:
+        stream = await rx.stream(stream_id)
+        return [await stream.reply(text) for text in turns]
+
+    alone = await run("solo")
+    solo_mem = await (await rx.stream("solo")).memory()
+    answers: dict[str, list[str]] = {}
+    async with anyio.create_task_group() as tg:
+        for i in range(8):
+            async def one(sid: str = f"s{i}") -> None:
+                answers[sid] = await run(sid)
+            tg.start_soon(one)
+    for sid in answers:
+        assert answers[sid] == alone, sid
+        stream = await rx.stream(sid)
+        mem = await stream.memory()
+        assert stream.stm_version == 5
+        torch.testing.assert_close(mem, solo_mem, atol=1e-5, rtol=1e-4)
+    # per-stream order in the log: every stream's queries were answered in the order sent
+    done = [ev async for ev in rx.subscribe(types={"rx.query", "rx.response.done"}, subject="s3", after=0, limit=10)]
+    queries = [e.interaction for e in done if e.type == "rx.query"]
+    answered = [e.interaction for e in done if e.type == "rx.response.done"]
+    assert queries == answered and len(queries) == 5
+    assert [e.seq for e in done] == sorted(e.seq for e in done)
+
+
+async def test_a_query_sent_during_the_update_is_queued_and_answered(rx):
+    stream = await rx.stream("busy")
+    await stream.reply("first")  # returns at rx.response.done: the memory update is still running
+    events = [ev async for ev in stream.ask("second")]
+    done = next(e for e in events if e.type == "rx.response.done")
+    assert done.data.stm_version == 1
+    assert events[-1].type == "rx.memory.updated" and events[-1].data.version == 2
+
+
+async def test_shared_memory_streams_see_each_others_writes(rx):
+    a = await rx.stream("team-a", memory="team")
+    b = await rx.stream("team-b", memory="team")
+    await a.reply("My name is Ann.")
+    events = [ev async for ev in b.ask("What is my name?")]
+    done = next(e for e in events if e.type == "rx.response.done")
+    assert done.data.stm_version == 1  # b read the STM that a's interaction wrote
+    assert (await a.memory()).equal(await b.memory())
+
+
+async def test_bad_input_is_a_typed_error_and_serving_goes_on(rx):
+    with pytest.raises(InvalidIdError):
+        await rx.stream("bad\nid")
+    with pytest.raises(InvalidIdError):
+        await rx.stream("x" * 300)
+    stream = await rx.stream("bad-input")
+    seen = []
+    with pytest.raises(QueryTooLongError):
+        async for ev in stream.ask("   "):
+            seen.append(ev.type)
+    assert seen[-1] == "rx.error"
+    with pytest.raises(QueryTooLongError):
+        await stream.reply("word " * 2000)
+    await stream.close()
+    with pytest.raises(StreamClosedError):
+        await stream.reply("hello?")
+    other = await rx.stream("still-serving")
+    assert isinstance(await other.reply("hello"), str)
+
+
+async def test_fork_and_export_import(rx, tmp_path):
+    src = await rx.stream("fork-src")
+    await src.reply("remember the number 42")
+    copy = await src.fork("fork-dst")
+    assert torch.equal(await copy.memory(), await src.memory())
+    path = tmp_path / "stm.safetensors"
+    await src.export_memory(path)
+    target = await rx.stream("imported")
+    version = await target.import_memory(path)
+    assert version == 1 and torch.equal(await target.memory(), await src.memory())
+
+
+async def test_stm_persists_across_a_restart(ray_local, model, tmp_path):
+    store = f"sqlite:///{tmp_path}/persist.db"
+    async with Reactor.start(model=model, store=store, max_new_tokens=4) as rx:
+        stream = await rx.stream("p", memory="p-mem")
+        await stream.reply("one")
+        await stream.reply("two")
+        mem = await stream.memory()
+    async with Reactor.start(model=model, store=store, max_new_tokens=4) as rx:
+        stream = await rx.stream("p")  # the memory it used is remembered from the event log
+        assert stream.memory_id == "p-mem" and stream.stm_version == 2
+        assert torch.equal(await stream.memory(), mem)
