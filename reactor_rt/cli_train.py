@@ -77,11 +77,17 @@ def eval_recall_command(
     seed: int = 1234,
     ablation: bool = True,
     threads: int | None = DEFAULT_THREADS,
+    *,
+    json_output: bool | None = None,
+    dialogues: int | None = None,
 ) -> int:
     """Print recall accuracy by intervening turns on held-out dialogues (Markdown table, or JSON).
 
-    model: a bundled name or a checkpoint directory. Returns 0.
+    model: a bundled name or a checkpoint directory; n: held-out dialogues per cell. ``json_output``
+    and ``dialogues`` are accepted as aliases of ``json`` and ``n``. Returns 0.
     """
+    json = json if json_output is None else json_output
+    n = n if dialogues is None else dialogues
     _set_threads(threads)
     from reactor_rt.training.eval_recall import evaluate_recall, format_table
 

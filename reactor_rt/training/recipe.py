@@ -208,12 +208,14 @@ def train(
     `ReactiveTransformer.from_pretrained`, with ``recall.json`` — the recall table — and
     ``fixed_eval.json`` — the small eval the tests re-check — beside it) and ``summary.json``.
     With ``resume`` a rerun skips the finished stages and continues the interrupted one; without it
-    ``out`` is cleared first. Deterministic for a seed (same machine, same thread count).
+    the previous run's files in ``out`` are removed first. Deterministic for a seed (same machine, same thread count).
     """
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     out = Path(out)
-    if not resume and out.exists():
-        shutil.rmtree(out)
+    if not resume:  # start over: remove only what a run writes, never the rest of ``out``
+        for sub in ("tokenizer", "stages", "model"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        (out / "summary.json").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     tok = _tokenizer(recipe, out, seed)
