@@ -57,24 +57,26 @@ class _StepHook:
     """Writes one new key/value per row at that row's position, then exposes the rows' cache prefix."""
 
     def __init__(
-        self, db: DecodeBatch, rows: slice | Tensor, pos: Tensor, single: int | None, length: int,
+        self, db: DecodeBatch, rows: slice | Tensor, pos: Tensor | None, single: int | None, length: int,
         mask: Tensor | None,
     ) -> None:
         self.db, self.rows, self.pos, self.single = db, rows, pos, single
         self.length, self.mask = length, mask
-        self.arange = torch.arange(pos.shape[0], device=pos.device)
+        if pos is not None and isinstance(rows, slice):
+            self.arange = torch.arange(pos.shape[0], device=pos.device)
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None, bool]:
         kc, vc = self.db.k_cache[layer], self.db.v_cache[layer]  # (C, H, M, hd)
         rows = self.rows
+        if self.single is not None:  # one row: its persistent cache views, plain indexing
+            kc, vc = self.db._row_k[layer][rows.start], self.db._row_v[layer][rows.start]  # (1, H, M, hd)
+            kc.select(2, self.single).copy_(k.select(2, 0))
+            vc.select(2, self.single).copy_(v.select(2, 0))
+            return kc[:, :, : self.length], vc[:, :, : self.length], None, False
         if isinstance(rows, slice):
             kc, vc = kc[rows], vc[rows]  # views: written in place, read without a copy
-            if self.single is not None:  # one row: plain indexing, no index tensors
-                kc[0, :, self.single] = k[0, :, 0]
-                vc[0, :, self.single] = v[0, :, 0]
-            else:
-                kc[self.arange, :, self.pos] = k[:, :, 0]
-                vc[self.arange, :, self.pos] = v[:, :, 0]
+            kc[self.arange, :, self.pos] = k[:, :, 0]
+            vc[self.arange, :, self.pos] = v[:, :, 0]
             return kc[:, :, : self.length], vc[:, :, : self.length], self.mask, False
         kc[rows, :, self.pos] = k[:, :, 0]
         vc[rows, :, self.pos] = v[:, :, 0]
@@ -113,6 +115,9 @@ class DecodeBatch:
         kw = {"dtype": p.dtype, "device": p.device}
         self.k_cache = torch.zeros(c.layers, capacity, c.kv_heads, self.max_len, c.head_dim, **kw)
         self.v_cache = torch.zeros_like(self.k_cache)
+        # per layer and slot, a (1, H, M, hd) view of the cache: the one-row step writes through these
+        self._row_k = [[self.k_cache[i, s : s + 1] for s in range(capacity)] for i in range(c.layers)]
+        self._row_v = [[self.v_cache[i, s : s + 1] for s in range(capacity)] for i in range(c.layers)]
         self.mem_k = torch.zeros(c.layers, capacity, c.kv_heads, c.stm_slots, c.head_dim, **kw)
         self.mem_v = torch.zeros_like(self.mem_k)
         self.stm = None if cache_memory_kv else torch.zeros(capacity, c.layers, c.stm_slots, c.dim, **kw)
@@ -227,11 +232,15 @@ class DecodeBatch:
         else:
             rows = torch.tensor(slots, device=self.pending.device)
         positions = [self._rows[s].pos for s in slots]
-        pos = torch.tensor(positions, device=self.pending.device)
         length = max(positions) + 1
-        mask = None
-        if n > 1 and min(positions) != max(positions):
-            mask = (torch.arange(length, device=pos.device)[None] <= pos[:, None])[:, None, None]  # (n,1,1,T)
+        mask = pos = None
+        if n == 1:  # one row: no index tensors, no mask (its keys are exactly the cache prefix)
+            cis = model.rope.cis[positions[0] : length].view(1, 1, 1, -1)
+        else:
+            pos = torch.tensor(positions, device=self.pending.device)
+            cis = model.rope.at(pos)
+            if min(positions) != max(positions):
+                mask = (torch.arange(length, device=pos.device)[None] <= pos[:, None])[:, None, None]  # (n,1,1,T)
         if self.stm is not None:  # benchmark path: project the memory K/V again at every step
             mem = model.memory_kv(self.stm[rows])
         elif isinstance(rows, slice):
@@ -240,7 +249,7 @@ class DecodeBatch:
             mem = MemoryKV(self.mem_k.index_select(1, rows), self.mem_v.index_select(1, rows))
         hook = _StepHook(self, rows, pos, positions[0] if n == 1 else None, length, mask)
         ids = self.pending[rows][:, None]  # (n, 1)
-        logits, _ = model.run_decoder(ids, mem, model.rope.at(pos), hook, need_aux=False)
+        logits, _ = model.run_decoder(ids, mem, cis, hook, need_aux=False)
         logits = logits[:, -1]  # (n, V)
         samplers = [self._rows[s].sampler for s in slots]
         if all(s.greedy for s in samplers):

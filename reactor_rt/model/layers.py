@@ -63,8 +63,9 @@ class MoE(nn.Module):
     tokens this beats gathering tokens per expert. Large token counts go the sparse way.
     """
 
-    # at most this many tokens go the dense way (benchmarks/model_speed.py measures the cross-over)
-    dense_limit = 8
+    # the dense path runs while tokens x experts <= dense_limit: on this CPU it beat gather/scatter up to
+    # ~64 tokens with 4 experts and ~24 with 12 (benchmarks/model_speed.py prints the cross-over)
+    dense_limit = 256
 
     def __init__(self, dim: int, ff_dim: int, experts: int, top_k: int, shared_expert: bool = False) -> None:
         super().__init__()
@@ -91,7 +92,7 @@ class MoE(nn.Module):
         logits, weights, idx = self.route(flat)
         if flat.shape[0] == 1:
             y = self._single(flat, weights, idx)
-        elif flat.shape[0] <= self.dense_limit:
+        elif flat.shape[0] * self.experts <= self.dense_limit:
             y = self._dense(flat, weights, idx)
         else:
             y = self._sparse(flat, weights, idx)
