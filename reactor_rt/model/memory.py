@@ -27,9 +27,10 @@ class MemoryNorm(RMSNorm):
 class ResidualGate(nn.Module):
     """Sigmoid gate G in `new = (1 - G) * old + G * update`; a convex mix, so the STM stays bounded.
 
-    kind: "static" (G from learned weights only), "elementwise" (G = sigmoid(w * (old + update) + b)),
-    "linear" (G = sigmoid(Linear(old + update) + b)). per_slot: one gate value per slot (S, 1);
-    otherwise one per layer (the linear gate then reads the slot mean).
+    kind: "static" (G from learned weights only: one value per slot, or per layer),
+    "elementwise" (G = sigmoid(w * (old + update) + b): one gate per element, w and b per slot or per
+    layer), "linear" (G = sigmoid(Linear(old + update) + b): one gate per slot from its contents, or
+    one per layer from the slot mean). per_slot picks per-slot parameters (the recommended default).
     """
 
     def __init__(self, kind: str, slots: int, dim: int, per_slot: bool, bias_init: float) -> None:
@@ -50,14 +51,12 @@ class ResidualGate(nn.Module):
             raise ValueError(f"unknown residual gate kind {kind!r}")
 
     def gate(self, old: Tensor, update: Tensor) -> Tensor:
-        """G in (0, 1), broadcastable to old (B, S, D): (B or 1, S or 1, 1)."""
+        """G in (0, 1), broadcastable to old (B, S, D): static (S or 1, 1), elementwise (B, S, D),
+        linear (B, S or 1, 1)."""
         if self.kind == "static":
             logit = self.bias
         elif self.kind == "elementwise":
-            mixed = (old + update).mean(-1, keepdim=True)  # (B, S, 1)
-            if not self.per_slot:
-                mixed = mixed.mean(-2, keepdim=True)
-            logit = self.weight * mixed + self.bias
+            logit = self.weight * (old + update) + self.bias  # (B, S, D)
         else:
             mixed = old + update
             if not self.per_slot:

@@ -24,7 +24,10 @@ def test_gate_stays_in_open_unit_interval(kind, per_slot):
     old, upd = 3 * torch.randn(3, 8, 32), 3 * torch.randn(3, 8, 32)
     g = gate.gate(old, upd)
     assert ((g > 0) & (g < 1)).all()
-    assert g.shape[-1] == 1 and g.shape[-2] == (8 if per_slot else 1)
+    assert g.shape[-1] == (32 if kind == "elementwise" else 1)
+    assert g.shape[-2] == (8 if per_slot or kind == "elementwise" else 1)
+    if kind == "elementwise":
+        assert g.std() > 0  # one gate per element
     new = gate(old, upd)
     assert torch.allclose(new, (1 - g) * old + g * upd, atol=1e-5)
 
