@@ -170,7 +170,12 @@ class ReactiveTransformer(nn.Module):
         attention_mask (B, T) bool, True = real token (right padding); padded keys are ignored.
         """
         cis = self.rope.tables(ids.shape[1])
-        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask.bool().clone()
+            # a row of padding only (an empty turn in a padded batch) still needs one key, else NaN
+            mask[:, 0] |= ~mask.any(dim=1)
+            mask = mask[:, None, None, :]  # (B, 1, 1, T)
         x = self.embedding(ids)
         outs = []
         for layer in self.encoder_layers:

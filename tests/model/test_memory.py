@@ -110,3 +110,15 @@ def test_memory_kv_rows_and_cat():
     assert torch.equal(joined.v, kv[[2, 0]].v)
     perm = torch.randperm(8)
     assert torch.allclose(m.memory_kv(stm[:, :, perm]).k, kv.k[:, :, :, perm], atol=1e-6)
+
+
+@torch.no_grad()
+def test_an_all_padding_row_stays_finite_and_leaves_other_rows_alone():
+    m = perturbed(small())
+    stm = torch.randn(2, 2, 8, 32)
+    ids = torch.randint(8, 260, (2, 6))
+    mask = torch.tensor([[True] * 6, [False] * 6])
+    new = m.update_memory(stm, m.encode(ids, attention_mask=mask), attention_mask=mask)
+    assert torch.isfinite(new).all()
+    alone = m.update_memory(stm[:1], m.encode(ids[:1]))
+    assert torch.allclose(new[:1], alone, atol=1e-5)
