@@ -12,15 +12,21 @@ __all__ = ["MoE", "RMSNorm", "SwiGLU", "load_balancing_loss"]
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm with a learned per-channel scale."""
+    """Root-mean-square norm with a learned per-channel scale: x / (rms(x) + eps) * weight.
+
+    rms(x) = ||x|| / sqrt(D): one fused vector_norm kernel, a third of the small ops F.rms_norm runs
+    on CPU, which matters in one-token decode steps (13 norms a step).
+    """
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.eps = eps
+        self.inv_sqrt_dim = dim**-0.5
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        rms = torch.linalg.vector_norm(x, dim=-1, keepdim=True) * self.inv_sqrt_dim
+        return x * (self.weight / (rms + self.eps))
 
 
 class SwiGLU(nn.Module):
