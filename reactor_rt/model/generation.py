@@ -251,14 +251,11 @@ class DecodeBatch:
         ids = self.pending[rows][:, None]  # (n, 1)
         logits, _ = model.run_decoder(ids, mem, cis, hook, need_aux=False)
         logits = logits[:, -1]  # (n, V)
-        samplers = [self._rows[s].sampler for s in slots]
-        if all(s.greedy for s in samplers):
-            nxt = logits.argmax(dim=-1)
-        else:
-            nxt = torch.stack([
-                smp.sample(logits[i : i + 1], self._rows[s].generator)[0]
-                for i, (s, smp) in enumerate(zip(slots, samplers, strict=True))
-            ])
+        nxt = logits.argmax(dim=-1)  # greedy rows: one batched argmax
+        for i, s in enumerate(slots):
+            row = self._rows[s]
+            if not row.sampler.greedy:  # sampled rows: each with its own sampler and generator
+                nxt[i] = row.sampler.sample(logits[i : i + 1], row.generator)[0]
         self.pending[rows] = nxt
         for s in slots:
             self._rows[s].pos += 1
