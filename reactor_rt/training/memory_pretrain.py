@@ -4,8 +4,12 @@ There is no label for "the right STM", so a pseudo-target is used: a weighted me
 STM and the new encoded interaction (mean-pooled over its real tokens, per layer). The weight of the
 new data is high at the first step (an empty memory should take in the interaction) and decays over
 the following steps (an established memory should change less), with a little jitter. The loss is the
-negative cosine similarity between the memory-attention output and that target. The encoder is not
-trained here (its outputs are detached); only the memory-attention network and the initial STM learn.
+negative cosine similarity between the memory-attention output and that target, compared per layer on
+the *slot mean* of the memory: pulling every slot to the same pooled vector would collapse the slots
+into one (a probe of that variant left the decoder unable to find the memory again in stage 4), while
+the slot mean states the intent — the memory as a whole moves towards the new data by weight w — and
+leaves the slots free to specialise. The encoder is not trained here (its outputs are detached); only
+the memory-attention network learns.
 """
 
 from __future__ import annotations
@@ -69,7 +73,8 @@ def memory_pretrain_loss(
         prev = prev + cfg.stm_noise * rms * torch.randn(prev.shape, generator=gen)
         new = model.update_memory(prev, enc, attention_mask=mask)
         target = pseudo_target(prev, enc, mask, new_data_weight(step, cfg, gen))
-        losses.append(-F.cosine_similarity(new, target.detach(), dim=-1).mean())
+        # (B, L, D) slot means; see the module docstring for why not per slot
+        losses.append(-F.cosine_similarity(new.mean(2), target.detach().mean(2), dim=-1).mean())
         stm = new
     loss = torch.stack(losses).mean()
     return loss, {"cos": float(-loss.detach())}

@@ -6,8 +6,8 @@ turns are the scored actions: reward = 1 when the answer recalls the earlier fac
 else 0. A critic predicts the reward from the state (the STM read and the encoded query);
 advantage = reward - value (no GAE: one action per question). The policy loss is PPO's clipped
 surrogate on the answer tokens' log-probabilities, recomputed with full backprop through the memory
-chain, so the memory-attention network is trained by the reward. A regulariser penalises the relative
-size of each STM change, keeping updates small where that costs no reward.
+chain, so the memory-attention network is trained by the reward. A regulariser penalises the size of
+each STM change (1 - cosine per slot), keeping updates small where that costs no reward.
 """
 
 from __future__ import annotations
