@@ -358,7 +358,8 @@ class Conductor:
         await self._publish(MemoryUpdating(subject=subject, source=self.config.source, interaction=interaction,
                                            data={"memory": lane.memory_id, "from_version": handle.version}))
         update_started = time.perf_counter()
-        full = job.prompt + answer_ids + ([] if finished == "eos" else [eos])
+        # the encoder sees a closed interaction, as in training: [BOS][Q] query [A] answer [EOS]
+        full = job.prompt + answer_ids + ([eos] if finished != "eos" and eos >= 0 else [])
         lane.handle = await self.engine.update(handle, full, interaction)
         await self._publish(MemoryUpdated(
             subject=subject, source=self.config.source, interaction=interaction,

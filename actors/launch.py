@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import ray
+import ray.exceptions
 import structlog
 import torch
 
@@ -15,7 +16,7 @@ from reactor_rt.actors.encoder import EncoderActor
 from reactor_rt.actors.engine import ActorSet
 from reactor_rt.actors.memory_updater import MemoryUpdaterActor
 from reactor_rt.actors.stm_store import STMStoreActor
-from reactor_rt.errors import ReactorError
+from reactor_rt.errors import ReactorError, RuntimeUnavailableError
 from reactor_rt.events.ray_bus import RayBus
 from reactor_rt.model import ReactiveTransformer
 
@@ -51,25 +52,27 @@ async def launch_actors(model: ReactiveTransformer, *, store: str, namespace: st
     """Start bus, decoder, encoder, memory updater, STM store and conductor; returns ``(bus, actors)``."""
     _refuse_if_running(namespace)
     bus = RayBus.create(name="bus", namespace=namespace, log_path=event_log, max_restarts=_RESTARTS)
-    await bus.wait_ready()
     model_ref = ray.put(model)
     with torch.no_grad():
         initial = model.init_stm(batch_size=1)[0].clone()
     actors: dict[str, Any] = {"bus": bus.actor}
     try:
+        # all processes start at once (each imports torch: seconds); the conductor only needs handles
         actors["decoder"] = DecoderActor.options(**_options("decoder", namespace)).remote(
             model_ref, capacity=decoder_capacity, threads=decoder_threads)
         actors["encoder"] = EncoderActor.options(**_options("encoder", namespace)).remote(model_ref)
         actors["memory"] = MemoryUpdaterActor.options(**_options("memory", namespace)).remote(model_ref)
         actors["stm"] = STMStoreActor.options(**_options("stm", namespace)).remote(store, initial)
-        await asyncio.gather(*(actors[n].ping.remote() for n in ("decoder", "encoder", "memory", "stm")))
         model_actors = ActorSet(actors["decoder"], actors["encoder"], actors["memory"], actors["stm"])
         actors["conductor"] = ConductorActor.options(**_options("conductor", namespace)).remote(
             bus, model_actors, model.tokenizer, model.config,
             ConductorConfig(max_queue=max_queue, max_new_tokens=max_new_tokens))
+        await asyncio.gather(bus.wait_ready(), *(actors[n].ping.remote() for n in ("decoder", "encoder", "memory", "stm")))
         await actors["conductor"].start.remote()
-    except BaseException:
+    except BaseException as exc:
         await stop_actors(actors, bus)
+        if isinstance(exc, ray.exceptions.RayError):
+            raise RuntimeUnavailableError(f"the runtime's actors could not start: {exc}") from None
         raise
     log.info("reactor.started", namespace=namespace, store=store)
     return bus, actors

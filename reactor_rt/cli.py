@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--recipe", default="tiny")
     train.add_argument("--out", default=None)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--resume", action="store_true")
+    train.add_argument("--restart", action="store_true", help="start over instead of resuming an interrupted run")
 
     ev2 = sub.add_parser("eval", help="evaluate a model")
     ev2.add_argument("task", choices=["recall"])
@@ -192,17 +192,14 @@ def _events(args: argparse.Namespace) -> int:
         print("error: only a sqlite:/// store has a durable event log", file=sys.stderr)
         return 1
     log = EventLog(path)
-    after = args.after
-    last: dict[str, int] = {}
+    seen: dict[str, int] = {}  # subject -> last seq printed
     try:
         while True:
-            if args.subject is not None:
-                batch = log.read(args.subject, after=after)
-            else:
-                batch = [e for e in log.read_all(after_rowid=last.get("*", 0))] if hasattr(log, "read_all") else []
-            for event in batch:
-                print(event.to_cloudevent_json(), flush=True)
-                after = max(after, event.seq)
+            subjects = [args.subject] if args.subject is not None else log.subjects()
+            for subject in subjects:
+                for event in log.read(subject, after=seen.get(subject, args.after)):
+                    print(event.to_cloudevent_json(), flush=True)
+                    seen[subject] = event.seq
             if not args.follow:
                 return 0
             time.sleep(0.5)
@@ -216,7 +213,8 @@ def _training(args: argparse.Namespace) -> int:
     from reactor_rt import cli_train
 
     if args.command == "train":
-        return int(cli_train.train_command(recipe=args.recipe, out=args.out, seed=args.seed, resume=args.resume) or 0)
+        return int(cli_train.train_command(recipe=args.recipe, out=args.out, seed=args.seed,
+                                                resume=not args.restart) or 0)
     return int(cli_train.eval_recall_command(model=args.model, json_output=args.json, dialogues=args.dialogues) or 0)
 
 

@@ -27,9 +27,16 @@ def model() -> ReactiveTransformer:
     return _model()
 
 
-@pytest.fixture
-async def rx(ray_local, model, tmp_path):
-    async with Reactor.start(model=model, store=f"sqlite:///{tmp_path}/stm.db", max_new_tokens=8) as reactor:
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+async def rx(ray_local, model, tmp_path_factory):
+    """One runtime for the module (starting one costs seconds); tests use distinct stream ids."""
+    store = f"sqlite:///{tmp_path_factory.mktemp('rx')}/stm.db"
+    async with Reactor.start(model=model, store=store, max_new_tokens=8) as reactor:
         yield reactor
 
 
@@ -122,12 +129,12 @@ async def test_fork_and_export_import(rx, tmp_path):
 
 async def test_stm_persists_across_a_restart(ray_local, model, tmp_path):
     store = f"sqlite:///{tmp_path}/persist.db"
-    async with Reactor.start(model=model, store=store, max_new_tokens=4) as rx:
+    async with Reactor.start(model=model, store=store, max_new_tokens=4, namespace="persist-test") as rx:
         stream = await rx.stream("p", memory="p-mem")
         await stream.reply("one")
         await stream.reply("two")
         mem = await stream.memory()
-    async with Reactor.start(model=model, store=store, max_new_tokens=4) as rx:
+    async with Reactor.start(model=model, store=store, max_new_tokens=4, namespace="persist-test") as rx:
         stream = await rx.stream("p")  # the memory it used is remembered from the event log
         assert stream.memory_id == "p-mem" and stream.stm_version == 2
         assert torch.equal(await stream.memory(), mem)

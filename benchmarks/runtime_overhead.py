@@ -1,0 +1,134 @@
+"""Runtime overhead: the same model and prompts through `Reactor` (Ray actors, event bus) vs direct
+in-process model calls, side by side in one run; then aggregate tokens/s for concurrent streams.
+
+    .venv/bin/python benchmarks/runtime_overhead.py [--quick]
+
+Per turn = query -> full answer -> memory update written (what one interaction costs); time to first
+token = query sent -> first answer token in hand. The model is the untrained `tiny` preset with [EOS]
+disabled, so every answer has exactly --tokens tokens and both paths do identical work (greedy).
+Medians after a warm-up. Goals (issue 4): <= 15 % per-turn overhead, <= 5 ms extra time to first token,
+16 streams >= 4x the tokens/s of one stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+
+import torch
+
+from reactor_rt.model import DecodeBatch, ReactiveTransformer, RxTConfig
+from reactor_rt.template import build_prompt
+from reactor_rt.tokenizer import ByteTokenizer
+
+__all__ = ["main"]
+
+PROMPTS = [f"Question {i}: what do you remember about turn {i}?" for i in range(64)]
+
+
+class NoEosTokenizer(ByteTokenizer):
+    """[EOS] can never be produced: answers always run to their token budget."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.eos_id = -1
+
+
+def build_model() -> ReactiveTransformer:
+    torch.manual_seed(0)
+    return ReactiveTransformer(RxTConfig.preset("tiny"), NoEosTokenizer()).eval()
+
+
+@torch.inference_mode()
+def direct_turns(model: ReactiveTransformer, turns: int, tokens: int) -> tuple[list[float], list[float]]:
+    """(per-turn ms, time-to-first-token ms) of in-process calls: decode with the batch engine, encode,
+    update memory — what the actors do, minus the runtime."""
+    db = DecodeBatch(model, capacity=1)
+    stm = model.init_stm(1)
+    per_turn, ttft = [], []
+    for i in range(turns):
+        prompt = build_prompt(model.tokenizer, PROMPTS[i % len(PROMPTS)])
+        t0 = time.perf_counter()
+        slot = db.add(torch.tensor(prompt), memory_kv=model.memory_kv(stm), max_new_tokens=tokens)
+        answer = [o.token for o in db.step()]
+        ttft.append(1000 * (time.perf_counter() - t0))
+        while db.active:
+            answer += [o.token for o in db.step()]
+        db.remove(slot)
+        stm = model.update_memory(stm, model.encode(torch.tensor(prompt + answer)[None]))
+        per_turn.append(1000 * (time.perf_counter() - t0))
+    return per_turn, ttft
+
+
+async def reactor_turns(rx, stream_id: str, turns: int, tokens: int) -> tuple[list[float], list[float], int]:
+    """(per-turn ms, time-to-first-token ms, tokens) through the Reactor for one stream."""
+    stream = await rx.stream(stream_id)
+    per_turn, ttft, produced = [], [], 0
+    for i in range(turns):
+        t0 = time.perf_counter()
+        first = None
+        async for ev in stream.ask(PROMPTS[i % len(PROMPTS)], max_new_tokens=tokens):
+            if first is None and ev.type in ("rx.response.chunk", "rx.response.done"):
+                first = time.perf_counter()
+            if ev.type == "rx.response.done":
+                produced += ev.data.tokens
+        per_turn.append(1000 * (time.perf_counter() - t0))
+        ttft.append(1000 * ((first or time.perf_counter()) - t0))
+    return per_turn, ttft, produced
+
+
+async def throughput(rx, streams: int, turns: int, tokens: int, tag: str) -> float:
+    """Aggregate generated tokens/s of `streams` concurrent conversations."""
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(reactor_turns(rx, f"{tag}-{streams}-{i}", turns, tokens) for i in range(streams)))
+    elapsed = time.perf_counter() - t0
+    return sum(r[2] for r in results) / elapsed
+
+
+async def run(args: argparse.Namespace) -> None:
+    from reactor_rt import Reactor
+
+    model = build_model()
+    torch.set_num_threads(1)  # the decoder actor runs with 1 thread: compare like with like
+    turns = 6 if args.quick else 16
+    direct_turns(model, 2, args.tokens)  # warm-up
+    async with Reactor.start(model=model, store="memory://", max_new_tokens=args.tokens,
+                             decoder_capacity=64) as rx:
+        await reactor_turns(rx, "warmup", 2, args.tokens)
+        d_turn, d_ttft = direct_turns(model, turns, args.tokens)
+        r_turn, r_ttft, _ = await reactor_turns(rx, "measure", turns, args.tokens)
+        d_turn2, d_ttft2 = direct_turns(model, turns, args.tokens)  # again: the machine may drift
+        d_turn, d_ttft = d_turn + d_turn2, d_ttft + d_ttft2
+        levels = [1, 4, 16] if args.quick else [1, 4, 16, 64]
+        tps = {n: await throughput(rx, n, 2 if args.quick else 3, args.tokens, "tput") for n in levels}
+
+    med = statistics.median
+    print(f"runtime_overhead: tiny preset (untrained, EOS disabled), {args.tokens}-token answers, "
+          f"{turns} turns per path, medians; cpus={os.cpu_count()}")
+    print(f"{'':32s} {'direct':>10s} {'Reactor':>10s} {'ratio / extra':>14s}")
+    overhead = med(r_turn) / med(d_turn)
+    extra_ttft = med(r_ttft) - med(d_ttft)
+    print(f"{'per turn (answer + update), ms':32s} {med(d_turn):10.2f} {med(r_turn):10.2f} {overhead:13.3f}x")
+    print(f"{'time to first token, ms':32s} {med(d_ttft):10.2f} {med(r_ttft):10.2f} {extra_ttft:+13.2f}ms")
+    print(f"  goal per-turn overhead <= 15 %: {'met' if overhead <= 1.15 else 'NOT met'} ({100 * (overhead - 1):+.1f} %)")
+    print(f"  goal extra TTFT <= 5 ms: {'met' if extra_ttft <= 5 else 'NOT met'}")
+    print()
+    print(f"{'concurrent streams':20s} {'tokens/s':>10s} {'vs 1 stream':>12s}")
+    for n, v in tps.items():
+        print(f"{n:<20d} {v:10.1f} {v / tps[1]:11.2f}x")
+    print(f"  goal 16 streams >= 4x one stream: {'met' if tps[16] / tps[1] >= 4 else 'NOT met'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--tokens", type=int, default=64)
+    asyncio.run(run(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""The reactor-rt command line: events from the durable log, ask and chat over a real runtime."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from reactor_rt.cli import main
+from reactor_rt.events import Query
+from reactor_rt.events.log import EventLog
+from reactor_rt.model import ReactiveTransformer, RxTConfig
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "model"
+    ReactiveTransformer(RxTConfig.preset("tiny")).save_pretrained(path)
+    return str(path)
+
+
+def test_events_prints_the_log_as_cloudevents(tmp_path, capsys):
+    log = EventLog(str(tmp_path / "stm.events.db"))
+    for i in range(3):
+        log.append(Query(subject="alice", source="t", seq=i + 1, data={"text": f"q{i}"}))
+    log.close()
+    assert main(["events", "--store", f"sqlite:///{tmp_path}/stm.db", "--subject", "alice", "--after", "1"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["data"]["text"] for e in lines] == ["q1", "q2"]
+    assert all(e["specversion"] == "1.0" and e["type"] == "rx.query" for e in lines)
+
+
+def test_events_rejects_a_store_without_a_log(capsys):
+    assert main(["events", "--store", "memory://"]) == 1
+
+
+@pytest.mark.ray
+def test_ask_and_chat(ray_local, checkpoint, tmp_path, capsys, monkeypatch):
+    store = f"sqlite:///{tmp_path}/stm.db"
+    common = ["--model", checkpoint, "--store", store, "--max-new-tokens", "4"]
+    assert main(["ask", "--stream", "cli", *common, "hello"]) == 0
+    lines = iter(["hi there", "/memory", "/fork cli-copy", "/new other", "/quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["chat", "--stream", "cli", *common]) == 0
+    out = capsys.readouterr().out
+    assert "memory 'cli' version 2" in out  # ask wrote version 1, the chat turn version 2
+    assert "forked 'cli' into 'cli-copy'" in out and "switched to stream 'other'" in out
