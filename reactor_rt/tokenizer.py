@@ -86,8 +86,10 @@ class ByteTokenizer(Tokenizer):
         parts: list[str] = []
         for i in ids:
             i = int(i)
-            if i >= self.OFFSET:
+            if self.OFFSET <= i < self.vocab_size:
                 out.append(i - self.OFFSET)
+            elif i >= self.vocab_size:  # an id past the byte range (a model vocab padded beyond it)
+                out.extend("\ufffd".encode())
             elif not skip_special:
                 parts.append(out.decode("utf-8", errors="replace"))
                 out.clear()

@@ -92,3 +92,9 @@ def test_flush_releases_incomplete_bytes():
     assert dec.push(tok.encode("é")[0]) == ""
     assert dec.flush() == "\ufffd"
     assert dec.push(tok.encode("a")[0]) == "a"  # reset after flush
+
+
+def test_byte_decode_tolerates_ids_past_the_byte_range():
+    """An untrained model's vocabulary (512) is larger than the byte tokenizer's (264)."""
+    tok = ByteTokenizer()
+    assert tok.decode([*tok.encode("ab"), 300, *tok.encode("c")]) == "ab\ufffdc"
