@@ -151,11 +151,12 @@ def ppo_loss(
     n_tok = tokens.sum().clamp_min(1)
     policy = -(surrogate * tokens).sum() / n_tok
     value_loss = F.mse_loss(value[q_rows], reward[q_rows]) if q_rows.any() else value.sum() * 0.0
-    # relative size of each STM change: ||STM(t) - STM(t-1)|| / ||STM(t-1)||
-    change = (read[:, 1:] - read[:, :-1]).flatten(2).norm(dim=-1) / read[:, :-1].flatten(2).norm(
-        dim=-1
-    ).clamp_min(1e-6)
-    stm_reg = change.pow(2).mean() if change.numel() else value.sum() * 0.0
+    # size of each STM change as the decoder sees it (memory is read RMS-normalised, so its scale does
+    # not matter): 1 - cosine between a slot before and after the update, in [0, 2]
+    if read.shape[1] > 1:
+        stm_reg = (1 - F.cosine_similarity(read[:, 1:], read[:, :-1], dim=-1)).mean()
+    else:
+        stm_reg = value.sum() * 0.0
     loss = policy + cfg.value_weight * value_loss + cfg.stm_change_weight * stm_reg
     return loss, {
         "reward": rollout.mean_reward,
