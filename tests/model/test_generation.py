@@ -180,3 +180,25 @@ def test_capacity_and_bad_calls(model):
         db2.add(prompt(3, 72))
     assert db2.step() == []
     assert model.generate([prompt(3, 73)], stms(1), max_new_tokens=0).shape == (1, 0)
+
+
+def test_generation_and_training_interleave():
+    """DecodeBatch runs in inference mode; the same model must still train between generations
+    (live learning), and the new weights must show in the next generation."""
+    m = perturbed(small()).train()
+    s, p = stms(1, seed=7), prompt(5, 80)
+    db = DecodeBatch(m, capacity=1)
+    slot = db.add(p, memory_kv=m.memory_kv(s), max_new_tokens=4)
+    while db.active:
+        db.step()
+    db.remove(slot)
+    before = m.generate(p[None], s, max_new_tokens=6)
+    logits, aux = m.decode_with_aux(p[None], s)
+    (logits.logsumexp(-1).mean() + aux).backward()
+    with torch.no_grad():
+        for param in m.parameters():
+            if param.grad is not None:
+                param.sub_(0.5 * param.grad.sign() * param.abs().mean())
+    after = m.generate(p[None], s, max_new_tokens=6)
+    assert before.shape[0] == after.shape[0] == 1
+    assert not torch.equal(m.decode(p[None], s), logits)  # the weights changed, and decode sees them
