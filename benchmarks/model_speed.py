@@ -69,12 +69,6 @@ def _time_calls(fn: Callable[[], object], repeats: int, warmup: int = 2) -> Timi
     return _median(samples)
 
 
-def _repeat(run: Callable[[], Timing], repeats: int) -> Timing:
-    """Median of run() (which times itself) after one warm-up run."""
-    run()
-    return _median([run() for _ in range(repeats)])
-
-
 def _interleaved(runs: dict[str, Callable[[], Timing]], repeats: int) -> dict[str, list[Timing]]:
     """Samples of each run, taken round-robin, so that load changes on the shared machine hit every
     run alike and the ratios stay fair."""
@@ -237,12 +231,13 @@ def main(argv: list[str] | None = None) -> None:
             print(_row(f"turn {t}", _median(window)))
 
         print()
-        print("batched decode step (KV cache + memory pre-cache)")
+        print("batched decode step (KV cache + memory pre-cache; rows of different lengths; round-robin)")
         print(f"{head} {'cpu ms/token':>13s}")
-        for b in (1, 4, 16):
+
+        def step_run(b: int) -> Callable[[], Timing]:
             db = DecodeBatch(model, capacity=b)
 
-            def step_run(db: DecodeBatch = db, b: int = b) -> Timing:
+            def run() -> Timing:
                 slots = [db.add(_ids(8 + i, i), stm=stm, max_new_tokens=tokens + 1) for i in range(b)]
                 db.step()
                 with _Clock() as c:
@@ -252,7 +247,12 @@ def main(argv: list[str] | None = None) -> None:
                     db.remove(s)
                 return c.wall / tokens, c.cpu / tokens
 
-            t = _repeat(step_run, repeats)
+            return run
+
+        batches = (1, 4, 16)
+        samples = _interleaved({str(b): step_run(b) for b in batches}, repeats)
+        for b in batches:
+            t = _median(samples[str(b)])
             print(_row(f"batch {b}, per step", t) + f" {t[1] / b:13.3f}")
 
         if cfg.is_moe:
