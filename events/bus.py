@@ -9,13 +9,13 @@ from typing import Protocol, runtime_checkable
 
 import anyio
 import anyio.lowlevel
+
+from reactor_rt.errors import SubscriberOverflowError
 from reactor_rt.events.codec import decode_batch, encode
 from reactor_rt.events.handlers import HandlerRegistry
 from reactor_rt.events.hub import Hub, HubSubscriber, OverflowPolicy
 from reactor_rt.events.log import EventLog
 from reactor_rt.events.schemas import Event
-
-from reactor_rt.errors import SubscriberOverflowError
 
 __all__ = ["EventBus", "InProcessBus", "InProcessSubscription", "Subscription"]
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from reactor_rt.events.schemas import Event, parse_event
-
 from reactor_rt.errors import EventDecodeError
+from reactor_rt.events.schemas import Event, parse_event
 
 __all__ = ["CONTENT_TYPE", "from_cloudevent_json", "to_cloudevent_json"]
 

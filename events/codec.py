@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-from reactor_rt.events.schemas import Event, parse_event
 
 from reactor_rt.errors import EventDecodeError, EventEncodeError
+from reactor_rt.events.schemas import Event, parse_event
 
 __all__ = [
     "DEFAULT_LIMITS",

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import anyio
 import structlog
+
 from reactor_rt.events.schemas import Event
 
 __all__ = ["Handler", "HandlerRegistry", "types_from_annotation"]

@@ -17,10 +17,10 @@ from typing import Generic, Literal, TypeVar
 import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from reactor_rt.events.filters import TypeFilter
-from reactor_rt.events.log import EventLog, LogRecord
 
 from reactor_rt.errors import BusClosedError
+from reactor_rt.events.filters import TypeFilter
+from reactor_rt.events.log import EventLog, LogRecord
 
 __all__ = ["CHUNK_TYPE", "OVERFLOW_POLICIES", "Hub", "HubSubscriber", "OverflowPolicy"]
 

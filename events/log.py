@@ -18,11 +18,11 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 import structlog
+
+from reactor_rt.errors import EventLogError
 from reactor_rt.events.codec import decode_batch, encode
 from reactor_rt.events.filters import TypeFilter
 from reactor_rt.events.schemas import DURABLE_TYPES, Event
-
-from reactor_rt.errors import EventLogError
 
 __all__ = ["EventLog", "LogRecord"]
 

@@ -19,14 +19,14 @@ import anyio
 import ray
 import structlog
 from ray.exceptions import RayActorError, RayError, RayTaskError
+
+from reactor_rt.errors import ReactorError, RuntimeUnavailableError, SubscriberOverflowError
 from reactor_rt.events.bus import Subscription
 from reactor_rt.events.codec import decode, decode_batch, encode, frame_seq, stamp_seq
 from reactor_rt.events.handlers import HandlerRegistry
 from reactor_rt.events.hub import Hub, HubSubscriber, OverflowPolicy
 from reactor_rt.events.log import EventLog
 from reactor_rt.events.schemas import DURABLE_TYPES, Event
-
-from reactor_rt.errors import ReactorError, RuntimeUnavailableError, SubscriberOverflowError
 
 __all__ = ["EventBusActor", "EventBusCore", "RayBus", "RaySubscription"]
 
@@ -155,7 +155,8 @@ class EventBusCore:
         self._subs.clear()
 
 
-@ray.remote(max_restarts=3, max_concurrency=1000)
+# num_cpus=0: the bus is light, I/O-bound work and must never wait for a free CPU to be placed
+@ray.remote(num_cpus=0, max_restarts=3, max_concurrency=1000)
 class EventBusActor:
     """The bus as an async Ray actor (one per runtime, named "bus" by default). Thin: wraps `EventBusCore`."""
 

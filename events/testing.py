@@ -12,15 +12,39 @@ and lets a test wait for an event that was, or will be, published.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import anyio
+
 from reactor_rt.events.bus import InProcessBus
 from reactor_rt.events.filters import TypeFilter
 from reactor_rt.events.hub import OverflowPolicy
 from reactor_rt.events.log import EventLog
-from reactor_rt.events.schemas import Event
+from reactor_rt.events.schemas import Event, event_class
 
-__all__ = ["TestBus"]
+__all__ = ["EXAMPLE_DATA", "TestBus", "example_event"]
+
+EXAMPLE_DATA: dict[str, dict[str, Any]] = {
+    "rx.stream.opened": {"memory": "m", "stm_version": 0},
+    "rx.stream.closed": {},
+    "rx.query": {"text": "hi"},
+    "rx.response.chunk": {"text": "h"},
+    "rx.response.done": {"text": "hello", "tokens": 2, "stm_version": 3},
+    "rx.memory.updating": {"memory": "m", "from_version": 3},
+    "rx.memory.updated": {"memory": "m", "version": 4},
+    "rx.thought.query": {"text": "why?", "step": 1},
+    "rx.thought.response": {"text": "because", "step": 1},
+    "rx.learning.feedback": {"target": "i-1", "reward": 0.5, "correction": "better"},
+    "rx.learning.applied": {"weights_version": 2, "loss_before": 2.0, "loss_after": 1.5},
+    "rx.error": {"code": "query_too_long", "message": "too long"},
+}
+"""Minimal valid `data` for every event type."""
+
+
+def example_event(type_: str, subject: str = "alice", **fields: Any) -> Event:
+    """A valid event of `type_` with minimal data; `fields` override any attribute (data included)."""
+    attrs: dict[str, Any] = {"subject": subject, "source": "test", "data": EXAMPLE_DATA[type_], **fields}
+    return event_class(type_)(**attrs)
 
 
 class TestBus(InProcessBus):

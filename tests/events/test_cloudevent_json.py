@@ -1,0 +1,92 @@
+"""CloudEvents JSON interop, checked against the official `cloudevents` SDK in both directions."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+from cloudevents.v1.http import from_json as v1_from_json
+
+from reactor_rt import EventDecodeError
+from reactor_rt.events import (
+    EVENT_TYPES,
+    LearningFeedback,
+    ResponseDone,
+    from_cloudevent_json,
+    to_cloudevent_json,
+)
+from reactor_rt.events.testing import example_event
+
+
+def sample(type_: str):
+    return example_event(type_, source="reactor-rt/decoder", seq=7, interaction="i-1")
+
+
+@pytest.mark.parametrize("type_", EVENT_TYPES)
+def test_official_sdk_reads_what_we_write(type_):
+    ev = sample(type_)
+    text = ev.to_cloudevent_json()
+    ce = JSONFormat().read(None, text)  # the SDK's own structured-mode JSON reader validates attributes
+    assert ce.get_id() == ev.id and ce.get_type() == type_ and ce.get_source() == ev.source
+    assert ce.get_specversion() == "1.0" and ce.get_subject() == "alice"
+    assert ce.get_time() == ev.time
+    assert ce.get_extension("seq") == 7 and ce.get_extension("interaction") == "i-1"
+    assert ce.get_data() == ev.data.model_dump()
+    assert ce.get_datacontenttype() == "application/json"
+    legacy = v1_from_json(text)  # the older v1 API too
+    assert legacy["type"] == type_ and legacy["seq"] == 7 and legacy.data == ev.data.model_dump(mode="json")
+
+
+def test_we_read_what_the_sdk_writes():
+    when = datetime(2025, 5, 1, 12, 30, 0, 123456, tzinfo=UTC)
+    ce = CloudEvent(
+        attributes={
+            "id": "abc",
+            "source": "other-system",
+            "type": "rx.learning.feedback",
+            "specversion": "1.0",
+            "subject": "bob",
+            "time": when,
+            "datacontenttype": "application/json",
+            "seq": 3,
+            "interaction": "i-7",
+        },
+        data={"target": "i-7", "reward": 1.0, "correction": None},
+    )
+    ev = from_cloudevent_json(JSONFormat().write(ce))
+    assert isinstance(ev, LearningFeedback)
+    assert (ev.id, ev.subject, ev.seq, ev.interaction, ev.time) == ("abc", "bob", 3, "i-7", when)
+    assert ev.data.reward == 1.0
+
+
+def test_round_trip_and_z_time():
+    ev = sample("rx.response.done")
+    doc = json.loads(to_cloudevent_json(ev))
+    assert doc["time"].endswith("Z")
+    assert from_cloudevent_json(ev.to_cloudevent_json()) == ev
+    assert from_cloudevent_json(ev.to_cloudevent_json().encode()) == ev
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "[1, 2]",
+        '{"type": "rx.nope", "id": "1", "source": "s", "specversion": "1.0", "subject": "a", "data": {}}',
+        json.dumps({**json.loads(sample("rx.query").to_cloudevent_json()), "datacontenttype": "text/plain"}),
+        json.dumps({**json.loads(sample("rx.query").to_cloudevent_json()), "data_base64": "AAAA"}),
+        json.dumps({**json.loads(sample("rx.query").to_cloudevent_json()), "time": "yesterday"}),
+    ],
+)
+def test_bad_documents_are_event_decode_errors(text):
+    with pytest.raises(EventDecodeError):
+        from_cloudevent_json(text)
+
+
+def test_response_done_data_survives_json():
+    data = {"text": "héllo ✓", "tokens": 2, "stm_version": 1, "generate_ms": 12.5}
+    ev = ResponseDone(subject="a", source="s", data=data)
+    assert from_cloudevent_json(ev.to_cloudevent_json()) == ev

@@ -1,0 +1,135 @@
+"""Ray bus specifics: the plain core without Ray, clients inside other actors, faults as ReactorErrors."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from reactor_rt import BusClosedError, RuntimeUnavailableError
+from reactor_rt.events.codec import decode, encode
+from reactor_rt.events.testing import example_event
+
+pytestmark = pytest.mark.anyio
+
+
+def record(type_: str, subject: str = "a") -> tuple[str, str, bytes]:
+    return (subject, type_, encode(example_event(type_, subject=subject)))
+
+
+async def collect(core, sid: str, max_batch: int = 3) -> list[tuple[list[bytes], int, str | None]]:
+    batches = []
+    with anyio.fail_after(5):
+        async for item in core.stream(sid, max_batch):
+            batches.append(item)
+    return batches
+
+
+async def test_core_without_ray_batches_replay_and_live_frames():
+    from reactor_rt.events.ray_bus import EventBusCore
+
+    core = EventBusCore(":memory:")
+    assert await core.publish_many([record("rx.query"), record("rx.response.chunk"), record("rx.query")]) == [1, 2, 3]
+    sid = await core.subscribe(subject="a", after=0, limit=5)
+    assert await core.publish_many([record("rx.query"), record("rx.query", "b"), record("rx.response.done")]) == [4, 1, 5]
+    await core.publish_many([record("rx.query")])
+    batches = await collect(core, sid)
+    frames = [f for fs, _, _ in batches for f in fs]
+    assert [decode(f).seq for f in frames] == [1, 3, 4, 5, 6]  # replay (no chunk: not logged), then live
+    assert all(len(fs) <= 3 for fs, _, _ in batches) and batches[-1][2] is None
+    assert [decode(f).seq for f in core.replay("a", after=3)] == [4, 5, 6]
+    assert core.last_seq("a") == 6 and core.stats()["subscribers"] == 0
+    await core.close()
+
+
+async def test_core_overflow_ends_the_stream_with_a_marker():
+    from reactor_rt.events.ray_bus import EventBusCore
+
+    core = EventBusCore(None, buffer=4, overflow_wait=0.01)
+    sid = await core.subscribe(subject="a")
+    await core.publish_many([record("rx.query") for _ in range(10)])
+    batches = await collect(core, sid, max_batch=100)
+    assert [len(fs) for fs, _, _ in batches] == [4, 0] and batches[-1][2] == "overflow"
+    with pytest.raises(BusClosedError):
+        await core.close() or await core.publish_many([record("rx.query")])
+
+
+@pytest.mark.ray
+async def test_clients_inside_other_actors_and_concurrent_processes(ray_local):
+    import ray
+
+    from reactor_rt.events.ray_bus import RayBus
+
+    bus = RayBus.create(name="bus-test-actors", namespace="events-tests", log_path=":memory:")
+    await bus.wait_ready()
+
+    @ray.remote(num_cpus=0)
+    class Agent:
+        """Another actor: receives the client pickled, publishes and subscribes with it."""
+
+        def __init__(self, bus: RayBus) -> None:
+            self.bus = bus
+
+        async def publish(self, name: str, n: int) -> list[int]:
+            from reactor_rt.events.testing import example_event
+
+            seqs = []
+            for i in range(n):
+                ev = await self.bus.publish(example_event("rx.query", subject="shared", data={"text": f"{name}:{i}"}))
+                seqs.append(ev.seq)
+            return seqs
+
+        async def listen(self, n: int) -> list[int]:
+            sub = await self.bus.subscribe(types=["rx.query"], subject="shared", limit=n)
+            return [ev.seq async for ev in sub]
+
+    agents = [Agent.remote(bus) for _ in range(3)]
+    listener = Agent.remote(RayBus.connect("bus-test-actors", "events-tests"))
+    driver_sub = await bus.subscribe(subject="shared")
+    listen_ref = listener.listen.remote(60)
+    with anyio.fail_after(30):  # the listener is subscribed once the bus counts two subscribers
+        while (await bus.actor.stats.remote())["subscribers"] < 2:
+            await anyio.sleep(0.05)
+        seqs = [await ref for ref in [a.publish.remote(f"p{i}", 20) for i, a in enumerate(agents)]]
+    for mine in seqs:
+        assert mine == sorted(mine)  # each publisher's events in its own order
+    assert sorted(s for mine in seqs for s in mine) == list(range(1, 61))  # gap-free across processes
+    got = []
+    with anyio.fail_after(20):
+        async for ev in driver_sub:
+            got.append(ev)
+            if len(got) == 60:
+                break
+    assert [e.seq for e in got] == list(range(1, 61))
+    for p in range(3):
+        texts = [e.data.text for e in got if e.data.text.startswith(f"p{p}:")]
+        assert texts == [f"p{p}:{i}" for i in range(20)]
+    with anyio.fail_after(20):
+        assert await listen_ref == list(range(1, 61))
+    await driver_sub.aclose()
+    bus.kill()
+
+
+@pytest.mark.ray
+async def test_connect_to_a_missing_bus(ray_local):
+    from reactor_rt.events.ray_bus import RayBus
+
+    with pytest.raises(RuntimeUnavailableError):
+        RayBus.connect("no-such-bus", "events-tests")
+
+
+@pytest.mark.ray
+async def test_a_dead_actor_is_a_runtime_unavailable_error(ray_local):
+    from reactor_rt.events.ray_bus import RayBus
+
+    bus = RayBus.create(name=None, max_restarts=0)
+    sub = await bus.subscribe(subject="a")
+    await bus.publish(example_event("rx.query", subject="a"))
+    bus.kill()
+    with pytest.raises(RuntimeUnavailableError), anyio.fail_after(30):
+        while True:
+            await bus.publish(example_event("rx.query", subject="a"))
+            await anyio.sleep(0.05)
+    with pytest.raises(RuntimeUnavailableError), anyio.fail_after(30):
+        async for _ in sub:
+            pass
+    await sub.aclose()  # harmless after the actor is gone
