@@ -60,7 +60,9 @@ class Attention(nn.Module):
     come from different inputs (cross-attention), each with one projection.
     """
 
-    def __init__(self, dim: int, heads: int, query_heads: int, kv_heads: int, fused: bool) -> None:
+    def __init__(
+        self, dim: int, heads: int, query_heads: int, kv_heads: int, fused: bool, out_bias: bool = False
+    ) -> None:
         super().__init__()
         self.head_dim = dim // heads
         self.query_heads = query_heads
@@ -73,7 +75,7 @@ class Attention(nn.Module):
         else:
             self.q = nn.Linear(dim, q_width, bias=False)
             self.kv = nn.Linear(dim, 2 * kv_width, bias=False)
-        self.out = nn.Linear(q_width, dim, bias=False)  # SQA: from the reduced width
+        self.out = nn.Linear(q_width, dim, bias=out_bias)  # SQA: from the reduced width
 
     def project_qkv(self, x: Tensor, cis: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Self-attention projections of x (B, T, D) -> q (B, Hq, T, hd), k, v (B, Hkv, T, hd).

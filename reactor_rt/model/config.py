@@ -14,7 +14,9 @@ MEMORY_ATTENTION_VARIANTS = ("simple", "self", "interlayer", "gated-self-interla
 RESIDUAL_GATES = ("static", "elementwise", "linear")
 
 MemoryAttentionKind = Literal["simple", "self", "interlayer", "gated-self-interlayer"]
-ResidualGateKind = Literal["static", "elementwise", "linear"]
+ResidualGateKind = Literal["static", "elementwise", "linear", "none"]
+Activation = Literal["silu", "gelu", "relu", "sigmoid", "tanh", "linear"]
+StatelessLayerKind = Literal["dense", "moe"]
 
 
 class RxTConfig(BaseModel):
@@ -53,6 +55,39 @@ class RxTConfig(BaseModel):
     top_k: int = Field(0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1.0)
 
+    # ---- options for imported checkpoints (reactor_rt.rxlm); the defaults keep the native design.
+    # Head counts per attention block; None = the self-attention counts above.
+    encoder_query_heads: int | None = Field(None, gt=0)
+    encoder_kv_heads: int | None = Field(None, gt=0)
+    cross_query_heads: int | None = Field(None, gt=0)
+    cross_kv_heads: int | None = Field(None, gt=0)
+    memory_query_heads: int | None = Field(None, gt=0)
+    memory_kv_heads: int | None = Field(None, gt=0)
+    memory_pre_query_heads: int | None = Field(None, gt=0)  # the self/interlayer stage
+    memory_pre_kv_heads: int | None = Field(None, gt=0)
+    attn_out_bias: bool = False  # bias on the output projection of decoder/encoder attention
+    ffn_activation: Activation = "silu"  # of every gated FFN: down(act(gate(x)) * up(x))
+    ffn_bias: bool = False  # biases on dense gated FFNs (decoder, encoder, stateless dense layers)
+    encoder_ff_dim: int | None = Field(None, gt=0)  # None = ff_dim
+    moe_shared_ff_dim: int | None = Field(None, gt=0)  # None = ff_dim
+    moe_shared_bias: bool = False  # biases inside the shared expert
+    moe_global_bias: bool = False  # one learned bias added to the routed experts' sum
+    moe_shared_global_bias: bool = False  # one learned bias added to the shared expert's output
+    moe_weighted_shared: bool = False  # scale routed by k/(k+1) and shared by 1/(k+1)
+    tied_head: bool = True  # False: an own output projection (with bias) instead of the embedding
+    final_norm: bool = True  # RMS norm before the output head
+    # decoder layers without memory cross-attention, before / after the memory layers
+    stateless_layers: tuple[StatelessLayerKind, ...] = ()
+    final_stateless_layers: tuple[StatelessLayerKind, ...] = ()
+    stateless_ff_dim: int | None = Field(None, gt=0)  # dense stateless layers; None = ff_dim
+    # "fused": one attention per layer (memory.py). "staged": a consolidation attention (self /
+    # interlayer) with its own residual gate, then the write attention with another (memory_staged.py).
+    memory_update: Literal["fused", "staged"] = "fused"
+    memory_attn_out_bias: bool = False  # staged only
+    gate_activation: Literal["sigmoid", "tanh"] = "sigmoid"  # staged only; tanh: (1+G)*new + (1-G)*old
+    gate_slot_status: Literal["mean", "linear"] = "mean"  # staged only: how a slot is summarised
+    gate_init: float = 0.0  # staged only: initial static/elementwise gate value
+
     def __init__(self, **data: Any) -> None:
         # pydantic's ValidationError is already a ValueError; re-raise as our ConfigError so callers can
         # catch every reactor-rt error by one root, with pydantic's readable message kept.
@@ -81,9 +116,32 @@ class RxTConfig(BaseModel):
             problems.append(
                 f"max_query_tokens ({self.max_query_tokens}) must be < max_seq_len ({self.max_seq_len})"
             )
+        for name in ("encoder", "cross", "memory", "memory_pre"):
+            hq, hkv = self.heads_of(name)
+            if hq > self.heads:
+                problems.append(f"{name}_query_heads ({hq}) must be <= heads ({self.heads})")
+            if hkv > hq or hq % hkv:
+                problems.append(f"{name}_kv_heads ({hkv}) must divide {name}_query_heads ({hq})")
+        if self.memory_update == "fused" and (
+            self.residual_gate == "none" or self.gate_activation != "sigmoid" or self.memory_attn_out_bias
+        ):
+            problems.append('residual_gate "none", a tanh gate and memory_attn_out_bias need memory_update "staged"')
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def heads_of(self, block: str) -> tuple[int, int]:
+        """(query heads, key/value heads) of an attention block: "self", "encoder", "cross", "memory" or
+        "memory_pre"."""
+        if block == "self":
+            return self.query_heads, self.kv_heads
+        q, kv = getattr(self, f"{block}_query_heads"), getattr(self, f"{block}_kv_heads")
+        return (self.query_heads if q is None else q), (self.kv_heads if kv is None else kv)
+
+    @property
+    def self_attention_layers(self) -> int:
+        """Number of decoder layers with self-attention (memory layers plus stateless ones): KV-cache rows."""
+        return self.layers + len(self.stateless_layers) + len(self.final_stateless_layers)
 
     @property
     def head_dim(self) -> int:

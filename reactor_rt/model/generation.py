@@ -116,12 +116,14 @@ class DecodeBatch:
         self.eos_id = model.tokenizer.eos_id
         p = next(model.parameters())
         kw = {"dtype": p.dtype, "device": p.device}
-        self.k_cache = torch.zeros(c.layers, capacity, c.kv_heads, self.max_len, c.head_dim, **kw)
+        n_self = c.self_attention_layers  # == c.layers unless the model has stateless layers
+        self.k_cache = torch.zeros(n_self, capacity, c.kv_heads, self.max_len, c.head_dim, **kw)
         self.v_cache = torch.zeros_like(self.k_cache)
         # per layer and slot, a (1, H, M, hd) view of the cache: the one-row step writes through these
-        self._row_k = [[self.k_cache[i, s : s + 1] for s in range(capacity)] for i in range(c.layers)]
-        self._row_v = [[self.v_cache[i, s : s + 1] for s in range(capacity)] for i in range(c.layers)]
-        self.mem_k = torch.zeros(c.layers, capacity, c.kv_heads, c.stm_slots, c.head_dim, **kw)
+        self._row_k = [[self.k_cache[i, s : s + 1] for s in range(capacity)] for i in range(n_self)]
+        self._row_v = [[self.v_cache[i, s : s + 1] for s in range(capacity)] for i in range(n_self)]
+        mem_kv_heads = c.heads_of("cross")[1]
+        self.mem_k = torch.zeros(c.layers, capacity, mem_kv_heads, c.stm_slots, c.head_dim, **kw)
         self.mem_v = torch.zeros_like(self.mem_k)
         self.stm = None if cache_memory_kv else torch.zeros(capacity, c.layers, c.stm_slots, c.dim, **kw)
         self.pending = torch.zeros(capacity, dtype=torch.long, device=p.device)  # next token to emit

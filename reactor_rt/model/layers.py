@@ -8,7 +8,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MoE", "RMSNorm", "SwiGLU", "load_balancing_loss"]
+__all__ = ["ACTIVATIONS", "MoE", "RMSNorm", "SwiGLU", "load_balancing_loss"]
+
+# gate activations of the gated FFNs (silu is SwiGLU, the native choice; the rest for imported models)
+ACTIVATIONS = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "linear": lambda x: x,
+}
 
 
 class RMSNorm(nn.Module):
@@ -30,17 +40,21 @@ class RMSNorm(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """Gated FFN: down(silu(gate(x)) * up(x)), gate and up fused into one matmul."""
+    """Gated FFN: down(silu(gate(x)) * up(x)), gate and up fused into one matmul.
 
-    def __init__(self, dim: int, ff_dim: int) -> None:
+    activation swaps silu for another gate activation and bias adds biases (imported checkpoints).
+    """
+
+    def __init__(self, dim: int, ff_dim: int, activation: str = "silu", bias: bool = False) -> None:
         super().__init__()
         self.ff_dim = ff_dim
-        self.gate_up = nn.Linear(dim, 2 * ff_dim, bias=False)
-        self.down = nn.Linear(ff_dim, dim, bias=False)
+        self.act = ACTIVATIONS[activation]
+        self.gate_up = nn.Linear(dim, 2 * ff_dim, bias=bias)
+        self.down = nn.Linear(ff_dim, dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         g, u = self.gate_up(x).split(self.ff_dim, dim=-1)
-        return self.down(F.silu(g) * u)
+        return self.down(self.act(g) * u)
 
 
 def load_balancing_loss(probs: Tensor, top_idx: Tensor, experts: int, mask: Tensor | None = None) -> Tensor:
@@ -73,14 +87,35 @@ class MoE(nn.Module):
     # ~64 tokens with 4 experts and ~24 with 12 (benchmarks/model_speed.py prints the cross-over)
     dense_limit = 256
 
-    def __init__(self, dim: int, ff_dim: int, experts: int, top_k: int, shared_expert: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        ff_dim: int,
+        experts: int,
+        top_k: int,
+        shared_expert: bool = False,
+        *,
+        activation: str = "silu",
+        shared_ff_dim: int | None = None,
+        shared_bias: bool = False,
+        global_bias: bool = False,
+        shared_global_bias: bool = False,
+        weighted_shared: bool = False,
+    ) -> None:
         super().__init__()
         self.experts, self.top_k, self.ff_dim = experts, top_k, ff_dim
+        self.act = ACTIVATIONS[activation]
         self.router = nn.Linear(dim, experts, bias=False)
         # (D, E, 2F) and (E, F, D): both views the dense path needs, (D, E*2F) and (E*F, D), are free
         self.w_gate_up = nn.Parameter(torch.randn(dim, experts, 2 * ff_dim) / math.sqrt(dim))
         self.w_down = nn.Parameter(torch.randn(experts, ff_dim, dim) / math.sqrt(ff_dim))
-        self.shared = SwiGLU(dim, ff_dim) if shared_expert else None
+        self.shared = (
+            SwiGLU(dim, shared_ff_dim or ff_dim, activation, shared_bias) if shared_expert else None
+        )
+        # imported checkpoints: learned output biases, and routed/shared outputs weighted k:1
+        self.global_bias = nn.Parameter(torch.zeros(dim)) if global_bias else None
+        self.shared_global_bias = nn.Parameter(torch.zeros(dim)) if shared_expert and shared_global_bias else None
+        self.weighted_shared = weighted_shared and shared_expert
 
     def route(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Router for x (N, D) -> logits (N, E), top-k weights (N, k) summing to 1, top-k indices (N, k).
@@ -102,8 +137,15 @@ class MoE(nn.Module):
             y = self._dense(flat, weights, idx)
         else:
             y = self._sparse(flat, weights, idx)
+        if self.weighted_shared:
+            y = y * (self.top_k / (self.top_k + 1))
+        if self.global_bias is not None:
+            y = y + self.global_bias
         if self.shared is not None:
-            y = y + self.shared(flat)
+            s = self.shared(flat)
+            if self.shared_global_bias is not None:
+                s = s + self.shared_global_bias
+            y = y + (s / (self.top_k + 1) if self.weighted_shared else s)
         aux = None
         if need_aux:
             probs = logits.float().softmax(dim=-1)
@@ -115,7 +157,7 @@ class MoE(nn.Module):
         y = None
         for j, e in enumerate(idx[0].tolist()):
             g, u = (x @ self.w_gate_up[:, e]).split(self.ff_dim, dim=-1)
-            out = ((F.silu(g) * u) @ self.w_down[e]) * weights[:, j : j + 1]
+            out = ((self.act(g) * u) @ self.w_down[e]) * weights[:, j : j + 1]
             y = out if y is None else y + out
         assert y is not None
         return y
@@ -126,7 +168,7 @@ class MoE(nn.Module):
         combine = x.new_zeros(n, e).scatter_(1, idx, weights)  # (N, E), zero for experts not chosen
         h = (x @ self.w_gate_up.view(d, e * 2 * f)).view(n, e, 2 * f)
         g, u = h.split(f, dim=-1)
-        act = F.silu(g) * u * combine[:, :, None]  # (N, E, F)
+        act = self.act(g) * u * combine[:, :, None]  # (N, E, F)
         return act.view(n, e * f) @ self.w_down.view(e * f, d)
 
     def _sparse(self, x: Tensor, weights: Tensor, idx: Tensor) -> Tensor:
@@ -141,7 +183,7 @@ class MoE(nn.Module):
             if n:
                 rows = token[start : start + n]
                 g, u = (x[rows] @ self.w_gate_up[:, e]).split(self.ff_dim, dim=-1)
-                out = (F.silu(g) * u) @ self.w_down[e]
+                out = (self.act(g) * u) @ self.w_down[e]
                 y.index_add_(0, rows, out * w[start : start + n, None])
             start += n
         return y

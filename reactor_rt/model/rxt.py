@@ -35,48 +35,67 @@ class KVCacheHook(Protocol):
 
 
 class DecoderLayer(nn.Module):
-    """Causal self-attention -> memory cross-attention -> FFN (SwiGLU or MoE), pre-norm residuals."""
+    """Causal self-attention -> memory cross-attention -> FFN (SwiGLU or MoE), pre-norm residuals.
 
-    def __init__(self, c: RxTConfig) -> None:
+    stateless=None makes a memory layer (FFN per the config); "dense" / "moe" make a stateless layer of
+    an imported checkpoint: no memory cross-attention, a dense (stateless_ff_dim) or MoE FFN.
+    """
+
+    def __init__(self, c: RxTConfig, stateless: str | None = None) -> None:
         super().__init__()
         self.self_norm = RMSNorm(c.dim, c.norm_eps)
-        self.self_attn = Attention(c.dim, c.heads, c.query_heads, c.kv_heads, fused=True)
-        self.memory_norm = MemoryNorm(c.dim, c.norm_eps)  # on the STM layer, before its K/V projection
-        self.cross_norm = RMSNorm(c.dim, c.norm_eps)
-        self.cross_attn = Attention(c.dim, c.heads, c.query_heads, c.kv_heads, fused=False)
+        self.self_attn = Attention(c.dim, c.heads, c.query_heads, c.kv_heads, fused=True, out_bias=c.attn_out_bias)
+        self.cross_attn: Attention | None = None
+        if stateless is None:
+            self.memory_norm = MemoryNorm(c.dim, c.norm_eps)  # on the STM layer, before its K/V projection
+            self.cross_norm = RMSNorm(c.dim, c.norm_eps)
+            cq, ckv = c.heads_of("cross")
+            self.cross_attn = Attention(c.dim, c.heads, cq, ckv, fused=False, out_bias=c.attn_out_bias)
         self.ffn_norm = RMSNorm(c.dim, c.norm_eps)
         self.ffn: nn.Module
-        if c.is_moe:
-            self.ffn = MoE(c.dim, c.ff_dim, c.moe_experts, c.moe_top_k, c.moe_shared_expert)
+        self.is_moe = c.is_moe if stateless is None else stateless == "moe"
+        if self.is_moe:
+            self.ffn = MoE(
+                c.dim, c.ff_dim, c.moe_experts, c.moe_top_k, c.moe_shared_expert,
+                activation=c.ffn_activation, shared_ff_dim=c.moe_shared_ff_dim, shared_bias=c.moe_shared_bias,
+                global_bias=c.moe_global_bias, shared_global_bias=c.moe_shared_global_bias,
+                weighted_shared=c.moe_weighted_shared,
+            )
         else:
-            self.ffn = SwiGLU(c.dim, c.ff_dim)
-        self.is_moe = c.is_moe
+            ff_dim = c.ff_dim if stateless is None else (c.stateless_ff_dim or c.ff_dim)
+            self.ffn = SwiGLU(c.dim, ff_dim, c.ffn_activation, c.ffn_bias)
 
     def memory_kv(self, stm_layer: Tensor) -> tuple[Tensor, Tensor]:
         """Memory cross-attention keys/values of one STM layer (B, S, D) -> (B, Hkv, S, hd) each."""
+        assert self.cross_attn is not None, "a stateless layer has no memory cross-attention"
         return self.cross_attn.project_kv(self.memory_norm(stm_layer))
 
     def forward(
         self,
         x: Tensor,
         cis: Tensor,
-        mem_k: Tensor,
-        mem_v: Tensor,
+        mem_k: Tensor | None,
+        mem_v: Tensor | None,
         cache: KVCacheHook | None = None,
         index: int = 0,
         token_mask: Tensor | None = None,
         need_aux: bool = True,
     ) -> tuple[Tensor, Tensor | None]:
-        """x (B, T, D) -> (x, MoE balance loss or None). cis: RoPE rotations for x's positions."""
+        """x (B, T, D) -> (x, MoE balance loss or None). cis: RoPE rotations for x's positions.
+
+        index: this layer's row in the self-attention KV cache; mem_k/mem_v None for a stateless layer.
+        """
         q, k, v = self.self_attn.project_qkv(self.self_norm(x), cis)
         if cache is None:
             x = x + self.self_attn.attend(q, k, v, is_causal=True)
         else:
             k, v, mask, causal = cache.update(index, k, v)
             x = x + self.self_attn.attend(q, k, v, mask, is_causal=causal)
-        # memory cross-attention: RoPE on the queries only, the STM slots have no positions
-        q = self.cross_attn.project_q(self.cross_norm(x), cis)
-        x = x + self.cross_attn.attend(q, mem_k, mem_v)
+        if self.cross_attn is not None:
+            # memory cross-attention: RoPE on the queries only, the STM slots have no positions
+            assert mem_k is not None and mem_v is not None
+            q = self.cross_attn.project_q(self.cross_norm(x), cis)
+            x = x + self.cross_attn.attend(q, mem_k, mem_v)
         h = self.ffn_norm(x)
         if self.is_moe:
             f, aux = self.ffn(h, token_mask, need_aux)
@@ -90,9 +109,10 @@ class EncoderLayer(nn.Module):
     def __init__(self, c: RxTConfig) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(c.dim, c.norm_eps)
-        self.attn = Attention(c.dim, c.heads, c.query_heads, c.kv_heads, fused=True)
+        eq, ekv = c.heads_of("encoder")
+        self.attn = Attention(c.dim, c.heads, eq, ekv, fused=True, out_bias=c.attn_out_bias)
         self.ffn_norm = RMSNorm(c.dim, c.norm_eps)
-        self.ffn = SwiGLU(c.dim, c.ff_dim)
+        self.ffn = SwiGLU(c.dim, c.encoder_ff_dim or c.ff_dim, c.ffn_activation, c.ffn_bias)
 
     def forward(self, x: Tensor, cis: Tensor, mask: Tensor | None) -> Tensor:
         """x (B, T, D), mask (B, 1, 1, T) bool or None -> (B, T, D)."""
@@ -119,10 +139,23 @@ class ReactiveTransformer(nn.Module):
         self.embedding = nn.Embedding(c.vocab_size, c.dim)
         self.rope = RotaryEmbedding(c.head_dim, c.max_seq_len, c.rope_theta)
         self.decoder_layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.layers))
-        self.decoder_norm = RMSNorm(c.dim, c.norm_eps)
+        # imported checkpoints only: stateless layers before/after the memory layers (empty by default,
+        # so they add no state-dict keys), an own output head, no final norm
+        self.stateless_layers = nn.ModuleList(DecoderLayer(c, kind) for kind in c.stateless_layers)
+        self.final_stateless_layers = nn.ModuleList(DecoderLayer(c, kind) for kind in c.final_stateless_layers)
+        if c.final_norm:
+            self.decoder_norm = RMSNorm(c.dim, c.norm_eps)
+        if not c.tied_head:
+            self.head = nn.Linear(c.dim, c.vocab_size)
         self.encoder_layers = nn.ModuleList(EncoderLayer(c) for _ in range(c.layers))
         self.mlm_head = nn.Sequential(nn.Linear(c.dim, c.dim), nn.GELU(), RMSNorm(c.dim, c.norm_eps))
-        self.memory_attention = MemoryAttention(c, self.rope)
+        self.memory_attention: nn.Module
+        if c.memory_update == "staged":
+            from reactor_rt.model.memory_staged import StagedMemoryAttention
+
+            self.memory_attention = StagedMemoryAttention(c, self.rope)
+        else:
+            self.memory_attention = MemoryAttention(c, self.rope)
         # learned initial STM with a small std: the first write then dominates the normalised slots,
         # which is what lets the decoder learn to read memory at all (TRAINING_NOTES.md)
         self.stm_init = nn.Parameter(torch.randn(c.layers, c.stm_slots, c.dim) * c.stm_init_std)
@@ -238,14 +271,24 @@ class ReactiveTransformer(nn.Module):
         """
         x = self.embedding(ids)  # (B, T, D)
         aux_sum: Tensor | None = None
-        for i, layer in enumerate(self.decoder_layers):
-            x, aux = layer(x, cis, mem.k[i], mem.v[i], cache, i, token_mask, need_aux)
+        n_aux = 0
+        # cache rows: stateless layers first, then the memory layers, then the final stateless ones
+        first = len(self.stateless_layers)
+        plan = [(j, layer, None) for j, layer in enumerate(self.stateless_layers)]
+        plan += [(first + i, layer, i) for i, layer in enumerate(self.decoder_layers)]
+        last = first + len(self.decoder_layers)
+        plan += [(last + j, layer, None) for j, layer in enumerate(self.final_stateless_layers)]
+        for index, layer, i in plan:
+            mk, mv = (None, None) if i is None else (mem.k[i], mem.v[i])
+            x, aux = layer(x, cis, mk, mv, cache, index, token_mask, need_aux)
             if aux is not None:
                 aux_sum = aux if aux_sum is None else aux_sum + aux
+                n_aux += 1
         if last_only:
             x = x[:, -1:]
-        logits = F.linear(self.decoder_norm(x), self.embedding.weight)
-        aux_mean = logits.new_zeros(()) if aux_sum is None else aux_sum / len(self.decoder_layers)
+        h = self.decoder_norm(x) if self.config.final_norm else x
+        logits = F.linear(h, self.embedding.weight) if self.config.tied_head else self.head(h)
+        aux_mean = logits.new_zeros(()) if aux_sum is None else aux_sum / n_aux
         return logits, aux_mean
 
     # ---------------------------------------------------------------- generation
