@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from types import TracebackType
 from typing import Protocol, runtime_checkable
@@ -15,11 +14,11 @@ from reactor_rt.events.codec import decode_batch, encode
 from reactor_rt.events.handlers import HandlerRegistry
 from reactor_rt.events.hub import Hub, HubSubscriber, OverflowPolicy
 from reactor_rt.events.log import EventLog
-from reactor_rt.events.schemas import Event
+from reactor_rt.events.schemas import Event, with_seq
 
 __all__ = ["EventBus", "InProcessBus", "InProcessSubscription", "Subscription"]
 
-_YIELD_EVERY = 64  # a consumer that always finds events buffered still lets other tasks run
+_YIELD_EVERY = 16  # batches: a consumer that always finds events buffered still lets other tasks run
 
 
 class Subscription(AsyncIterator[Event]):
@@ -92,39 +91,48 @@ class EventBus(Protocol):
 
 
 class InProcessSubscription(Subscription):
-    """A subscription on an `InProcessBus`: reads the hub's bounded memory object stream."""
+    """A subscription on an `InProcessBus`: reads the hub's stream of event batches."""
 
     def __init__(self, hub: Hub[Event], sub: HubSubscriber[Event]) -> None:
         self._hub = hub
         self._sub = sub
-        self._replay = deque(sub.replay)
+        self._batch: list[Event] = sub.replay  # the replay first, then one batch per publish
+        sub.replay = []
+        self._pos = 0
         self._receive = sub.receive
-        self._count = 0
+        self._since_yield = 0
 
     async def __anext__(self) -> Event:
-        if self._replay:
-            return self._replay.popleft()
-        self._count += 1
+        pos = self._pos
+        if pos < len(self._batch):
+            self._pos = pos + 1
+            return self._batch[pos]
         try:
-            if self._count % _YIELD_EVERY:
+            self._since_yield += 1
+            if self._since_yield < _YIELD_EVERY:
                 try:
-                    return self._receive.receive_nowait()  # the common case: no trip through the loop
+                    batch = self._receive.receive_nowait()  # the common case: no trip through the loop
                 except anyio.WouldBlock:
-                    pass
-            return await self._receive.receive()
+                    batch = await self._receive.receive()
+            else:
+                batch = await self._receive.receive()
+                self._since_yield = 0
         except anyio.EndOfStream:
             if self._sub.overflowed:
                 raise SubscriberOverflowError(
-                    f"subscriber fell behind its {self._sub.send.statistics().max_buffer_size}-event "
-                    "buffer and was disconnected; resubscribe with after=<last seq seen> to resume"
+                    f"subscriber fell behind its {self._sub.capacity}-event buffer and was disconnected; "
+                    "resubscribe with after=<last seq seen> to resume"
                 ) from None
             raise StopAsyncIteration from None
         except anyio.ClosedResourceError:
             raise StopAsyncIteration from None
+        self._sub.taken(len(batch))
+        self._batch, self._pos = batch, 1
+        return batch[0]
 
     async def aclose(self) -> None:
         self._hub.unsubscribe(self._sub)
-        self._replay.clear()
+        self._batch, self._pos = [], 0
         self._receive.close()
 
     @property
@@ -135,10 +143,6 @@ class InProcessSubscription(Subscription):
     def overflowed(self) -> bool:
         """True once the bus disconnected this subscriber for falling behind."""
         return self._sub.overflowed
-
-
-def _stamp(event: Event, seq: int) -> Event:
-    return event.model_copy(update={"seq": seq})
 
 
 def _check_events(events: Iterable[Event]) -> None:
@@ -170,7 +174,7 @@ class InProcessBus(HandlerRegistry):
         self.log = log
         self._hub: Hub[Event] = Hub(
             log=log,
-            stamp=_stamp,
+            stamp=with_seq,
             to_frame=encode,
             from_frames=decode_batch,
             buffer=buffer,

@@ -1,7 +1,7 @@
 """msgpack wire format for events, with limits; every failure is an `EventDecodeError`.
 
-A frame is one msgpack map whose keys are the event's field names, ``data`` a nested map and ``time`` a
-msgpack Timestamp. `encode` always writes ``seq`` first, as a fixed-width uint64, so a bus can stamp the
+A frame is one msgpack map whose keys are the event's field names, ``data`` a nested map (optional
+fields that are None left out) and ``time`` a msgpack Timestamp. `encode` always writes ``seq`` first, as a fixed-width uint64, so a bus can stamp the
 sequence number into an encoded frame with one byte splice (`stamp_seq`) instead of a decode/encode
 round trip. Any msgpack reader decodes the frame; the fixed layout is an optimisation, not a contract.
 """
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+from pydantic import BaseModel
 
 from reactor_rt.errors import EventDecodeError, EventEncodeError
 from reactor_rt.events.schemas import Event, parse_event
@@ -45,25 +46,38 @@ DEFAULT_LIMITS = CodecLimits()
 _SEQ_KEY = b"\xa3seq\xcf"
 _SEQ_AT = 1 + len(_SEQ_KEY)  # offset of the 8 value bytes
 _SEQ_END = _SEQ_AT + 8
-_EXCLUDE_SEQ = frozenset({"seq"})
+_CONTAINERS = (dict, list)
 
 
 def encode(event: Event, limits: CodecLimits = DEFAULT_LIMITS) -> bytes:
-    """Encode one event as a msgpack frame (``seq`` first, fixed width; see the module docstring)."""
+    """Encode one event as a msgpack frame (``seq`` first, fixed width; see the module docstring).
+
+    Optional data fields that are None are left out (decoding restores their default, None).
+    """
     if not isinstance(event, Event):
         raise EventEncodeError(f"not an event: {type(event).__name__}")
-    fields = event.model_dump(exclude=_EXCLUDE_SEQ)
+    # the models' __dict__ hold exactly their field values: cheaper than model_dump, and the
+    # `default` hook below still dumps any nested model a future field may hold
+    fields = event.__dict__.copy()
+    seq = fields.pop("seq")
+    fields["data"] = {k: v for k, v in event.data.__dict__.items() if v is not None}
     try:
-        body = msgpack.packb(fields, datetime=True)
+        body = msgpack.packb(fields, datetime=True, default=_dump_model)
     except Exception as exc:  # a value msgpack cannot represent
         raise EventEncodeError(f"cannot encode {event.type!r}: {exc}") from exc
     # body starts with a fixmap header (an event has < 15 fields); add one entry for seq in front
-    frame = bytes((body[0] + 1,)) + _SEQ_KEY + event.seq.to_bytes(8, "big") + body[1:]
+    frame = b"".join((bytes((body[0] + 1,)), _SEQ_KEY, seq.to_bytes(8, "big"), memoryview(body)[1:]))
     if len(frame) > limits.max_frame_bytes:
         raise EventEncodeError(
             f"{event.type!r} encodes to {len(frame)} bytes, over the {limits.max_frame_bytes}-byte frame limit"
         )
     return frame
+
+
+def _dump_model(obj: Any) -> Any:
+    if isinstance(obj, BaseModel):
+        return obj.model_dump()
+    raise TypeError(f"cannot serialize {type(obj).__name__}")
 
 
 def encode_batch(events: Iterable[Event], limits: CodecLimits = DEFAULT_LIMITS) -> list[bytes]:
@@ -119,7 +133,16 @@ def frame_seq(frame: bytes) -> int:
     return decode(frame).seq
 
 
-def _check_depth(obj: Any, max_depth: int) -> None:
+def _check_depth(obj: dict[str, Any], max_depth: int) -> None:
+    # fast path for every well-formed event: no container below the top-level map but `data`,
+    # and nothing but scalars inside `data`
+    nested = [v for v in obj.values() if isinstance(v, _CONTAINERS)]
+    if not nested:
+        return
+    if max_depth >= 2 and not any(
+        isinstance(x, _CONTAINERS) for v in nested for x in (v.values() if isinstance(v, dict) else v)
+    ):
+        return
     stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
         node, depth = stack.pop()

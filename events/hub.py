@@ -2,8 +2,9 @@
 bounded anyio memory object streams, and the slow-subscriber policy.
 
 `Hub` is generic over the payload it moves: `InProcessBus` moves `Event` objects, the Ray actor moves
-encoded frames (bytes) so that nothing is decoded inside the actor. Everything a publish does happens
-under one lock, so per-subject order is the order of seq, and a subscription registered while no
+encoded frames (bytes) so that nothing is decoded inside the actor. Each publish hands every
+subscriber the events it matches as one batch (a list), so fan-out costs one send per subscriber per
+publish, not one per event. Everything a publish does happens under one lock, so per-subject order is the order of seq, and a subscription registered while no
 publish is in flight sees every later event exactly once.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import anyio
 import structlog
@@ -35,27 +36,48 @@ CHUNK_TYPE = "rx.response.chunk"
 
 @dataclass(eq=False)
 class HubSubscriber(Generic[P]):
-    """One subscriber's side of the hub: its filter, its bounded stream and its delivery state."""
+    """One subscriber's side of the hub: its filter, its stream of batches and its delivery state.
+
+    The stream carries lists of payloads (one per publish) and is unbounded itself: the bound is
+    `capacity` events, counted in `queued`, which the consumer lowers with `taken()`.
+    """
 
     types: TypeFilter
     subject: str | None
-    send: MemoryObjectSendStream[P]
-    receive: MemoryObjectReceiveStream[P]
+    send: MemoryObjectSendStream[list[P]]
+    receive: MemoryObjectReceiveStream[list[P]]
     overflow: OverflowPolicy
+    capacity: int  # most events buffered for this subscriber
     chunk_high_water: int  # drop-chunks: chunks are dropped once this many events are buffered
     remaining: int | None  # events left before `limit` ends the subscription; None = no limit
     replay: list[P] = field(default_factory=list)  # logged events to deliver before the live ones
     skip_upto: int = 0  # live events on `subject` with seq <= this were already replayed
+    queued: int = 0  # events sent and not yet taken by the consumer
     dropped: int = 0  # chunks dropped by the drop-chunks policy
     overflowed: bool = False  # disconnected for falling behind
     ended: bool = False  # no more events will be added (limit reached, overflow, close)
+    _room: anyio.Event | None = None  # set when the consumer takes events while a publisher waits
 
-    def wants(self, subject: str, type_: str) -> bool:
+    def matches(self, subject: str, type_: str) -> bool:
         return (self.subject is None or self.subject == subject) and self.types(type_)
+
+    def taken(self, n: int) -> None:
+        """The consumer took `n` events off the stream: free their room."""
+        self.queued -= n
+        if self._room is not None:
+            self._room.set()
+            self._room = None
 
     def end(self) -> None:
         self.ended = True
         self.send.close()  # the receiver drains what is buffered, then sees the end of the stream
+        if self._room is not None:  # a publisher waiting for room stops waiting
+            self._room.set()
+            self._room = None
+
+
+# (subject, type, seq, payload) of one stamped event inside a publish
+_Row = tuple[str, str, int, Any]
 
 
 class Hub(Generic[P]):
@@ -114,74 +136,94 @@ class Hub(Generic[P]):
     async def publish(self, items: Sequence[tuple[str, str, P]]) -> list[P]:
         """Stamp, log (durable types, one transaction) and deliver `(subject, type, payload)` items.
 
-        Returns the stamped payloads, in order.
+        Each subscriber gets the events it matches as one batch. Returns the stamped payloads, in order.
         """
         async with self._lock:
             if self.closed:
                 raise BusClosedError("the event bus is closed")
-            stamped: list[P] = []
-            seqs: list[int] = []
             counters = self._counters
-            for subject, _type, payload in items:
+            stamp = self._stamp
+            rows: list[_Row] = []
+            for subject, type_, payload in items:
                 seq = (counters[subject] if subject in counters else self.last_seq(subject)) + 1
                 counters[subject] = seq
-                seqs.append(seq)
-                stamped.append(self._stamp(payload, seq))
+                rows.append((subject, type_, seq, stamp(payload, seq)))
             if self.log is not None:
                 # log before delivery: a subscriber never sees a durable event that a replay could miss
-                durable = self._durable
+                durable, to_frame = self._durable, self._to_frame
                 self.log.append_records(
-                    [
-                        LogRecord(subject, seq, type_, self._to_frame(p) if type_ in durable else None)
-                        for (subject, type_, _), seq, p in zip(items, seqs, stamped, strict=True)
-                    ]
+                    [LogRecord(sj, seq, ty, to_frame(p) if ty in durable else None) for sj, ty, seq, p in rows]
                 )
             if self._subs:
-                for (subject, type_, _), seq, p in zip(items, seqs, stamped, strict=True):
-                    for sub in tuple(self._subs):
-                        if seq > sub.skip_upto and sub.wants(subject, type_):
-                            await self._offer(sub, p, type_)
-            return stamped
+                # match each distinct (subject, type) once per subscriber, not every event
+                kinds = {(r[0], r[1]) for r in rows}
+                for sub in tuple(self._subs):
+                    wanted = {k for k in kinds if sub.matches(k[0], k[1])}
+                    if not wanted:
+                        continue
+                    picked = rows if len(wanted) == len(kinds) else [r for r in rows if (r[0], r[1]) in wanted]
+                    if sub.skip_upto:  # resumed past the current seq: drop what the client already has
+                        picked = [r for r in picked if r[0] != sub.subject or r[2] > sub.skip_upto]
+                    if picked:
+                        await self._deliver(sub, picked)
+            return [r[3] for r in rows]
 
-    async def _offer(self, sub: HubSubscriber[P], payload: P, type_: str) -> None:
+    async def _deliver(self, sub: HubSubscriber[P], rows: list[_Row]) -> None:
         if sub.ended:
             return
-        if (
-            type_ == CHUNK_TYPE
-            and sub.overflow == "drop-chunks"
-            and sub.send.statistics().current_buffer_used >= sub.chunk_high_water
-        ):
-            sub.dropped += 1
+        if sub.remaining is not None and len(rows) > sub.remaining:
+            rows = rows[: sub.remaining]
+        if sub.overflow == "drop-chunks" and sub.queued + len(rows) > sub.chunk_high_water:
+            rows = self._drop_chunks(sub, rows)
+        if sub.queued + len(rows) <= sub.capacity:
+            self._send(sub, rows)
+            return
+        # full: send what fits, wait (bounded) for the consumer to take more, then apply the policy
+        with anyio.move_on_after(self.overflow_wait):
+            while rows and not sub.ended:
+                room = sub.capacity - sub.queued
+                if room > 0:
+                    self._send(sub, rows[:room])
+                    rows = rows[room:]
+                    continue
+                sub._room = anyio.Event()
+                await sub._room.wait()
+        if rows and not sub.ended:
+            self._disconnect_slow(sub)
+
+    @staticmethod
+    def _drop_chunks(sub: HubSubscriber[P], rows: list[_Row]) -> list[_Row]:
+        kept: list[_Row] = []
+        level = sub.queued
+        for row in rows:
+            if row[1] == CHUNK_TYPE and level >= sub.chunk_high_water:
+                sub.dropped += 1
+                continue
+            kept.append(row)
+            level += 1
+        return kept
+
+    def _send(self, sub: HubSubscriber[P], rows: list[_Row]) -> None:
+        if not rows:
             return
         try:
-            sub.send.send_nowait(payload)
-        except anyio.WouldBlock:
-            if not await self._wait_for_room(sub, payload):
-                self._disconnect_slow(sub)
-                return
+            sub.send.send_nowait([r[3] for r in rows])
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             self._remove(sub)  # the subscriber closed its end
+            sub.ended = True
             return
+        sub.queued += len(rows)
         if sub.remaining is not None:
-            sub.remaining -= 1
+            sub.remaining -= len(rows)
             if sub.remaining <= 0:
                 self._remove(sub)
                 sub.end()
-
-    async def _wait_for_room(self, sub: HubSubscriber[P], payload: P) -> bool:
-        with anyio.move_on_after(self.overflow_wait):
-            try:
-                await sub.send.send(payload)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._remove(sub)
-            return True
-        return False
 
     def _disconnect_slow(self, sub: HubSubscriber[P]) -> None:
         log.warning(
             "event_bus.subscriber_disconnected",
             reason="overflow",
-            buffer=sub.send.statistics().max_buffer_size,
+            buffer=sub.capacity,
             subject=sub.subject,
             policy=sub.overflow,
         )
@@ -217,13 +259,15 @@ class Hub(Generic[P]):
         async with self._lock:  # never between a publish's log append and its delivery
             if self.closed:
                 raise BusClosedError("the event bus is closed")
-            send, receive = anyio.create_memory_object_stream[P](size)
+            # unbounded stream of batches: the bound is `capacity` events, counted by the hub
+            send, receive = anyio.create_memory_object_stream[list[P]](math.inf)
             sub = HubSubscriber(
                 types=type_filter,
                 subject=subject,
                 send=send,
                 receive=receive,
                 overflow=policy,
+                capacity=size,
                 chunk_high_water=max(1, math.ceil(size * 3 / 4)),  # room kept for non-chunk events
                 remaining=limit,
             )

@@ -28,7 +28,7 @@ from reactor_rt.events.hub import Hub, HubSubscriber, OverflowPolicy
 from reactor_rt.events.log import EventLog
 from reactor_rt.events.schemas import DURABLE_TYPES, Event
 
-__all__ = ["EventBusActor", "EventBusCore", "RayBus", "RaySubscription"]
+__all__ = ["EventBusActor", "EventBusCore", "RayBus", "RaySubscription", "SharedDecoder"]
 
 log = structlog.get_logger()
 
@@ -113,17 +113,21 @@ class EventBusCore:
             receive = sub.receive
             while True:
                 try:
-                    batch = [await receive.receive()]
+                    batch = await receive.receive()
                 except (anyio.EndOfStream, anyio.ClosedResourceError):
                     if sub.overflowed:
                         yield [], sub.dropped, _END_OVERFLOW
                     return
-                while len(batch) < max_batch:
+                sub.taken(len(batch))
+                while len(batch) < max_batch:  # merge the batches of several publishes
                     try:
-                        batch.append(receive.receive_nowait())
+                        more = receive.receive_nowait()
                     except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                         break
-                yield batch, sub.dropped, None
+                    sub.taken(len(more))
+                    batch.extend(more)
+                for i in range(0, len(batch), max_batch):
+                    yield batch[i : i + max_batch], sub.dropped, None
         finally:
             self.unsubscribe(sid)
 
@@ -226,6 +230,32 @@ def _types_arg(types: Iterable[str] | str | None) -> list[str] | None:
     return [types] if isinstance(types, str) else list(types)
 
 
+class SharedDecoder:
+    """Decodes each frame once per process, however many subscriptions here receive it.
+
+    A frame holds the event's unique id, so equal frames are the same event; events are frozen, so
+    handing one object to several subscribers is safe. Bounded: the oldest entries go first.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._cache: dict[bytes, Event] = {}
+
+    def __call__(self, frame: bytes) -> Event:
+        event = self._cache.get(frame)
+        if event is None:
+            event = decode(frame)
+            cache = self._cache
+            if len(cache) >= self.size:
+                with contextlib.suppress(KeyError, RuntimeError, StopIteration):  # another thread got there
+                    del cache[next(iter(cache))]
+            cache[frame] = event
+        return event
+
+
+_shared_decode = SharedDecoder()
+
+
 class RaySubscription(Subscription):
     """A subscription on a `RayBus`: batches of frames from the actor's streaming generator."""
 
@@ -260,7 +290,7 @@ class RaySubscription(Subscription):
                 self._overflowed = True
                 self._done = True
             self._frames.extend(frames)
-        return decode(self._frames.popleft())
+        return _shared_decode(self._frames.popleft())
 
     async def aclose(self) -> None:
         if self._closed:

@@ -53,6 +53,7 @@ __all__ = [
     "ThoughtResponse",
     "event_class",
     "parse_event",
+    "with_seq",
 ]
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -324,6 +325,20 @@ DURABLE_TYPES: frozenset[str] = frozenset(t for t in EVENT_TYPES if t != "rx.res
 """Types the durable log keeps by default: all but streamed chunks."""
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyEvent)
+
+
+def with_seq(event: Event, seq: int) -> Event:
+    """`event` stamped with `seq`: the same as ``event.model_copy(update={"seq": seq})``, about twice
+    as fast (a bus stamps every event it publishes). Like model_copy, it does not re-validate."""
+    new = object.__new__(event.__class__)
+    fields = event.__dict__.copy()
+    fields["seq"] = seq
+    # what pydantic's own copy sets: field values, the set of explicitly set fields, no extras/privates
+    object.__setattr__(new, "__dict__", fields)
+    object.__setattr__(new, "__pydantic_fields_set__", event.__pydantic_fields_set__ | {"seq"})
+    object.__setattr__(new, "__pydantic_extra__", None)
+    object.__setattr__(new, "__pydantic_private__", None)
+    return new
 
 
 def event_class(type_: str) -> type[Event]:
