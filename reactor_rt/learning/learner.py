@@ -1,0 +1,377 @@
+"""LiveLearner: turns feedback on one interaction into a few guarded gradient steps on the model.
+
+Every update is all-or-nothing: the trainable parameters and the optimizer state are copied before the
+first step, and any failure (NaN/inf loss or gradient, a loss that grew past `max_loss_ratio`) puts both
+back exactly, so the served weights only ever move by accepted updates. Accepted updates bump
+`weights_version`; the last `keep_versions` versions are kept for `rollback`.
+
+The learner changes `model` in place. A runtime that serves from another copy takes the changed
+parameters with `state_dict_for_serving()` and swaps them in between interactions
+(`apply_serving_state`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+import torch
+from torch import Tensor
+
+from reactor_rt.errors import CheckpointError
+from reactor_rt.learning.example import LearningExample, LearningResult
+from reactor_rt.learning.objectives import AnswerBatch, RunningBaseline, answer_batch, answer_nll, read_stm
+from reactor_rt.learning.params import select_parameters
+from reactor_rt.learning.persistence import (
+    STATE_FILE,
+    VERSIONS_DIR,
+    read_tensors,
+    version_files,
+    write_tensors,
+)
+from reactor_rt.learning.rate_limit import TokenBucket
+from reactor_rt.model import ReactiveTransformer
+
+__all__ = ["LiveLearner"]
+
+log = structlog.get_logger()
+
+
+class LiveLearner:
+    """Live learning over one parameter set of `model`, with its own AdamW state.
+
+    params: "decoder" (default), "memory" or "all" (see `reactor_rt.learning.params`). lr: AdamW's
+    learning rate; weight_decay defaults to 0 because decay applied on every live update would slowly
+    erode the trained weights rather than regularise a fit. clip: max gradient norm per step (None: no
+    clipping). steps_per_feedback: gradient steps on each example. max_updates_per_minute / burst: the
+    token bucket (None: unlimited). max_loss_ratio / loss_floor: reject when
+    loss_after > max_loss_ratio * max(loss_before, loss_floor) (the floor keeps an already-tiny loss from
+    turning every small rise into a rejection: a loss under the floor may grow to max_loss_ratio * floor,
+    as a negative reward may well ask). aux_weight: MoE load-balancing term added to the
+    objective (keeps the router from collapsing onto a few experts under many small updates).
+    baseline_momentum: the REINFORCE baseline's moving average; a reward step's learning rate is
+    lr * min(1, |reward - baseline|). keep_versions: versions kept for
+    rollback (the current one included). clock: seconds, for the rate limit (tests pass a fake).
+    """
+
+    def __init__(
+        self,
+        model: ReactiveTransformer,
+        *,
+        params: str = "decoder",
+        lr: float = 3e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        clip: float | None = 1.0,
+        steps_per_feedback: int = 4,
+        max_updates_per_minute: float | None = 60.0,
+        burst: int | None = None,
+        max_loss_ratio: float = 2.0,
+        loss_floor: float = 1.0,
+        aux_weight: float = 0.01,
+        baseline_momentum: float = 0.9,
+        keep_versions: int = 5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if steps_per_feedback < 1:
+            raise ValueError(f"steps_per_feedback must be >= 1, got {steps_per_feedback}")
+        if max_loss_ratio <= 0:
+            raise ValueError(f"max_loss_ratio must be > 0, got {max_loss_ratio}")
+        if keep_versions < 1:
+            raise ValueError(f"keep_versions must be >= 1, got {keep_versions}")
+        self.model = model
+        self.params = params
+        self._params = select_parameters(model, params)  # name -> Parameter
+        self.optimizer = torch.optim.AdamW(
+            list(self._params.values()), lr=lr, betas=betas, weight_decay=weight_decay
+        )
+        self.lr = lr
+        self.clip = clip
+        self.steps_per_feedback = steps_per_feedback
+        self.max_loss_ratio, self.loss_floor = max_loss_ratio, loss_floor
+        self.aux_weight = aux_weight
+        self.baseline = RunningBaseline(baseline_momentum)
+        self.bucket = TokenBucket(max_updates_per_minute, burst, clock)
+        self.keep_versions = keep_versions
+        # the STM is re-derived through the memory update only when memory parameters can learn from it
+        self._through_memory = params in ("memory", "all")
+        self._version = 0
+        self._lineage = uuid.uuid4().hex  # tells this learner's version files from another's in one dir
+        self._history: OrderedDict[int, dict[str, Tensor]] = OrderedDict()
+        self._remember()
+        self._lock = threading.RLock()
+
+    # ---------------------------------------------------------------- state
+    @property
+    def weights_version(self) -> int:
+        """The current weights version: 0 at the start, +1 per accepted update or rollback."""
+        return self._version
+
+    @property
+    def kept_versions(self) -> list[int]:
+        """The versions `rollback` can return to, oldest first (the current one last)."""
+        return list(self._history)
+
+    def parameter_names(self) -> list[str]:
+        """Names of the parameters this learner may change."""
+        return list(self._params)
+
+    def state_dict_for_serving(self) -> dict[str, Tensor]:
+        """Copies of the trainable parameters (the only ones live learning changes), by name."""
+        with self._lock:
+            return {n: p.detach().clone() for n, p in self._params.items()}
+
+    def weights(self) -> tuple[int, dict[str, Tensor]]:
+        """(weights_version, state_dict_for_serving()) read together, so the two always match."""
+        with self._lock:
+            return self._version, self.state_dict_for_serving()
+
+    @torch.no_grad()
+    def loss(self, example: LearningExample) -> float:
+        """The example's current answer NLL (what loss_before/loss_after report); no update."""
+        batch = answer_batch(self.model, example)
+        return float(answer_nll(self.model, batch, read_stm(self.model, example, self._through_memory))[0])
+
+    # ---------------------------------------------------------------- updates
+    def apply(self, example: LearningExample) -> LearningResult:
+        """Take `steps_per_feedback` guarded steps on one example; see `LearningResult`."""
+        with self._lock:
+            return self._apply(example)
+
+    def _apply(self, example: LearningExample) -> LearningResult:
+        self._check_stm(example)
+        if not self.bucket.take():
+            return self._reject("rate_limited", "too many updates per minute; feedback dropped", example)
+        batch = answer_batch(self.model, example)
+        if batch.length - 1 > self.model.config.max_seq_len:
+            return self._reject(
+                "too_long",
+                f"{batch.length} tokens exceed max_seq_len {self.model.config.max_seq_len}",
+                example,
+            )
+        if self.params == "memory" and example.source is None:
+            return self._reject(
+                "no_memory_path", "params='memory' needs the interaction that wrote the STM", example
+            )
+        advantage = None
+        if example.correction is None:
+            assert example.reward is not None
+            advantage = self.baseline.advantage(example.reward)
+            if advantage == 0.0:
+                return self._reject("no_signal", "reward equals the running baseline", example)
+        # Adam normalises the gradient's scale away, so |advantage| would barely matter; scale the step
+        # size by it instead (capped at 1: a full-size step, as for a correction)
+        scale = 1.0 if advantage is None else min(1.0, abs(advantage))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr * scale
+        try:
+            return self._steps(example, batch, advantage)
+        finally:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr
+
+    def _steps(self, example: LearningExample, batch: AnswerBatch, advantage: float | None) -> LearningResult:
+        saved_params = {n: p.detach().clone() for n, p in self._params.items()}
+        saved_optimizer = copy.deepcopy(self.optimizer.state_dict())
+        names, params = list(self._params), list(self._params.values())
+        loss_before = math.nan
+
+        def undo(reason: str, detail: str, loss_after: float = math.nan, steps: int = 0) -> LearningResult:
+            self._restore(saved_params, saved_optimizer)
+            return self._reject(reason, detail, example, loss_before, loss_after, steps)
+
+        for step in range(self.steps_per_feedback):
+            stm = read_stm(self.model, example, self._through_memory)
+            nll, aux = answer_nll(self.model, batch, stm)
+            objective = (nll if advantage is None else advantage * nll) + self.aux_weight * aux
+            if step == 0:
+                loss_before = float(nll.detach())
+            if not torch.isfinite(objective):
+                return undo("non_finite_loss", f"loss is {float(objective.detach())} at step {step + 1}", steps=step)
+            grads = torch.autograd.grad(objective, params, allow_unused=True)
+            used = [p for p, g in zip(params, grads, strict=True) if g is not None]
+            if not used:
+                return undo("no_signal", f"no gradient reaches the {self.params} parameters", steps=step)
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+            norm = torch.nn.utils.clip_grad_norm_(used, self.clip if self.clip is not None else math.inf)
+            if not torch.isfinite(norm):
+                return undo("non_finite_grad", f"gradient norm is {float(norm)} at step {step + 1}", steps=step)
+            self.optimizer.step()
+            for p in params:
+                p.grad = None
+
+        loss_after = self.loss(example)
+        steps = self.steps_per_feedback
+        if not math.isfinite(loss_after):
+            return undo("non_finite_loss", f"loss after the update is {loss_after}", loss_after, steps)
+        limit = self.max_loss_ratio * max(loss_before, self.loss_floor)
+        if loss_after > limit:
+            return undo(
+                "loss_exploded",
+                f"loss {loss_before:.4g} -> {loss_after:.4g} (limit {limit:.4g})",
+                loss_after,
+                steps,
+            )
+        if advantage is not None:
+            assert example.reward is not None
+            self.baseline.update(example.reward)
+        self._version += 1
+        self._remember()
+        log.info(
+            "learning.applied",
+            version=self._version,
+            kind=example.kind,
+            target=example.target,
+            loss_before=round(loss_before, 4),
+            loss_after=round(loss_after, 4),
+            names=len(names),
+        )
+        return LearningResult(
+            self._version, loss_before, loss_after, True, None, None, example.kind, steps, example.target
+        )
+
+    def _reject(
+        self,
+        reason: str,
+        detail: str,
+        example: LearningExample,
+        loss_before: float = math.nan,
+        loss_after: float = math.nan,
+        steps: int = 0,
+    ) -> LearningResult:
+        log.warning("learning.rejected", reason=reason, detail=detail, target=example.target)
+        return LearningResult.rejected(self._version, reason, detail, example, loss_before, loss_after, steps)
+
+    def _check_stm(self, example: LearningExample) -> None:
+        c = self.model.config
+        want = (c.layers, c.stm_slots, c.dim)
+        if tuple(example.stm.shape) != want:
+            raise ValueError(f"example stm must be {want}, got {tuple(example.stm.shape)}")
+        if example.source is not None and tuple(example.source.stm_before.shape) != want:
+            raise ValueError(f"source stm_before must be {want}, got {tuple(example.source.stm_before.shape)}")
+
+    @torch.no_grad()
+    def _restore(self, saved: dict[str, Tensor], optimizer_state: dict) -> None:
+        for name, p in self._params.items():
+            p.copy_(saved[name])
+            p.grad = None
+        self.optimizer.load_state_dict(optimizer_state)
+
+    def _remember(self) -> None:
+        self._history[self._version] = {n: p.detach().clone() for n, p in self._params.items()}
+        while len(self._history) > self.keep_versions:
+            self._history.popitem(last=False)
+
+    # ---------------------------------------------------------------- versions
+    def rollback(self, version: int) -> int:
+        """Restore the weights of a kept earlier version, as a *new* version (returned).
+
+        Versions only grow, so "is this newer?" stays a plain comparison for whoever serves them. The
+        optimizer's moments belong to the abandoned updates and are reset. ValueError for a version that
+        is not kept (see `kept_versions`).
+        """
+        with self._lock:
+            if version not in self._history:
+                raise ValueError(f"weights version {version} is not kept; kept: {list(self._history)}")
+            with torch.no_grad():
+                for name, p in self._params.items():
+                    p.copy_(self._history[version][name])
+            self.optimizer.state.clear()
+            self._version += 1
+            self._remember()
+            log.info("learning.rollback", to=version, version=self._version)
+            return self._version
+
+    # ---------------------------------------------------------------- persistence
+    def save(self, directory: str | Path) -> Path:
+        """Persist weights, version, optimizer state, baseline and the kept versions (safetensors)."""
+        with self._lock:
+            path = Path(directory)
+            tensors: dict[str, Tensor] = {}
+            for name, p in self._params.items():
+                tensors[f"param/{name}"] = p
+                state = self.optimizer.state.get(p)
+                if state:
+                    tensors[f"exp_avg/{name}"] = state["exp_avg"]
+                    tensors[f"exp_avg_sq/{name}"] = state["exp_avg_sq"]
+                    tensors[f"step/{name}"] = torch.as_tensor(state["step"], dtype=torch.float32).reshape(1)
+            write_tensors(path / STATE_FILE, tensors, self._metadata(self._version))
+            on_disk = version_files(path)
+            for version, weights in self._history.items():
+                existing = on_disk.get(version)
+                if existing is None or read_tensors(existing, True)[1].get("lineage") != self._lineage:
+                    file = path / VERSIONS_DIR / f"v{version}.safetensors"
+                    write_tensors(file, weights, self._metadata(version))
+            for version, file in on_disk.items():
+                if version not in self._history:
+                    file.unlink(missing_ok=True)
+            return path
+
+    def load(self, directory: str | Path) -> int:
+        """Restore what `save` wrote (into this learner's model); returns the weights version.
+
+        CheckpointError when the directory holds no learner state, or one for another parameter set or
+        model shape; nothing is changed then.
+        """
+        with self._lock:
+            path = Path(directory)
+            tensors, meta = read_tensors(path / STATE_FILE)
+            weights = self._checked_weights(tensors, meta, path / STATE_FILE)
+            with torch.no_grad():
+                for name, p in self._params.items():
+                    p.copy_(weights[name])
+            self.optimizer.state.clear()
+            for name, p in self._params.items():
+                if f"exp_avg/{name}" in tensors:
+                    self.optimizer.state[p] = {
+                        "step": tensors[f"step/{name}"].reshape(()).clone(),
+                        "exp_avg": tensors[f"exp_avg/{name}"].to(p.device),
+                        "exp_avg_sq": tensors[f"exp_avg_sq/{name}"].to(p.device),
+                    }
+            self._version = int(meta["weights_version"])
+            self._lineage = meta["lineage"]
+            self.baseline.value = float(meta["baseline"])
+            self.baseline.count = int(meta["baseline_count"])
+            self._history.clear()
+            for version, file in sorted(version_files(path).items()):
+                if version >= self._version:
+                    continue
+                older, older_meta = read_tensors(file)
+                if older_meta.get("lineage") == self._lineage:
+                    self._history[version] = self._checked_weights(older, older_meta, file, prefix="")
+            self._remember()
+            log.info("learning.loaded", version=self._version, kept=list(self._history))
+            return self._version
+
+    def _metadata(self, version: int) -> dict[str, str]:
+        return {
+            "weights_version": str(version),
+            "params": self.params,
+            "lineage": self._lineage,
+            "baseline": repr(self.baseline.value),
+            "baseline_count": str(self.baseline.count),
+        }
+
+    def _checked_weights(
+        self, tensors: dict[str, Tensor], meta: dict[str, str], file: Path, prefix: str = "param/"
+    ) -> dict[str, Tensor]:
+        if meta.get("params") != self.params:
+            raise CheckpointError(f"{file} holds params={meta.get('params')!r}, this learner trains {self.params!r}")
+        # parameter names have no "/", so the prefix alone tells weights from optimizer moments
+        weights = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if set(weights) != set(self._params):
+            missing = sorted(set(self._params) - set(weights))[:5]
+            extra = sorted(set(weights) - set(self._params))[:5]
+            raise CheckpointError(f"{file} does not match the model: missing {missing}, unexpected {extra}")
+        wrong = [n for n, p in self._params.items() if weights[n].shape != p.shape]
+        if wrong:
+            raise CheckpointError(f"{file} does not match the model's shapes: {wrong[:5]}")
+        return weights
