@@ -143,17 +143,22 @@ class Hub(Generic[P]):
                 raise BusClosedError("the event bus is closed")
             counters = self._counters
             stamp = self._stamp
+            before = {subject: self.last_seq(subject) for subject, _, _ in items}
             rows: list[_Row] = []
             for subject, type_, payload in items:
-                seq = (counters[subject] if subject in counters else self.last_seq(subject)) + 1
+                seq = counters[subject] + 1
                 counters[subject] = seq
                 rows.append((subject, type_, seq, stamp(payload, seq)))
             if self.log is not None:
                 # log before delivery: a subscriber never sees a durable event that a replay could miss
                 durable, to_frame = self._durable, self._to_frame
-                self.log.append_records(
-                    [LogRecord(sj, seq, ty, to_frame(p) if ty in durable else None) for sj, ty, seq, p in rows]
-                )
+                try:
+                    self.log.append_records(
+                        [LogRecord(sj, seq, ty, to_frame(p) if ty in durable else None) for sj, ty, seq, p in rows]
+                    )
+                except BaseException:
+                    counters.update(before)  # nothing was published: give the numbers back, no gap
+                    raise
             if self._subs:
                 # match each distinct (subject, type) once per subscriber, not every event
                 kinds = {(r[0], r[1]) for r in rows}

@@ -136,11 +136,29 @@ class MemoryUpdatedData(EventData):
     update_ms: float | None = None
 
 
+class ThoughtLoopState(EventData):
+    """A thought loop's budget and counters, carried by its events so a restart can resume it."""
+
+    steps: int | None = None
+    tokens: int | None = None
+    seconds: float | None = None
+    stop: str | None = None  # a stop string (a stop predicate is not persisted)
+    resume: bool = False
+    pause_on_query: bool = False
+    used_steps: int = 0
+    used_tokens: int = 0
+    used_seconds: float = 0.0
+
+
 class ThoughtData(EventData):
     """One step of a thought loop."""
 
     text: str
     step: int
+    loop: str | None = None  # the loop's id
+    final: bool = False  # the loop ends with this response
+    reason: str | None = None  # why it ends: steps | tokens | seconds | stop | stopped | query | empty
+    state: ThoughtLoopState | None = None
 
 
 class LearningFeedbackData(EventData):

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
-from reactor_rt import BusClosedError, SubscriberOverflowError
+from reactor_rt import BusClosedError, EventEncodeError, SubscriberOverflowError
 from reactor_rt.events import (
     EventBus,
     EventLog,
@@ -269,6 +269,22 @@ class TestBusContract:
         await fast.aclose()
         await resumed.aclose()
 
+    async def test_a_burst_larger_than_the_buffer_reaches_an_active_subscriber(self, make_bus):
+        bus = await make_bus(buffer=8, overflow="disconnect", overflow_wait=5.0)
+        s = fresh_subject()
+        sub = await bus.subscribe(subject=s)
+        got: list[int] = []
+
+        async def consume() -> None:
+            got.extend([e.seq for e in await take(sub, 300, timeout=20)])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            for _ in range(3):  # the publisher waits for room instead of dropping the subscriber
+                await bus.publish_many([chunk(s) for _ in range(100)])
+        assert got == list(range(1, 301))
+        await sub.aclose()
+
     async def test_drop_chunks_policy_drops_chunks_first(self, make_bus):
         bus = await make_bus(buffer=16, overflow="drop-chunks", overflow_wait=0.05)
         s = fresh_subject()
@@ -326,6 +342,15 @@ class TestBusContract:
         with pytest.raises(BusClosedError):
             await bus.subscribe(subject=s)
         await bus.close()  # idempotent
+
+    async def test_a_failed_publish_leaves_no_gap(self, bus):
+        s = fresh_subject()
+        await bus.publish(query(s))
+        too_big = Query(subject=s, source="test", data={"text": "x" * (5 * 1024 * 1024)})  # > 4 MiB frame
+        with pytest.raises(EventEncodeError):
+            await bus.publish_many([query(s), too_big])
+        assert await bus.last_seq(s) == 1
+        assert (await bus.publish(query(s))).seq == 2
 
     async def test_rejects_non_events(self, bus):
         with pytest.raises(TypeError):

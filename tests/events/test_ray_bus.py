@@ -53,6 +53,18 @@ async def test_core_overflow_ends_the_stream_with_a_marker():
         await core.close() or await core.publish_many([record("rx.query")])
 
 
+def test_shared_decoder_decodes_each_frame_once_and_stays_bounded():
+    from reactor_rt.events.ray_bus import SharedDecoder
+
+    shared = SharedDecoder(size=4)
+    frames = [encode(example_event("rx.query", seq=i + 1)) for i in range(6)]
+    first = shared(frames[0])
+    assert shared(bytes(bytearray(frames[0]))) is first  # an equal frame from another subscriber
+    for f in frames:
+        assert shared(f) == decode(f)
+    assert len(shared._cache) == 4
+
+
 @pytest.mark.ray
 async def test_clients_inside_other_actors_and_concurrent_processes(ray_local):
     import ray

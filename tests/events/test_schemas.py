@@ -21,6 +21,7 @@ from reactor_rt.events import (
     event_class,
     parse_event,
 )
+from reactor_rt.events.schemas import with_seq
 
 
 def test_event_types_cover_design_section_4():
@@ -60,6 +61,15 @@ def test_stamping_seq_with_model_copy_keeps_the_rest():
     stamped = q.model_copy(update={"seq": 7})
     assert stamped.seq == 7 and q.seq == 0
     assert stamped.id == q.id and stamped.interaction == q.interaction and stamped.data is q.data
+
+
+def test_with_seq_equals_model_copy():
+    q = Query(subject="alice", source="agent", data={"text": "Hi"})
+    fast, slow = with_seq(q, 9), q.model_copy(update={"seq": 9})
+    assert fast == slow and type(fast) is Query and fast.model_fields_set == slow.model_fields_set
+    assert fast.model_dump() == slow.model_dump() and q.seq == 0
+    with pytest.raises(pydantic.ValidationError):
+        fast.seq = 3  # still frozen
 
 
 def test_optional_data_fields():
