@@ -1,0 +1,131 @@
+"""convert(): an RxLM checkpoint directory -> a reactor-rt checkpoint directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import structlog
+import torch
+
+from reactor_rt.errors import CheckpointError, ReactorError
+from reactor_rt.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from reactor_rt.model.rxt import ReactiveTransformer
+from reactor_rt.rxlm.config_map import UnsupportedCheckpointError, map_config
+from reactor_rt.rxlm.weights import map_weights
+from reactor_rt.tokenizer import SPECIAL_TOKENS, HFTokenizer
+
+__all__ = ["TOKENIZER_IDS", "convert", "load_rxlm"]
+
+log = structlog.get_logger()
+
+# tokenizer_config keys of the reference -> the special token reactor-rt knows them by
+TOKENIZER_IDS = {
+    "pad_token_id": "[PAD]", "bos_token_id": "[BOS]", "eos_token_id": "[EOS]",
+    "query_token_id": "[Q]", "answer_token_id": "[A]",
+}
+
+
+def _read_config(src: Path) -> dict:
+    path = src / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"RxLM checkpoint {src} is missing {CONFIG_FILE}")
+    try:
+        raw = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"corrupt {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"corrupt {path}: not a JSON object")
+    return raw
+
+
+def _read_weights(src: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = src / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"RxLM checkpoint {src} is missing {WEIGHTS_FILE}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"corrupt {path}: {exc}") from exc
+
+
+def _tokenizer(src: Path, tokenizer: str | Path | None, raw: dict, vocab_size: int) -> HFTokenizer:
+    """The checkpoint's tokenizer.json, with any special token reactor-rt needs and lacks added."""
+    from tokenizers import Tokenizer as _HF
+
+    path = Path(tokenizer) if tokenizer is not None else src / "tokenizer.json"
+    if not path.is_file():
+        raise CheckpointError(
+            f"no tokenizer: {path} does not exist (RxLM keeps the tokenizer beside the model; "
+            "pass tokenizer=PATH / --tokenizer PATH)"
+        )
+    try:
+        hf = _HF.from_file(str(path))
+    except Exception as exc:  # tokenizers raises bare Exception subclasses on bad files
+        raise CheckpointError(f"cannot load tokenizer {path}: {exc}") from exc
+    ids = raw.get("tokenizer_config") or {}
+    for key, name in TOKENIZER_IDS.items():
+        have = hf.token_to_id(name)
+        if key in ids and have is not None and have != ids[key]:
+            raise CheckpointError(f"tokenizer_config.{key}={ids[key]} but the tokenizer maps {name} to {have}")
+    missing = [name for name in SPECIAL_TOKENS if hf.token_to_id(name) is None]
+    if missing:
+        from tokenizers import AddedToken
+
+        hf.add_special_tokens([AddedToken(name, special=True) for name in missing])
+        if hf.get_vocab_size(with_added_tokens=True) > vocab_size:
+            raise CheckpointError(
+                f"tokenizer lacks {missing} and the model's vocabulary ({vocab_size}) has no room to add them"
+            )
+        log.info("rxlm.import.added_special_tokens", tokens=missing)
+    try:
+        return HFTokenizer(hf)
+    except ReactorError as exc:
+        raise CheckpointError(f"tokenizer {path}: {exc}") from exc
+
+
+def load_rxlm(src_dir: str | Path, tokenizer: str | Path | None = None) -> ReactiveTransformer:
+    """Build a ReactiveTransformer (eval mode) from an RxLM checkpoint directory, without writing anything.
+
+    CheckpointError when files are missing or corrupt; UnsupportedCheckpointError (a CheckpointError)
+    naming every option reactor-rt cannot reproduce.
+    """
+    src = Path(src_dir)
+    if not src.is_dir():
+        raise CheckpointError(f"RxLM checkpoint {src} is not a directory")
+    raw = _read_config(src)
+    config, plan = map_config(raw)
+    tensors = _read_weights(src)
+    tok = _tokenizer(src, tokenizer, raw, config.vocab_size)
+    try:
+        model = ReactiveTransformer(config, tok)
+    except ReactorError as exc:
+        raise CheckpointError(f"RxLM checkpoint {src}: {exc}") from exc
+    fresh = model.state_dict()
+    state = map_weights(tensors, config, plan, fresh)
+    missing = sorted(set(fresh) - set(state))
+    if missing:
+        raise UnsupportedCheckpointError(f"RxLM weights give no value for {missing[:8]}")
+    wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(fresh[k].shape)}" for k in fresh if state[k].shape != fresh[k].shape]
+    if wrong:
+        raise CheckpointError("RxLM weights do not match config.json: " + "; ".join(wrong[:5]))
+    model.load_state_dict(state, strict=True)
+    for note in plan.notes:
+        log.info("rxlm.import.defect_handled", note=note)
+    return model.eval()
+
+
+def convert(src_dir: str | Path, out_dir: str | Path, tokenizer: str | Path | None = None) -> Path:
+    """Convert an RxLM checkpoint (config.json + model.safetensors [+ tokenizer.json]) into a reactor-rt
+    checkpoint in out_dir, which `ReactiveTransformer.from_pretrained` and `Reactor.start(model=...)` load.
+
+    tokenizer: a tokenizer.json to use when the source directory has none. Returns out_dir as a Path.
+    """
+    model = load_rxlm(src_dir, tokenizer)
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    log.info("rxlm.import.done", src=str(src_dir), out=str(out), parameters=model.num_parameters())
+    return out
