@@ -1,0 +1,103 @@
+"""The learner: turns feedback into live-learning updates and hands out the versioned weights.
+
+The work is `reactor_rt.learning.LiveLearner`; `LearnerCore` adds persistence (each accepted update is
+saved before its result is returned, so an `rx.learning.applied` announced from it survives a restart)
+and the actor is a thin shell over it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from reactor_rt.errors import CheckpointError
+from reactor_rt.learning import LearningExample, LearningResult, LiveLearner, saved_version
+from reactor_rt.model import ReactiveTransformer
+
+__all__ = ["LearnerActor", "LearnerActorImpl", "LearnerCore"]
+
+
+class LearnerCore:
+    """A LiveLearner over `model` (changed in place), saved to `save_dir` after every change.
+
+    save_dir: where the learned weights live; a directory holding a saved learner is loaded at start,
+    so a restarted runtime keeps what was learned. None: nothing is persisted. options: LiveLearner's
+    keyword arguments (params, lr, steps_per_feedback, max_updates_per_minute, ...).
+    """
+
+    def __init__(self, model: ReactiveTransformer, save_dir: str | Path | None = None, **options: Any) -> None:
+        self.learner = LiveLearner(model, **options)
+        self.save_dir = Path(save_dir) if save_dir is not None else None
+        if self.save_dir is not None and saved_version(self.save_dir) is not None:
+            self.learner.load(self.save_dir)
+
+    @property
+    def weights_version(self) -> int:
+        """The current weights version."""
+        return self.learner.weights_version
+
+    def apply(self, example: LearningExample) -> LearningResult:
+        """One update (or a rejection); an accepted one is on disk when this returns."""
+        result = self.learner.apply(example)
+        if result.accepted:
+            self._persist()
+        return result
+
+    def weights(self) -> tuple[int, dict[str, torch.Tensor]]:
+        """(version, the changed parameters by name), read together."""
+        return self.learner.weights()
+
+    def weights_since(self, version: int) -> tuple[int, dict[str, torch.Tensor] | None]:
+        """Like `weights`, but None in place of the state when `version` is still the current one."""
+        if version == self.learner.weights_version:
+            return version, None
+        return self.learner.weights()
+
+    def rollback(self, version: int) -> int:
+        """Return to a kept earlier version's weights as a new version (saved); ValueError if not kept."""
+        new = self.learner.rollback(version)
+        self._persist()
+        return new
+
+    def _persist(self) -> None:
+        if self.save_dir is None:
+            return
+        try:
+            self.learner.save(self.save_dir)
+        except OSError as exc:
+            raise CheckpointError(f"cannot save the learned weights to {self.save_dir}: {exc}") from exc
+
+
+class LearnerActorImpl:
+    """Ray actor named ``learner``. Calls run one at a time (a plain actor), so an update and a weights
+    read never interleave."""
+
+    def __init__(
+        self, model: ReactiveTransformer, save_dir: str | None = None, threads: int = 1, **options: Any
+    ) -> None:
+        torch.set_num_threads(threads)
+        self.core = LearnerCore(model, save_dir, **options)
+
+    def apply(self, example: LearningExample) -> LearningResult:
+        return self.core.apply(example)
+
+    def weights(self) -> tuple[int, dict[str, torch.Tensor]]:
+        return self.core.weights()
+
+    def weights_since(self, version: int) -> tuple[int, dict[str, torch.Tensor] | None]:
+        return self.core.weights_since(version)
+
+    def weights_version(self) -> int:
+        return self.core.weights_version
+
+    def rollback(self, version: int) -> int:
+        return self.core.rollback(version)
+
+    def ping(self) -> bool:
+        return True
+
+
+LearnerActor = ray.remote(LearnerActorImpl)
