@@ -28,7 +28,7 @@ from torch import Tensor
 from reactor_rt.errors import CheckpointError
 from reactor_rt.learning.example import LearningExample, LearningResult
 from reactor_rt.learning.objectives import AnswerBatch, RunningBaseline, answer_batch, answer_nll, read_stm
-from reactor_rt.learning.params import select_parameters
+from reactor_rt.learning.params import ParamSet, select_parameters
 from reactor_rt.learning.persistence import (
     STATE_FILE,
     VERSIONS_DIR,
@@ -47,25 +47,31 @@ log = structlog.get_logger()
 class LiveLearner:
     """Live learning over one parameter set of `model`, with its own AdamW state.
 
-    params: "decoder" (default), "memory" or "all" (see `reactor_rt.learning.params`). lr: AdamW's
-    learning rate; weight_decay defaults to 0 because decay applied on every live update would slowly
-    erode the trained weights rather than regularise a fit. clip: max gradient norm per step (None: no
-    clipping). steps_per_feedback: gradient steps on each example. max_updates_per_minute / burst: the
-    token bucket (None: unlimited). max_loss_ratio / loss_floor: reject when
-    loss_after > max_loss_ratio * max(loss_before, loss_floor) (the floor keeps an already-tiny loss from
-    turning every small rise into a rejection: a loss under the floor may grow to max_loss_ratio * floor,
-    as a negative reward may well ask). aux_weight: MoE load-balancing term added to the
-    objective (keeps the router from collapsing onto a few experts under many small updates).
-    baseline_momentum: the REINFORCE baseline's moving average; a reward step's learning rate is
-    lr * min(1, |reward - baseline|). keep_versions: versions kept for
-    rollback (the current one included). clock: seconds, for the rate limit (tests pass a fake).
+    Args:
+        params: "decoder" (default), "memory" or "all" (see `reactor_rt.learning.params`).
+        lr: AdamW's learning rate. A reward step uses lr * min(1, |reward - baseline|): Adam
+            normalises the gradient's scale away, so the advantage's size has to act on the step.
+        weight_decay: 0 by default: decay applied on every live update would slowly erode the trained
+            weights rather than regularise a fit.
+        clip: max gradient norm per step (None: no clipping).
+        steps_per_feedback: gradient steps on each example.
+        max_updates_per_minute, burst: the token bucket (None: unlimited; burst defaults to ten
+            seconds' worth).
+        max_loss_ratio, loss_floor: reject when loss_after > max_loss_ratio * max(loss_before,
+            loss_floor). The floor keeps an already-small loss from turning every rise into a rejection
+            (a negative reward raises the answer's loss on purpose).
+        aux_weight: the MoE load-balancing term in the objective (keeps the router from collapsing onto
+            a few experts under many small updates).
+        baseline_momentum: the REINFORCE baseline's moving average (starts at 0).
+        keep_versions: versions kept for `rollback`, the current one included.
+        clock: seconds, for the rate limit (tests pass a fake).
     """
 
     def __init__(
         self,
         model: ReactiveTransformer,
         *,
-        params: str = "decoder",
+        params: ParamSet = "decoder",
         lr: float = 3e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.0,
