@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     ev2.add_argument("--model", default="tiny")
     ev2.add_argument("--json", action="store_true")
     ev2.add_argument("--dialogues", type=int, default=200)
+
+    imp = sub.add_parser("import-rxlm", help="convert an RxLM (RxT-Alpha/Beta) checkpoint dir into a reactor-rt one")
+    imp.add_argument("src", help="RxLM checkpoint directory (config.json, model.safetensors, tokenizer.json)")
+    imp.add_argument("out", help="output directory for the reactor-rt checkpoint")
+    imp.add_argument("--tokenizer", default=None, help="tokenizer.json to use when SRC has none")
     return parser
 
 
@@ -73,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _events(args)
         if args.command in ("train", "eval"):
             return _training(args)
+        if args.command == "import-rxlm":
+            from reactor_rt.rxlm.cli import import_rxlm_command
+
+            return import_rxlm_command(args.src, args.out, args.tokenizer)
     except ReactorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -166,6 +166,8 @@ def map_config(raw: dict[str, Any]) -> tuple[RxTConfig, ImportPlan]:
     for kind in list(dec["stateless_layers_config"] or []) + list(dec["final_stateless_layers_config"] or []):
         if kind not in ("dense", "moe"):
             problems.append(f"stateless layer kind {kind!r}")
+        elif kind == "moe" and not dec["use_moe"]:
+            problems.append("a 'moe' stateless layer in a dense decoder (use_moe=false)")
     if problems:
         raise UnsupportedCheckpointError("unsupported RxLM options: " + "; ".join(problems))
 

@@ -178,9 +178,11 @@ def map_weights(
         _attention(src, out, f"{dst}.attn", f"{m}.attention_layers.{i}", False, True)
         _slot_gate(src, out, f"{dst}.gate", f"{m}.residual_gate_layers.{i}", c)
 
-    for name, tensor in fresh.items():
+    # the MLM head: matrices drawn from a fixed seed (a conversion is reproducible), norms/biases as built
+    g = torch.Generator().manual_seed(0)
+    for name, tensor in sorted(fresh.items()):
         if name.startswith("mlm_head."):
-            out[name] = tensor.clone()
+            out[name] = torch.randn(tensor.shape, generator=g) * 0.02 if tensor.dim() == 2 else tensor.clone()
     leftover = src.unused()
     if leftover:
         shown = ", ".join(leftover[:8]) + (f" (+{len(leftover) - 8} more)" if len(leftover) > 8 else "")

@@ -1,0 +1,297 @@
+"""The RxLM converter on small fixture checkpoints written by the tests (no rxlm needed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from rxlm_fixtures import (
+    DIM,
+    LAYERS,
+    SLOTS,
+    VOCAB,
+    component,
+    rxlm_config,
+    rxlm_tensors,
+    write_checkpoint,
+)
+
+from reactor_rt.cli import main
+from reactor_rt.errors import CheckpointError, ReactorError
+from reactor_rt.model import ReactiveTransformer
+from reactor_rt.rxlm import UnsupportedCheckpointError, convert, load_rxlm, map_config
+
+
+def test_round_trip_loads_and_runs(tmp_path: Path) -> None:
+    src = write_checkpoint(tmp_path / "src")
+    out = convert(src, tmp_path / "out")
+    assert out == tmp_path / "out"
+    model = ReactiveTransformer.from_pretrained(out).eval()
+    direct = load_rxlm(src)
+    for name, tensor in direct.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
+    c = model.config
+    assert (c.memory_update, c.memory_attention, c.tied_head, c.final_norm) == ("staged", "gated-self-interlayer", False, False)
+    ids = torch.randint(7, VOCAB - 4, (2, 9))
+    stm = model.init_stm(2)
+    with torch.no_grad():
+        logits = model.decode(ids, stm)
+        new = model.update_memory(stm, model.encode(ids))
+        out_ids = model.generate(ids, new, max_new_tokens=4)
+    assert logits.shape == (2, 9, VOCAB)
+    assert new.shape == (2, LAYERS, SLOTS, DIM) and not torch.equal(new, stm)
+    assert out_ids.shape[0] == 2 and out_ids.shape[1] <= 4
+    # the cached generation path agrees with the no-cache logits for the first token
+    assert out_ids[:, 0].tolist() == model.decode(ids, new)[:, -1].argmax(-1).tolist()
+    assert model.tokenizer.bos_id == 2 and model.tokenizer.query_id == 4
+
+
+def test_tensor_values_land_in_place(tmp_path: Path) -> None:
+    cfg = rxlm_config()
+    tensors = rxlm_tensors(cfg)
+    model = load_rxlm(write_checkpoint(tmp_path, cfg, tensors))
+    sd = model.state_dict()
+    assert torch.equal(sd["embedding.weight"], tensors["decoder.model.embedding.weight"])
+    assert torch.equal(sd["stm_init"], tensors["decoder.model.stm.memory"][:, 0])
+    assert torch.equal(sd["head.bias"], tensors["decoder.model.head.bias"])
+    ref = "decoder.model.layers.1.attention"
+    assert torch.equal(sd["decoder_layers.1.self_attn.qkv.weight"],
+                       torch.cat([tensors[f"{ref}.{p}_proj.weight"] for p in "qkv"]))
+    assert torch.equal(sd["memory_attention.layers.0.gate.weight"],
+                       tensors["memory_attention.model.residual_gate_layers.0.gate"])
+
+
+def test_gated_ffn_keeps_the_reference_semantics(tmp_path: Path) -> None:
+    """RxLM's gated FFN is fc2(l * act(g)) with (l, g) = fc1(x).chunk(2): the linear half comes first."""
+    cfg = rxlm_config(decoder={"use_moe": False})
+    tensors = rxlm_tensors(cfg)
+    model = load_rxlm(write_checkpoint(tmp_path, cfg, tensors))
+    x = torch.randn(5, DIM)
+    p = "decoder.model.layers.0.ff"
+    lin, g = F.linear(x, tensors[f"{p}.fc1.linear.weight"], tensors[f"{p}.fc1.linear.bias"]).chunk(2, dim=-1)
+    expected = F.linear(lin * F.silu(g), tensors[f"{p}.fc2.weight"], tensors[f"{p}.fc2.bias"])
+    with torch.no_grad():
+        got = model.decoder_layers[0].ffn(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_moe_keeps_the_reference_semantics(tmp_path: Path) -> None:
+    """softmax router, top-k renormalised, experts w1 (E, D, 2F) linear-half first, a global bias, and a
+    shared expert with its own biases."""
+    cfg = rxlm_config()
+    tensors = rxlm_tensors(cfg)
+    model = load_rxlm(write_checkpoint(tmp_path, cfg, tensors))
+    p = "decoder.model.layers.1.ff"
+    x = torch.randn(7, DIM)
+    probs = F.softmax(x @ tensors[f"{p}.router.gate.weight"].T, dim=-1)
+    top, idx = probs.topk(2, dim=-1)
+    top = top / top.sum(-1, keepdim=True)
+    expected = torch.zeros_like(x)
+    for n in range(x.shape[0]):
+        for j in range(2):
+            e = int(idx[n, j])
+            lin, g = (x[n] @ tensors[f"{p}.w1"][e]).chunk(2)
+            expected[n] += top[n, j] * ((lin * F.silu(g)) @ tensors[f"{p}.w2"][e])
+    expected += tensors[f"{p}.global_bias"]
+    s = f"{p}.shared_expert"
+    lin, g = F.linear(x, tensors[f"{s}.fc1.linear.weight"], tensors[f"{s}.fc1.linear.bias"]).chunk(2, dim=-1)
+    expected += F.linear(lin * F.silu(g), tensors[f"{s}.fc2.weight"], tensors[f"{s}.fc2.bias"])
+    with torch.no_grad():
+        for rows in (x, x[:1]):  # the dense small-batch path and the single-token path
+            got, _ = model.decoder_layers[1].ffn(rows, need_aux=False)
+            torch.testing.assert_close(got, expected[: rows.shape[0]], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tanh", [False, True])
+def test_slot_gate_semantics(tmp_path: Path, tanh: bool) -> None:
+    cfg = rxlm_config(mem={"use_tanh_residual_gate": tanh})
+    tensors = rxlm_tensors(cfg)
+    model = load_rxlm(write_checkpoint(tmp_path, cfg, tensors))
+    w = tensors["memory_attention.model.residual_gate_layers.1.gate"]  # (S, 1)
+    old, new = torch.randn(2, SLOTS, DIM), torch.randn(2, SLOTS, DIM)
+    logit = w * (old + new).mean(-1, keepdim=True)
+    if tanh:
+        g = torch.tanh(logit)
+        expected = (1 + g) * new + (1 - g) * old
+    else:
+        g = torch.sigmoid(logit)
+        expected = g * new + (1 - g) * old
+    with torch.no_grad():
+        got = model.memory_attention.layers[1].gate(old, new)
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize(
+    ("decoder", "mem", "expected"),
+    [
+        ({"self_att_type": "gqa", "att_groups": 2, "cross_att_type": "mqa"}, {},
+         {"query_heads": 4, "kv_heads": 2, "cross_query_heads": 4, "cross_kv_heads": 1}),
+        ({"self_att_type": "mha", "cross_att_type": "sqa", "cross_att_query_groups": 2, "cross_att_groups": 2}, {},
+         {"query_heads": 4, "kv_heads": 4, "cross_query_heads": 2, "cross_kv_heads": 2}),
+        ({"moe_bias_mode": "off", "moe_shared_experts_bias_mode": "global", "moe_use_weighted_shared_experts": True,
+          "shared_expert_dim": 16},
+         {"use_gated_residual": False},
+         {"moe_global_bias": False, "moe_shared_global_bias": True, "moe_shared_bias": False,
+          "moe_weighted_shared": True, "moe_shared_ff_dim": 16, "residual_gate": "none"}),
+        ({"use_head_norm": True, "head_norm_type": "rms_norm", "use_attention_output_bias": False,
+          "ff_activation": "gelu"},
+         {"residual_gate_type": "linear", "residual_gate_slot_status_type": "linear", "residual_per_slot_gate": False},
+         {"final_norm": True, "attn_out_bias": False, "ffn_activation": "gelu", "residual_gate": "linear",
+          "gate_slot_status": "linear", "gate_per_slot": False}),
+        ({"stateless_layers_config": ["dense", "moe"], "final_stateless_layers_config": ["dense"],
+          "dense_layer_dim": 20}, {},
+         {"stateless_layers": ("dense", "moe"), "final_stateless_layers": ("dense",), "stateless_ff_dim": 20}),
+    ],
+)
+def test_option_mapping(tmp_path: Path, decoder: dict, mem: dict, expected: dict) -> None:
+    encoder = {"use_attention_output_bias": False} if decoder.get("use_attention_output_bias") is False else {}
+    if "ff_activation" in decoder:
+        encoder["ff_activation"] = decoder["ff_activation"]
+    cfg = rxlm_config(decoder=decoder, encoder=encoder, mem=mem)
+    config, _ = map_config(cfg)
+    for field, value in expected.items():
+        assert getattr(config, field) == value, field
+    # and the weights of that layout convert and run
+    model = load_rxlm(write_checkpoint(tmp_path, cfg))
+    with torch.no_grad():
+        ids = torch.randint(7, VOCAB - 4, (1, 6))
+        stm = model.init_stm(1)
+        assert torch.isfinite(model.decode(ids, stm)).all()
+        assert torch.isfinite(model.update_memory(stm, model.encode(ids))).all()
+        assert model.generate(ids, stm, max_new_tokens=3).shape[0] == 1
+
+
+def test_interlayer_variant_is_mapped_to_what_the_reference_builds() -> None:
+    config, plan = map_config(rxlm_config(variant="interlayer"))
+    assert config.memory_attention == "gated-self-interlayer"
+    assert any("self-interlayer" in note for note in plan.notes)
+    # the reference's default variant when config.json names none is "interlayer" too
+    raw = rxlm_config()
+    del raw["memory_attention_variant"]
+    assert map_config(raw)[0].memory_attention == "gated-self-interlayer"
+
+
+def test_tied_tensors_under_either_name(tmp_path: Path) -> None:
+    cfg = rxlm_config()
+    tensors = rxlm_tensors(cfg, embedding_name="encoder", stm_name="memory_attention")
+    model = load_rxlm(write_checkpoint(tmp_path / "a", cfg, tensors))
+    assert torch.equal(model.embedding.weight, tensors["encoder.model.embedding.weight"])
+    assert torch.equal(model.stm_init, tensors["memory_attention.model.stm.memory"][:, 0])
+    # saved before share_components(): both copies exist; the reference runs the encoder's embedding
+    # and the memory attention's STM
+    tensors["decoder.model.embedding.weight"] = torch.zeros(VOCAB, DIM)
+    tensors["decoder.model.stm.memory"] = torch.zeros(LAYERS, 1, SLOTS, DIM)
+    model = load_rxlm(write_checkpoint(tmp_path / "b", cfg, tensors))
+    assert torch.equal(model.embedding.weight, tensors["encoder.model.embedding.weight"])
+    assert torch.equal(model.stm_init, tensors["memory_attention.model.stm.memory"][:, 0])
+
+
+def test_encoder_cross_attention_weights_are_ignored(tmp_path: Path) -> None:
+    cfg = rxlm_config(encoder={"skip_memory_cross_attention": False})
+    assert load_rxlm(write_checkpoint(tmp_path, cfg)) is not None
+
+
+@pytest.mark.parametrize(
+    ("decoder", "encoder", "mem", "variant", "named"),
+    [
+        ({"use_gated": False}, {}, {}, "self-interlayer", "use_gated=false"),
+        ({"use_rms_norm": False}, {}, {}, "self-interlayer", "use_rms_norm=false"),
+        ({"use_gated_attention": True}, {}, {}, "self-interlayer", "use_gated_attention"),
+        ({"num_shared_experts": 2}, {}, {}, "self-interlayer", "num_shared_experts=2"),
+        ({"moe_bias_mode": "local"}, {}, {}, "self-interlayer", "moe_bias_mode='local'"),
+        ({"use_vectorized_moe": False}, {}, {}, "self-interlayer", "legacy"),
+        ({"use_head_norm": True}, {}, {}, "self-interlayer", "head_norm_type='layer_norm'"),
+        ({"att_query_groups": 1, "att_groups": 2}, {}, {}, "self-interlayer", "reversed SQA"),
+        ({"self_att_type": "hybrid", "attn_layer_types": ["gla", "gla"]}, {}, {}, "self-interlayer", "hybrid"),
+        ({"use_nope": True}, {}, {}, "self-interlayer", "use_nope"),
+        ({}, {"use_moe": True}, {}, "self-interlayer", "MoE encoder"),
+        ({}, {}, {"norm_type": "rms"}, "self-interlayer", "norm_type='rms'"),
+        ({}, {}, {"att_type": "gma"}, "self-interlayer", "'gma'"),
+        ({}, {}, {}, "grouped-self-interlayer", "grouped-self-interlayer"),
+        ({"use_moe": False, "stateless_layers_config": ["moe"]}, {}, {}, "self-interlayer", "dense decoder"),
+        ({}, {"embed_dim": 64}, {}, "self-interlayer", "embed_dim differs"),
+    ],
+)
+def test_unsupported_options_are_named(decoder: dict, encoder: dict, mem: dict, variant: str, named: str) -> None:
+    with pytest.raises(UnsupportedCheckpointError, match="unsupported RxLM options") as info:
+        map_config(rxlm_config(decoder=decoder, encoder=encoder, mem=mem, variant=variant))
+    assert named in str(info.value)
+    assert isinstance(info.value, CheckpointError) and isinstance(info.value, ReactorError)
+
+
+def test_every_unsupported_option_is_named_at_once() -> None:
+    with pytest.raises(UnsupportedCheckpointError) as info:
+        map_config(rxlm_config(decoder={"use_gated": False, "use_nope": True}, mem={"norm_type": "layer"}))
+    message = str(info.value)
+    assert "use_gated=false" in message and "use_nope" in message and "norm_type='layer'" in message
+
+
+def test_unknown_tensors_are_an_error(tmp_path: Path) -> None:
+    cfg = rxlm_config()
+    tensors = rxlm_tensors(cfg)
+    tensors["decoder.model.layers.0.attention.q_norm.weight"] = torch.ones(DIM // 4)
+    with pytest.raises(UnsupportedCheckpointError, match="q_norm"):
+        load_rxlm(write_checkpoint(tmp_path, cfg, tensors))
+
+
+def test_missing_and_corrupt_files(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not a directory"):
+        load_rxlm(tmp_path / "nope")
+    src = write_checkpoint(tmp_path / "src")
+    (src / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"missing model\.safetensors"):
+        load_rxlm(src)
+    src = write_checkpoint(tmp_path / "src2")
+    (src / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_rxlm(src)
+    src = write_checkpoint(tmp_path / "src3")
+    (src / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_rxlm(src)
+    (src / "config.json").write_text(json.dumps({"decoder_config": component()}))
+    with pytest.raises(CheckpointError, match="encoder_config"):
+        load_rxlm(src)
+    (src / "config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"missing config\.json"):
+        load_rxlm(src)
+
+
+def test_missing_or_misshapen_tensor(tmp_path: Path) -> None:
+    cfg = rxlm_config()
+    tensors = rxlm_tensors(cfg)
+    del tensors["decoder.model.layers.1.norm2.weight"]
+    with pytest.raises(CheckpointError, match="norm2"):
+        load_rxlm(write_checkpoint(tmp_path / "a", cfg, tensors))
+    tensors = rxlm_tensors(cfg)
+    tensors["decoder.model.head.bias"] = torch.zeros(VOCAB + 1)
+    with pytest.raises(CheckpointError, match=r"head\.bias"):
+        load_rxlm(write_checkpoint(tmp_path / "b", cfg, tensors))
+
+
+def test_tokenizer_required_and_checked(tmp_path: Path) -> None:
+    src = write_checkpoint(tmp_path / "src", tokenizer=False)
+    with pytest.raises(CheckpointError, match="no tokenizer"):
+        load_rxlm(src)
+    other = write_checkpoint(tmp_path / "other")
+    assert load_rxlm(src, tokenizer=other / "tokenizer.json").tokenizer.eos_id == 3
+    cfg = rxlm_config()
+    cfg["tokenizer_config"]["eos_token_id"] = 9
+    with pytest.raises(CheckpointError, match="eos_token_id"):
+        load_rxlm(write_checkpoint(tmp_path / "bad", cfg))
+
+
+def test_cli_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = write_checkpoint(tmp_path / "src")
+    assert main(["import-rxlm", str(src), str(tmp_path / "out")]) == 0
+    assert "converted" in capsys.readouterr().out
+    assert ReactiveTransformer.from_pretrained(tmp_path / "out").config.memory_update == "staged"
+    assert main(["import-rxlm", str(tmp_path / "missing"), str(tmp_path / "out2")]) == 1
+    assert "error:" in capsys.readouterr().err
