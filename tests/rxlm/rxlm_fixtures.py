@@ -154,11 +154,13 @@ def rxlm_tensors(cfg: dict[str, Any], seed: int = 0, embedding_name: str = "deco
 def write_tokenizer(path: Path) -> None:
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
 
     vocab = {name: i for i, name in enumerate(SPECIALS)}
     for i in range(len(vocab), VOCAB - 4):
         vocab[f"w{i}"] = i
     tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = WhitespaceSplit()
     tok.add_special_tokens(SPECIALS)
     tok.save(str(path))
 
