@@ -19,6 +19,7 @@ import torch
 
 from reactor_rt.actors.engine import InteractionEngine
 from reactor_rt.actors.handles import GenerateRequest, STMHandle
+from reactor_rt.actors.thoughts import Budget, StopRule, ThoughtLoop
 from reactor_rt.error_codes import code_for
 from reactor_rt.errors import (
     EmptyQueryError,
@@ -37,6 +38,8 @@ from reactor_rt.events import (
     ResponseDone,
     StreamClosed,
     StreamOpened,
+    ThoughtQuery,
+    ThoughtResponse,
 )
 from reactor_rt.ids import validate_id
 from reactor_rt.model import RxTConfig
@@ -77,11 +80,18 @@ class _Stream:
 
 
 @dataclass
+class _ThoughtStep:
+    loop: ThoughtLoop
+    done: asyncio.Future[str | None]  # the response to think about next, or None when the loop ends
+
+
+@dataclass
 class _Job:
     query: Query
     stream: _Stream
     prompt: list[int]
     request_budget: int
+    thought: _ThoughtStep | None = None
 
 
 @dataclass
@@ -117,6 +127,7 @@ class Conductor:
         self._subscription: Any = None
         self._pumped: dict[str, int] = {}  # subject -> seq of the last query taken from the bus
         self._pumped_changed = asyncio.Condition()
+        self._loops: dict[str, ThoughtLoop] = {}  # stream id -> its running thought loop
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -128,6 +139,7 @@ class Conductor:
     async def stop(self) -> None:
         """Stop taking queries and cancel the lanes' workers."""
         tasks = [lane.task for lane in self._lanes.values() if lane.task] + [self._pump_task]
+        tasks += [loop.task for loop in self._loops.values()]
         for task in tasks:
             if task is not None:
                 task.cancel()
@@ -236,6 +248,78 @@ class Conductor:
             lane.handle = await self.engine.handle(memory_id)
         return lane.handle.version
 
+    # -- thought loops ----------------------------------------------------------------------------
+
+    async def think(self, stream_id: str, seed: str, budget: int | Budget | None = None, *,
+                    stop: StopRule = None, resume: bool = False, pause_on_query: bool = False) -> str:
+        """Start a thought loop on the stream; returns its id. One loop per stream at a time."""
+        stream = await self._stream(stream_id)
+        if stream.closed:
+            raise StreamClosedError(f"stream {stream.stream_id!r} is closed")
+        if not isinstance(seed, str) or not seed.strip():
+            raise EmptyQueryError("a thought loop needs a non-empty seed")
+        current = self._loops.get(stream.stream_id)
+        if current is not None and not current.ended and current.task is not None and not current.task.done():
+            raise ReactorError(f"stream {stream.stream_id!r} is already thinking (loop {current.loop_id})")
+        loop = ThoughtLoop(stream.stream_id, seed, Budget.of(budget), stop, resume, pause_on_query)
+        self._start_loop(loop)
+        return loop.loop_id
+
+    async def stop_thinking(self, stream_id: str) -> bool:
+        """Ask the stream's loop to end after the step in progress; False when none runs."""
+        loop = self._loops.get(validate_id(stream_id, "stream"))
+        if loop is None or loop.ended or loop.task is None or loop.task.done():
+            return False
+        loop.stopping = loop.stopping or "stopped"
+        return True
+
+    def resume_loops(self, events: list[Event]) -> list[str]:
+        """Restart the loops that asked for it (``resume=True``) and had not ended, from their events
+        in the durable log; returns the resumed loop ids."""
+        last: dict[str, Event] = {}
+        for event in events:
+            if isinstance(event, ThoughtQuery | ThoughtResponse) and event.data.loop:
+                last[event.data.loop] = event
+        resumed = []
+        for loop_id, event in last.items():
+            data = event.data
+            if data.state is None or not data.state.resume or getattr(data, "final", False):
+                continue
+            if event.subject in self._loops:
+                continue
+            # an interrupted step (query without response) runs again with the same query
+            loop = ThoughtLoop.from_state(event.subject, loop_id, data.text, data.state)
+            self._start_loop(loop)
+            resumed.append(loop_id)
+        return resumed
+
+    def _start_loop(self, loop: ThoughtLoop) -> None:
+        self._loops[loop.stream_id] = loop
+        loop.task = asyncio.get_running_loop().create_task(self._run_loop(loop))
+
+    async def _run_loop(self, loop: ThoughtLoop) -> None:
+        text: str | None = loop.seed
+        try:
+            while text is not None:
+                stream = await self._stream(loop.stream_id)
+                query = Query(subject=stream.stream_id, source=self.config.source,
+                              data={"text": text, "internal": True,
+                                    "max_new_tokens": loop.token_allowance(self.config.max_new_tokens)})
+                done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+                try:
+                    job = self._job(query, stream)
+                except ReactorError as exc:
+                    await self._error(stream.stream_id, query.interaction, exc)
+                    return
+                job.thought = _ThoughtStep(loop, done)
+                lane = self._lane(stream.memory_id)
+                await lane.queue.put(job)  # waits, rather than failing, when the lane is full
+                self._ensure_worker(lane)
+                text = await done
+        finally:
+            if self._loops.get(loop.stream_id) is loop:
+                del self._loops[loop.stream_id]
+
     # -- queries ----------------------------------------------------------------------------------
 
     async def on_query(self, query: Query) -> None:
@@ -251,6 +335,9 @@ class Conductor:
             stream = await self._stream(query.subject)
             if stream.closed:
                 raise StreamClosedError(f"stream {stream.stream_id!r} is closed")
+            loop = self._loops.get(stream.stream_id)
+            if loop is not None and loop.pause_on_query and not loop.stopping:
+                loop.stopping = "query"
             job = self._job(query, stream)
             lane = self._lane(stream.memory_id)
             try:
@@ -313,6 +400,8 @@ class Conductor:
             except Exception as exc:
                 log.exception("conductor.interaction_failed", interaction=interaction)
                 await self._error(item.stream.stream_id, interaction, exc)
+                if item.thought is not None and not item.thought.done.done():
+                    item.thought.done.set_result(None)  # the error event says why the loop ended
 
     async def _interact(self, lane: _Lane, job: _Job, interaction: str) -> None:
         subject = job.stream.stream_id
@@ -328,6 +417,13 @@ class Conductor:
             top_k=cfg.top_k if q.top_k is None else q.top_k,
             top_p=cfg.top_p if q.top_p is None else q.top_p,
         )
+        thought = job.thought
+        if thought is not None:
+            await self._publish(ThoughtQuery(
+                subject=subject, source=self.config.source, interaction=interaction,
+                data={"text": q.text, "step": thought.loop.step + 1, "loop": thought.loop.loop_id,
+                      "state": thought.loop.state()},
+            ))
         answer_ids: list[int] = []
         parts: list[str] = []
         detok = IncrementalDecoder(self.tokenizer)
@@ -366,6 +462,15 @@ class Conductor:
             data={"memory": lane.memory_id, "version": lane.handle.version,
                   "update_ms": (time.perf_counter() - update_started) * 1000},
         ))
+        if thought is not None:
+            answer = "".join(parts)
+            reason = thought.loop.record(answer, len(answer_ids))
+            await self._publish(ThoughtResponse(
+                subject=subject, source=self.config.source, interaction=interaction,
+                data={"text": answer, "step": thought.loop.step, "loop": thought.loop.loop_id,
+                      "final": reason is not None, "reason": reason, "state": thought.loop.state()},
+            ))
+            thought.done.set_result(None if reason is not None else answer)
 
     # -- events -----------------------------------------------------------------------------------
 
@@ -411,6 +516,14 @@ class ConductorActorImpl:
 
     async def import_memory(self, stream_id: str, stm: torch.Tensor, after_seq: int = 0) -> int:
         return await self.conductor.import_memory(stream_id, stm, after_seq)
+
+    async def think(self, stream_id: str, seed: str, budget: Budget, *, stop: StopRule = None,
+                    resume: bool = False, pause_on_query: bool = False) -> str:
+        return await self.conductor.think(stream_id, seed, budget, stop=stop, resume=resume,
+                                          pause_on_query=pause_on_query)
+
+    async def stop_thinking(self, stream_id: str) -> bool:
+        return await self.conductor.stop_thinking(stream_id)
 
     async def ping(self) -> bool:
         return True

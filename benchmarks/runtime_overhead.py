@@ -29,17 +29,22 @@ __all__ = ["main"]
 PROMPTS = [f"Question {i}: what do you remember about turn {i}?" for i in range(64)]
 
 
-class NoEosTokenizer(ByteTokenizer):
-    """[EOS] can never be produced: answers always run to their token budget."""
+class BenchTokenizer(ByteTokenizer):
+    """[EOS] can never be produced (answers run to their budget), and every id decodes to one printable
+    character, so answer text streams token by token as a trained tokenizer's would (random bytes
+    would mostly be held back as incomplete UTF-8)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.eos_id = -1
 
+    def decode(self, ids, skip_special: bool = True) -> str:  # type: ignore[no-untyped-def]
+        return "".join(chr(0x4E00 + int(i)) for i in ids)
+
 
 def build_model() -> ReactiveTransformer:
     torch.manual_seed(0)
-    return ReactiveTransformer(RxTConfig.preset("tiny"), NoEosTokenizer()).eval()
+    return ReactiveTransformer(RxTConfig.preset("tiny"), BenchTokenizer()).eval()
 
 
 @torch.inference_mode()

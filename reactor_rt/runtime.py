@@ -15,13 +15,15 @@ from typing import Any
 import structlog
 import torch
 
+from reactor_rt.actors.thoughts import Budget, StopRule
 from reactor_rt.error_codes import error_for
 from reactor_rt.errors import QueryTooLongError, ReactorError, RuntimeUnavailableError
 from reactor_rt.events import Event, Query
 from reactor_rt.ids import validate_id
 from reactor_rt.model import ReactiveTransformer, RxTConfig
 
-__all__ = ["DEFAULT_NAMESPACE", "Reactor", "Stream", "Subscription", "default_store", "resolve_model"]
+__all__ = ["DEFAULT_NAMESPACE", "Budget", "Reactor", "Stream", "Subscription", "Thinking", "default_store",
+           "resolve_model"]
 
 log = structlog.get_logger()
 
@@ -141,9 +143,62 @@ class Stream:
             self._rx._conductor.import_memory.remote(self.id, stm, self._last_query_seq))
         return self.stm_version
 
+    async def think(self, seed: str, budget: int | Budget | None = None, *, stop: StopRule = None,
+                    resume: bool = False, pause_on_query: bool = False) -> Thinking:
+        """Start a thought loop: each step's response becomes the next internal query.
+
+        ``budget``: a number of steps or a `Budget` (steps, tokens, seconds); ``stop``: a stop string or
+        a predicate on each response. External queries on this stream are answered between steps; with
+        ``pause_on_query`` the loop ends at the first one instead. ``resume``: restart the loop when the
+        runtime restarts (its state is in the event log). Returns a handle to wait for or stop it.
+        """
+        after = await self._rx._bus.last_seq(self.id)
+        loop_id = await self._rx._call(self._rx._conductor.think.remote(
+            self.id, seed, Budget.of(budget), stop=stop, resume=resume, pause_on_query=pause_on_query))
+        return Thinking(self, loop_id, after)
+
+    async def stop_thinking(self) -> bool:
+        """End this stream's thought loop after its current step; False when none runs."""
+        return await self._rx._call(self._rx._conductor.stop_thinking.remote(self.id))
+
     async def close(self) -> None:
         """Close the stream: later queries on it get ``rx.error`` (`StreamClosedError`)."""
         await self._rx._call(self._rx._conductor.close_stream.remote(self.id))
+
+
+class Thinking:
+    """A running thought loop: iterate its events, wait for its end, or stop it."""
+
+    def __init__(self, stream: Stream, loop_id: str, after: int) -> None:
+        self.stream = stream
+        self.id = loop_id
+        self._after = after  # the loop's events all come after this seq of the stream
+
+    async def events(self) -> AsyncIterator[Event]:
+        """The loop's ``rx.thought.query`` / ``rx.thought.response`` events (replayed from the start),
+        ending with the final response."""
+        sub = await self.stream._rx._bus.subscribe(types={"rx.thought."}, subject=self.stream.id, after=self._after)
+        try:
+            async for event in sub:
+                if event.data.loop != self.id:
+                    continue
+                yield event
+                if event.type == "rx.thought.response" and event.data.final:
+                    return
+        finally:
+            await sub.aclose()
+
+    async def wait(self) -> Event:
+        """Wait for the loop to end; returns its final ``rx.thought.response``."""
+        final = None
+        async for event in self.events():
+            final = event
+        assert final is not None
+        return final
+
+    async def stop(self) -> bool:
+        """End the loop after its current step."""
+        return await self.stream.stop_thinking()
 
 
 class Subscription:

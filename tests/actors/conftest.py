@@ -10,12 +10,13 @@ import torch
 from reactor_rt.actors.conductor import Conductor, ConductorConfig
 from reactor_rt.actors.engine import LocalEngine
 from reactor_rt.events.bus import InProcessBus
+from reactor_rt.events.log import EventLog
 from reactor_rt.model import ReactiveTransformer, RxTConfig
 from reactor_rt.store import MemorySTMStore
 
 
-def make_model(seed: int = 0, **changes: object) -> ReactiveTransformer:
-    """The tiny preset with every weight nudged (no zero-initialised branch hides a path); greedy."""
+def make_model(seed: int = 0, *, text_only: bool = False, **changes: object) -> ReactiveTransformer:
+    """The tiny preset with every weight nudged (no zero-initialised branch hides a path), answering in bytes."""
     base = RxTConfig.preset("tiny").model_dump()
     base.update(changes)
     torch.manual_seed(seed)
@@ -23,6 +24,13 @@ def make_model(seed: int = 0, **changes: object) -> ReactiveTransformer:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
+        if text_only:
+            # an untrained model's argmax is often a special token ([A] again and again): an empty
+            # answer. Silence everything but the bytes in the tied head, so answers always have text to
+            # stream (and run to their token budget: [EOS] handling is the model tests' business).
+            tok = model.tokenizer
+            silent = list(tok.special_ids) + list(range(tok.vocab_size, model.config.vocab_size))
+            model.embedding.weight[silent] = 0.0
     return model
 
 
@@ -31,16 +39,22 @@ def model() -> ReactiveTransformer:
     return make_model()
 
 
+@pytest.fixture(scope="session")
+def text_model() -> ReactiveTransformer:
+    """A model whose greedy answers are always non-empty text of the full token budget."""
+    return make_model(text_only=True)
+
+
 @pytest.fixture
-def make_conductor(model: ReactiveTransformer) -> Callable[..., AsyncIterator[Conductor]]:
+def make_conductor(text_model: ReactiveTransformer) -> Callable[..., AsyncIterator[Conductor]]:
     """``async with make_conductor(max_queue=...) as conductor`` — in-process bus, engine and store."""
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def build(**config: object) -> AsyncIterator[Conductor]:
-        bus = InProcessBus()
-        engine = LocalEngine(model, MemorySTMStore())
-        conductor = Conductor(bus, engine, model.tokenizer, model.config, ConductorConfig(**config))
+        bus = InProcessBus(log=EventLog(":memory:"))  # a log, so subscribers can replay with after=
+        engine = LocalEngine(text_model, MemorySTMStore())
+        conductor = Conductor(bus, engine, text_model.tokenizer, text_model.config, ConductorConfig(**config))
         await conductor.start()
         try:
             yield conductor

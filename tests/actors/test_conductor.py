@@ -53,7 +53,8 @@ async def test_one_interaction_emits_events_in_order(make_conductor):
     assert events[-1].data.version == 1
 
 
-async def test_answer_matches_direct_generation(make_conductor, model):
+async def test_answer_matches_direct_generation(make_conductor, text_model):
+    model = text_model
     """The conductor's answer is exactly the model's greedy generation from the same prompt and STM."""
     from reactor_rt.template import build_prompt
 
