@@ -10,6 +10,7 @@ backpressure, then decodes on its own side.
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -151,7 +152,7 @@ class EventBusCore:
 
     def stats(self) -> dict[str, Any]:
         """Counters for operators and tests."""
-        return {"subscribers": self.hub.subscriber_count, "closed": self.hub.closed}
+        return {"subscribers": self.hub.subscriber_count, "closed": self.hub.closed, "pid": os.getpid()}
 
     async def close(self) -> None:
         """End every subscription and close the log."""

@@ -145,3 +145,40 @@ async def test_a_dead_actor_is_a_runtime_unavailable_error(ray_local):
         async for _ in sub:
             pass
     await sub.aclose()  # harmless after the actor is gone
+
+
+@pytest.mark.ray
+async def test_a_restarted_actor_continues_the_numbering_from_its_log(ray_local, tmp_path):
+    import ray
+
+    from reactor_rt.events.ray_bus import RayBus, _call
+
+    bus = RayBus.create(name=None, log_path=str(tmp_path / "events.db"), max_restarts=1)
+    sub = await bus.subscribe(subject="a")
+    await bus.publish_many([example_event("rx.query", subject="a"), example_event("rx.response.done", subject="a")])
+    old_pid = (await bus.actor.stats.remote())["pid"]
+    ray.kill(bus.actor, no_restart=False)  # a crash: Ray restarts the actor, which reopens the log
+
+    async def retrying(call):  # calls during the restart fail with a clear error; retry them
+        with anyio.fail_after(60):
+            while True:
+                try:
+                    return await call()
+                except RuntimeUnavailableError:
+                    await anyio.sleep(0.1)
+
+    async def new_pid() -> int:
+        pid = (await _call(bus.actor.stats.remote()))["pid"]
+        if pid == old_pid:
+            raise RuntimeUnavailableError("not restarted yet")
+        return pid
+
+    await retrying(new_pid)  # the restarted incarnation answers
+    ev = await retrying(lambda: bus.publish(example_event("rx.query", subject="a")))
+    assert ev.seq == 3
+    assert [e.seq for e in await retrying(lambda: bus.replay("a"))] == [1, 2, 3]
+    assert await retrying(lambda: bus.last_seq("a")) == 3
+    with pytest.raises(RuntimeUnavailableError), anyio.fail_after(30):  # the old stream broke visibly
+        async for _ in sub:
+            pass
+    bus.kill()
