@@ -98,6 +98,29 @@ CONFIGS: dict[str, dict[str, Any]] = {
                                         use_tanh_residual_gate=False),
         tokenizer_config=BETA_TOKENS, memory_attention_variant="self-interlayer",
     ),
+    # the legacy MoE layout (one gated FFN module per expert, with biases) of older checkpoints, and
+    # per-expert biases in the stacked layout
+    "legacy-moe": dict(
+        cls="RxTAlpha",
+        decoder_config=_component(use_moe=True, num_experts=4, moe_top_k=2, num_shared_experts=1,
+                                  use_vectorized_moe=False, att_groups=2, att_query_groups=4),
+        encoder_config=_component(att_groups=4, att_query_groups=4, skip_memory_cross_attention=True),
+        memory_attention_config=_memory(att_groups=2, att_query_groups=4, interlayer_att_groups=2,
+                                        interlayer_att_query_groups=4, use_gated_residual=True,
+                                        residual_gate_type="elementwise", use_tanh_residual_gate=True),
+        tokenizer_config=ALPHA_TOKENS, memory_attention_variant="interlayer",
+    ),
+    "local-bias-moe": dict(
+        cls="RxTAlpha",
+        decoder_config=_component(use_moe=True, num_experts=4, moe_top_k=1, num_shared_experts=0,
+                                  moe_bias_mode="local", att_groups=2, att_query_groups=4),
+        encoder_config=_component(att_groups=4, att_query_groups=4, skip_memory_cross_attention=True),
+        memory_attention_config=_memory(att_groups=2, att_query_groups=4, interlayer_att_groups=2,
+                                        interlayer_att_query_groups=4, use_gated_residual=True,
+                                        residual_gate_type="linear", residual_per_slot_gate=True,
+                                        use_tanh_residual_gate=False),
+        tokenizer_config=ALPHA_TOKENS, memory_attention_variant="self-interlayer",
+    ),
     # no residual gate at all (a plain residual: the reference's default) with MQA memory attention
     "plain-residual-mqa": dict(
         cls="RxTAlpha",

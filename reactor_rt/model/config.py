@@ -74,6 +74,7 @@ class RxTConfig(BaseModel):
     moe_global_bias: bool = False  # one learned bias added to the routed experts' sum
     moe_shared_global_bias: bool = False  # one learned bias added to the shared expert's output
     moe_weighted_shared: bool = False  # scale routed by k/(k+1) and shared by 1/(k+1)
+    moe_expert_bias: bool = False  # biases inside every routed expert
     tied_head: bool = True  # False: an own output projection (with bias) instead of the embedding
     final_norm: bool = True  # RMS norm before the output head
     # decoder layers without memory cross-attention, before / after the memory layers

@@ -101,6 +101,7 @@ class MoE(nn.Module):
         global_bias: bool = False,
         shared_global_bias: bool = False,
         weighted_shared: bool = False,
+        expert_bias: bool = False,
     ) -> None:
         super().__init__()
         self.experts, self.top_k, self.ff_dim = experts, top_k, ff_dim
@@ -116,6 +117,9 @@ class MoE(nn.Module):
         self.global_bias = nn.Parameter(torch.zeros(dim)) if global_bias else None
         self.shared_global_bias = nn.Parameter(torch.zeros(dim)) if shared_expert and shared_global_bias else None
         self.weighted_shared = weighted_shared and shared_expert
+        # per-expert biases (imported checkpoints); None keeps the bias-free native experts
+        self.b_gate_up = nn.Parameter(torch.zeros(experts, 2 * ff_dim)) if expert_bias else None
+        self.b_down = nn.Parameter(torch.zeros(experts, dim)) if expert_bias else None
 
     def route(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Router for x (N, D) -> logits (N, E), top-k weights (N, k) summing to 1, top-k indices (N, k).
@@ -156,8 +160,14 @@ class MoE(nn.Module):
         # one token (batch-1 decode): run just its k experts; reading k of E experts' weights is the cost
         y = None
         for j, e in enumerate(idx[0].tolist()):
-            g, u = (x @ self.w_gate_up[:, e]).split(self.ff_dim, dim=-1)
-            out = ((self.act(g) * u) @ self.w_down[e]) * weights[:, j : j + 1]
+            h = x @ self.w_gate_up[:, e]
+            if self.b_gate_up is not None:
+                h = h + self.b_gate_up[e]
+            g, u = h.split(self.ff_dim, dim=-1)
+            out = (self.act(g) * u) @ self.w_down[e]
+            if self.b_down is not None:
+                out = out + self.b_down[e]
+            out = out * weights[:, j : j + 1]
             y = out if y is None else y + out
         assert y is not None
         return y
@@ -167,9 +177,14 @@ class MoE(nn.Module):
         e, f = self.experts, self.ff_dim
         combine = x.new_zeros(n, e).scatter_(1, idx, weights)  # (N, E), zero for experts not chosen
         h = (x @ self.w_gate_up.view(d, e * 2 * f)).view(n, e, 2 * f)
+        if self.b_gate_up is not None:
+            h = h + self.b_gate_up
         g, u = h.split(f, dim=-1)
         act = self.act(g) * u * combine[:, :, None]  # (N, E, F)
-        return act.view(n, e * f) @ self.w_down.view(e * f, d)
+        y = act.view(n, e * f) @ self.w_down.view(e * f, d)
+        if self.b_down is not None:  # sum_e combine_e * b_e
+            y = y + combine @ self.b_down
+        return y
 
     def _sparse(self, x: Tensor, weights: Tensor, idx: Tensor) -> Tensor:
         flat_idx = idx.reshape(-1)  # (N*k,)
@@ -182,8 +197,13 @@ class MoE(nn.Module):
         for e, n in enumerate(counts):
             if n:
                 rows = token[start : start + n]
-                g, u = (x[rows] @ self.w_gate_up[:, e]).split(self.ff_dim, dim=-1)
+                h = x[rows] @ self.w_gate_up[:, e]
+                if self.b_gate_up is not None:
+                    h = h + self.b_gate_up[e]
+                g, u = h.split(self.ff_dim, dim=-1)
                 out = (self.act(g) * u) @ self.w_down[e]
+                if self.b_down is not None:
+                    out = out + self.b_down[e]
                 y.index_add_(0, rows, out * w[start : start + n, None])
             start += n
         return y

@@ -59,7 +59,7 @@ class DecoderLayer(nn.Module):
                 c.dim, c.ff_dim, c.moe_experts, c.moe_top_k, c.moe_shared_expert,
                 activation=c.ffn_activation, shared_ff_dim=c.moe_shared_ff_dim, shared_bias=c.moe_shared_bias,
                 global_bias=c.moe_global_bias, shared_global_bias=c.moe_shared_global_bias,
-                weighted_shared=c.moe_weighted_shared,
+                weighted_shared=c.moe_weighted_shared, expert_bias=c.moe_expert_bias,
             )
         else:
             ff_dim = c.ff_dim if stateless is None else (c.stateless_ff_dim or c.ff_dim)

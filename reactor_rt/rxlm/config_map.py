@@ -6,6 +6,7 @@ default (``COMPONENT_DEFAULTS`` / ``MEMORY_DEFAULTS`` below, read from rxlm 0.3.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,7 @@ class ImportPlan:
 
     variant_in_file: str  # memory_attention_variant as written in config.json
     decoder_head_norm: bool  # the decoder has a head_norm (mapped to decoder_norm)
+    legacy_moe: bool  # experts stored one module each (``ff.experts.N.*``) instead of stacked ``w1``/``w2``
     notes: tuple[str, ...]  # reference defects or quirks met while mapping (documented in the README)
 
 
@@ -104,17 +106,21 @@ def _component_problems(c: dict[str, Any], where: str, problems: list[str]) -> N
     if c["ff_activation"] not in _ACTIVATIONS:
         problems.append(f"{where}.ff_activation={c['ff_activation']!r}")
     if c["use_moe"]:
-        if not c["use_vectorized_moe"] or c["vectorized_moe_from_legacy"]:
-            problems.append(f"{where}: legacy (non-vectorized) MoE layout")
-        if c["moe_bias_mode"] not in ("global", "off"):
-            problems.append(f"{where}.moe_bias_mode={c['moe_bias_mode']!r} (per-expert biases)")
+        if c["use_vectorized_moe"] and c["vectorized_moe_from_legacy"]:
+            problems.append(f"{where}.vectorized_moe_from_legacy=true (two expert layouts at once)")
+        if c["moe_bias_mode"] not in ("global", "local", "off"):
+            problems.append(f"{where}.moe_bias_mode={c['moe_bias_mode']!r}")
         if c["num_shared_experts"] > 1:
             problems.append(f"{where}.num_shared_experts={c['num_shared_experts']} (at most 1 is supported)")
 
 
-def map_config(raw: dict[str, Any]) -> tuple[RxTConfig, ImportPlan]:
+def map_config(raw: dict[str, Any], tensor_names: Iterable[str] = ()) -> tuple[RxTConfig, ImportPlan]:
     """RxLM config.json (already parsed) -> (RxTConfig, ImportPlan); UnsupportedCheckpointError names
-    every option that cannot be reproduced, CheckpointError when a section is missing."""
+    every option that cannot be reproduced, CheckpointError when a section is missing.
+
+    tensor_names (of model.safetensors) reveal the legacy MoE layout in checkpoints whose config.json
+    predates the ``use_vectorized_moe`` switch.
+    """
     for key in ("decoder_config", "encoder_config", "memory_attention_config"):
         if not isinstance(raw.get(key), dict):
             raise CheckpointError(f"RxLM config.json has no {key!r} object")
@@ -171,6 +177,12 @@ def map_config(raw: dict[str, Any]) -> tuple[RxTConfig, ImportPlan]:
     if problems:
         raise UnsupportedCheckpointError("unsupported RxLM options: " + "; ".join(problems))
 
+    legacy = bool(dec["use_moe"]) and (
+        not dec["use_vectorized_moe"] or any(".ff.experts.0." in name for name in tensor_names)
+    )
+    if legacy:
+        # the legacy experts (and shared experts) are gated FFNs with their own biases; no global bias
+        notes.append("legacy MoE layout: per-expert modules stacked on import")
     gate = mem["residual_gate_type"] if mem["use_gated_residual"] else "none"
     seq_len = int(dec["seq_len"])
     fields: dict[str, Any] = dict(
@@ -186,11 +198,12 @@ def map_config(raw: dict[str, Any]) -> tuple[RxTConfig, ImportPlan]:
         memory_query_heads=mq, memory_kv_heads=mkv, memory_pre_query_heads=pq, memory_pre_kv_heads=pkv,
         attn_out_bias=bool(dec["use_attention_output_bias"]), ffn_activation=_ACTIVATIONS[dec["ff_activation"]],
         ffn_bias=True, encoder_ff_dim=enc["ff_dim"],
-        moe_shared_ff_dim=dec["shared_expert_dim"],
-        moe_shared_bias=dec["moe_shared_experts_bias_mode"] == "local",
-        moe_global_bias=bool(dec["use_moe"]) and dec["moe_bias_mode"] == "global",
-        moe_shared_global_bias=dec["moe_shared_experts_bias_mode"] == "global",
-        moe_weighted_shared=bool(dec["moe_use_weighted_shared_experts"]),
+        moe_shared_ff_dim=None if legacy else dec["shared_expert_dim"],
+        moe_shared_bias=legacy or dec["moe_shared_experts_bias_mode"] == "local",
+        moe_global_bias=bool(dec["use_moe"]) and not legacy and dec["moe_bias_mode"] == "global",
+        moe_shared_global_bias=not legacy and dec["moe_shared_experts_bias_mode"] == "global",
+        moe_weighted_shared=not legacy and bool(dec["moe_use_weighted_shared_experts"]),
+        moe_expert_bias=bool(dec["use_moe"]) and (legacy or dec["moe_bias_mode"] == "local"),
         tied_head=False, final_norm=bool(dec["use_head_norm"]),
         stateless_layers=tuple(dec["stateless_layers_config"] or ()),
         final_stateless_layers=tuple(dec["final_stateless_layers_config"] or ()),
@@ -202,4 +215,4 @@ def map_config(raw: dict[str, Any]) -> tuple[RxTConfig, ImportPlan]:
         config = RxTConfig(**fields)
     except ValueError as exc:
         raise UnsupportedCheckpointError(f"RxLM config maps to an invalid RxTConfig: {exc}") from exc
-    return config, ImportPlan(variant, bool(dec["use_head_norm"]), tuple(notes))
+    return config, ImportPlan(variant, bool(dec["use_head_norm"]), legacy, tuple(notes))

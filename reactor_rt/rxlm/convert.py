@@ -97,8 +97,8 @@ def load_rxlm(src_dir: str | Path, tokenizer: str | Path | None = None) -> React
     if not src.is_dir():
         raise CheckpointError(f"RxLM checkpoint {src} is not a directory")
     raw = _read_config(src)
-    config, plan = map_config(raw)
     tensors = _read_weights(src)
+    config, plan = map_config(raw, tensors)
     tok = _tokenizer(src, tokenizer, raw, config.vocab_size)
     try:
         model = ReactiveTransformer(config, tok)

@@ -5,7 +5,8 @@ Layout differences handled here:
 * attention: separate q/k/v projections -> one fused qkv (self-attention) or q + kv (cross/memory);
 * gated FFNs: RxLM's first half of ``fc1`` / ``w1`` is the linear ("up") half and the second the
   activated gate; reactor-rt keeps the gate first -> the halves are swapped;
-* MoE experts: ``w1`` (E, D, 2F) -> ``w_gate_up`` (D, E, 2F); ``w2`` (E, F, D) is kept;
+* MoE experts: ``w1`` (E, D, 2F) -> ``w_gate_up`` (D, E, 2F); ``w2`` (E, F, D) is kept; the legacy
+  layout (one ``experts.N`` gated FFN each, with biases) is stacked into the same tensors;
 * STM: the (L, 1, S, D) ``stm.memory`` buffer becomes the learned initial STM (L, S, D);
 * gates: static/elementwise (S, 1) or (1,) parameters -> (S, 1) or (1, 1).
 
@@ -77,10 +78,25 @@ def _dense_ffn(src: _Source, out: dict[str, Tensor], dst: str, ref: str, bias: b
         out[f"{dst}.down.bias"] = src.get(f"{ref}.fc2.bias")
 
 
-def _moe(src: _Source, out: dict[str, Tensor], dst: str, ref: str, c: RxTConfig) -> None:
+def _moe(src: _Source, out: dict[str, Tensor], dst: str, ref: str, c: RxTConfig, legacy: bool) -> None:
     out[f"{dst}.router.weight"] = src.get(f"{ref}.router.gate.weight")
-    out[f"{dst}.w_gate_up"] = _swap_halves(src.get(f"{ref}.w1"), dim=2).permute(1, 0, 2).contiguous()
-    out[f"{dst}.w_down"] = src.get(f"{ref}.w2")
+    if legacy:  # one gated FFN module per expert, biases included
+        experts = range(c.moe_experts)
+        w1 = torch.stack([src.get(f"{ref}.experts.{e}.fc1.linear.weight").T for e in experts])  # (E, D, 2F)
+        w2 = torch.stack([src.get(f"{ref}.experts.{e}.fc2.weight").T for e in experts])  # (E, F, D)
+        out[f"{dst}.b_gate_up"] = _swap_halves(
+            torch.stack([src.get(f"{ref}.experts.{e}.fc1.linear.bias") for e in experts]), dim=1)
+        out[f"{dst}.b_down"] = torch.stack([src.get(f"{ref}.experts.{e}.fc2.bias") for e in experts])
+    else:
+        w1, w2 = src.get(f"{ref}.w1"), src.get(f"{ref}.w2")
+        if c.moe_expert_bias:
+            out[f"{dst}.b_gate_up"] = _swap_halves(src.get(f"{ref}.b1"), dim=1)
+            out[f"{dst}.b_down"] = src.get(f"{ref}.b2")
+    out[f"{dst}.w_gate_up"] = _swap_halves(w1, dim=2).permute(1, 0, 2).contiguous()
+    out[f"{dst}.w_down"] = w2.contiguous()
+    if c.moe_shared_expert and legacy:
+        _dense_ffn(src, out, f"{dst}.shared", f"{ref}.shared_experts.0", True)
+        return
     if c.moe_global_bias:
         out[f"{dst}.global_bias"] = src.get(f"{ref}.global_bias")
     if c.moe_shared_expert:
@@ -90,7 +106,7 @@ def _moe(src: _Source, out: dict[str, Tensor], dst: str, ref: str, c: RxTConfig)
 
 
 def _decoder_layer(src: _Source, out: dict[str, Tensor], dst: str, ref: str, c: RxTConfig, moe: bool,
-                   memory: bool) -> None:
+                   memory: bool, legacy: bool = False) -> None:
     out[f"{dst}.self_norm.weight"] = src.get(f"{ref}.norm1.weight")
     _attention(src, out, f"{dst}.self_attn", f"{ref}.attention", True, c.attn_out_bias)
     if memory:
@@ -99,7 +115,7 @@ def _decoder_layer(src: _Source, out: dict[str, Tensor], dst: str, ref: str, c: 
         _attention(src, out, f"{dst}.cross_attn", f"{ref}.memory_cross_attention", False, c.attn_out_bias)
     out[f"{dst}.ffn_norm.weight"] = src.get(f"{ref}.norm3.weight")
     if moe:
-        _moe(src, out, f"{dst}.ffn", f"{ref}.ff", c)
+        _moe(src, out, f"{dst}.ffn", f"{ref}.ff", c, legacy)
     else:
         _dense_ffn(src, out, f"{dst}.ffn", f"{ref}.ff", c.ffn_bias)
 
@@ -143,12 +159,13 @@ def map_weights(
 
     d = "decoder.model"
     for j, kind in enumerate(c.stateless_layers):
-        _decoder_layer(src, out, f"stateless_layers.{j}", f"{d}.stateless_layers.{j}", c, kind == "moe", False)
+        _decoder_layer(src, out, f"stateless_layers.{j}", f"{d}.stateless_layers.{j}", c, kind == "moe", False,
+                       plan.legacy_moe)
     for i in range(c.layers):
-        _decoder_layer(src, out, f"decoder_layers.{i}", f"{d}.layers.{i}", c, c.is_moe, True)
+        _decoder_layer(src, out, f"decoder_layers.{i}", f"{d}.layers.{i}", c, c.is_moe, True, plan.legacy_moe)
     for j, kind in enumerate(c.final_stateless_layers):
         _decoder_layer(src, out, f"final_stateless_layers.{j}", f"{d}.final_stateless_layers.{j}", c,
-                       kind == "moe", False)
+                       kind == "moe", False, plan.legacy_moe)
     out["head.weight"] = src.get(f"{d}.head.weight")
     out["head.bias"] = src.get(f"{d}.head.bias")
     if plan.decoder_head_norm:

@@ -106,11 +106,21 @@ def rxlm_tensors(cfg: dict[str, Any], seed: int = 0, embedding_name: str = "deco
                         *_heads(c["cross_att_type"], HEADS, c.get("cross_att_groups") or groups,
                                 c.get("cross_att_query_groups") or c.get("att_query_groups")),
                         c.get("use_attention_output_bias", True))
-        if ffn == "moe":
+        if ffn == "moe" and not c.get("use_vectorized_moe", True):  # legacy: one gated FFN per expert
+            e, ff = c["num_experts"], c["ff_dim"]
+            w.add(f"{prefix}.ff.router.gate.weight", e, DIM)
+            for k in range(e):
+                w.gated_ffn(f"{prefix}.ff.experts.{k}", ff, True)
+            if c.get("num_shared_experts", 1) == 1:
+                w.gated_ffn(f"{prefix}.ff.shared_experts.0", ff, True)
+        elif ffn == "moe":
             e, ff = c["num_experts"], c["ff_dim"]
             w.add(f"{prefix}.ff.router.gate.weight", e, DIM)
             w.add(f"{prefix}.ff.w1", e, DIM, 2 * ff)
             w.add(f"{prefix}.ff.w2", e, ff, DIM)
+            if c.get("moe_bias_mode", "global") == "local":
+                w.add(f"{prefix}.ff.b1", e, 2 * ff)
+                w.add(f"{prefix}.ff.b2", e, DIM)
             if c.get("moe_bias_mode", "global") == "global":
                 w.add(f"{prefix}.ff.global_bias", DIM)
             if c.get("num_shared_experts", 1) == 1:

@@ -109,6 +109,47 @@ def test_moe_keeps_the_reference_semantics(tmp_path: Path) -> None:
             torch.testing.assert_close(got, expected[: rows.shape[0]], rtol=1e-5, atol=1e-5)
 
 
+def _reference_moe(x: torch.Tensor, experts: list[tuple[torch.Tensor, ...]], router: torch.Tensor,
+                   top_k: int) -> torch.Tensor:
+    """RxLM routing over gated experts given as (fc1 weight (2F, D), fc1 bias, fc2 weight (D, F), fc2 bias)."""
+    probs = F.softmax(x @ router.T, dim=-1)
+    top, idx = probs.topk(top_k, dim=-1)
+    top = top / top.sum(-1, keepdim=True)
+    y = torch.zeros_like(x)
+    for n in range(x.shape[0]):
+        for j in range(top_k):
+            w1, b1, w2, b2 = experts[int(idx[n, j])]
+            lin, g = F.linear(x[n], w1, b1).chunk(2)
+            y[n] += top[n, j] * F.linear(lin * F.silu(g), w2, b2)
+    return y
+
+
+@pytest.mark.parametrize("layout", ["local-bias", "legacy"])
+def test_moe_with_per_expert_biases(tmp_path: Path, layout: str) -> None:
+    decoder = {"moe_bias_mode": "local"} if layout == "local-bias" else {"use_vectorized_moe": False}
+    cfg = rxlm_config(decoder=decoder)
+    tensors = rxlm_tensors(cfg)
+    model = load_rxlm(write_checkpoint(tmp_path, cfg, tensors))
+    assert model.config.moe_expert_bias and not model.config.moe_global_bias
+    p = "decoder.model.layers.0.ff"
+    if layout == "legacy":
+        experts = [tuple(tensors[f"{p}.experts.{e}.{n}"] for n in
+                         ("fc1.linear.weight", "fc1.linear.bias", "fc2.weight", "fc2.bias")) for e in range(3)]
+    else:
+        experts = [(tensors[f"{p}.w1"][e].T, tensors[f"{p}.b1"][e], tensors[f"{p}.w2"][e].T, tensors[f"{p}.b2"][e])
+                   for e in range(3)]
+    x = torch.randn(100, DIM)  # 100 tokens x 3 experts > MoE.dense_limit: the sparse path
+    expected = _reference_moe(x, experts, tensors[f"{p}.router.gate.weight"], 2)
+    shared = f"{p}.shared_experts.0" if layout == "legacy" else f"{p}.shared_expert"
+    lin, g = F.linear(x, tensors[f"{shared}.fc1.linear.weight"], tensors[f"{shared}.fc1.linear.bias"]).chunk(2, -1)
+    expected += F.linear(lin * F.silu(g), tensors[f"{shared}.fc2.weight"], tensors[f"{shared}.fc2.bias"])
+    ffn = model.decoder_layers[0].ffn
+    with torch.no_grad():
+        for rows in (x, x[:5], x[:1]):  # sparse, dense and single-token paths
+            got, _ = ffn(rows, need_aux=False)
+            torch.testing.assert_close(got, expected[: rows.shape[0]], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("tanh", [False, True])
 def test_slot_gate_semantics(tmp_path: Path, tanh: bool) -> None:
     cfg = rxlm_config(mem={"use_tanh_residual_gate": tanh})
@@ -205,8 +246,8 @@ def test_encoder_cross_attention_weights_are_ignored(tmp_path: Path) -> None:
         ({"use_rms_norm": False}, {}, {}, "self-interlayer", "use_rms_norm=false"),
         ({"use_gated_attention": True}, {}, {}, "self-interlayer", "use_gated_attention"),
         ({"num_shared_experts": 2}, {}, {}, "self-interlayer", "num_shared_experts=2"),
-        ({"moe_bias_mode": "local"}, {}, {}, "self-interlayer", "moe_bias_mode='local'"),
-        ({"use_vectorized_moe": False}, {}, {}, "self-interlayer", "legacy"),
+        ({"use_vectorized_moe": True, "vectorized_moe_from_legacy": True}, {}, {}, "self-interlayer",
+         "vectorized_moe_from_legacy"),
         ({"use_head_norm": True}, {}, {}, "self-interlayer", "head_norm_type='layer_norm'"),
         ({"att_query_groups": 1, "att_groups": 2}, {}, {}, "self-interlayer", "reversed SQA"),
         ({"self_att_type": "hybrid", "attn_layer_types": ["gla", "gla"]}, {}, {}, "self-interlayer", "hybrid"),
