@@ -66,11 +66,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
                                         residual_gate_type="elementwise", use_tanh_residual_gate=False),
         tokenizer_config=ALPHA_TOKENS, memory_attention_variant="interlayer",
     ),
-    # GQA everywhere, dense GELU decoder, an RMS head norm, static tanh gates per layer
+    # GQA everywhere, dense GELU decoder, silu-gated memory cross-attention, an RMS head norm, static
+    # tanh gates per layer
     "gqa-dense": dict(
         cls="RxTAlpha",
         decoder_config=_component(self_att_type="gqa", cross_att_type="gqa", att_groups=2, ff_activation="gelu",
-                                  use_head_norm=True, head_norm_type="rms_norm"),
+                                  use_head_norm=True, head_norm_type="rms_norm", use_gated_cross_attention=True,
+                                  gated_attention_activation="silu"),
         encoder_config=_component(self_att_type="gqa", att_groups=2, ff_activation="gelu",
                                   skip_memory_cross_attention=True),
         memory_attention_config=_memory(att_type="gqa", att_groups=2, interlayer_att_type="mha",
@@ -80,7 +82,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
         tokenizer_config=ALPHA_TOKENS, memory_attention_variant="self-interlayer",
     ),
     # RxT-Beta-like: stateless dense layer before and a stateless MoE layer after the memory layers,
-    # weighted shared expert with a global bias, no attention output bias, linear slot-status gates
+    # weighted shared expert with a global bias, gated attention, no attention output bias, linear
+    # slot-status gates
     "beta-stateless": dict(
         cls="RxTBeta",
         decoder_config=_component(use_moe=True, num_experts=4, moe_top_k=2, num_shared_experts=1,
@@ -88,9 +91,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
                                   moe_use_weighted_shared_experts=True, self_att_type="sqa",
                                   cross_att_type="mqa", att_groups=2, att_query_groups=4,
                                   use_attention_output_bias=False, stateless_layers_config=["dense"],
-                                  final_stateless_layers_config=["moe"], dense_layer_dim=160),
+                                  final_stateless_layers_config=["moe"], dense_layer_dim=160,
+                                  use_gated_attention=True),
         encoder_config=_component(ff_dim=192, self_att_type="sqa", att_groups=4, att_query_groups=4,
-                                  use_attention_output_bias=False),
+                                  use_attention_output_bias=False, use_gated_attention=True,
+                                  skip_memory_cross_attention=True),
         memory_attention_config=_memory(att_type="sqa", att_groups=2, att_query_groups=4,
                                         interlayer_att_type="sqa", interlayer_att_groups=4,
                                         interlayer_att_query_groups=4, use_gated_residual=True,

@@ -61,7 +61,14 @@ class Attention(nn.Module):
     """
 
     def __init__(
-        self, dim: int, heads: int, query_heads: int, kv_heads: int, fused: bool, out_bias: bool = False
+        self,
+        dim: int,
+        heads: int,
+        query_heads: int,
+        kv_heads: int,
+        fused: bool,
+        out_bias: bool = False,
+        out_gate: str | None = None,
     ) -> None:
         super().__init__()
         self.head_dim = dim // heads
@@ -76,6 +83,13 @@ class Attention(nn.Module):
             self.q = nn.Linear(dim, q_width, bias=False)
             self.kv = nn.Linear(dim, 2 * kv_width, bias=False)
         self.out = nn.Linear(q_width, dim, bias=out_bias)  # SQA: from the reduced width
+        # gated attention (imported checkpoints): heads' output * act(Linear(query input)) before `out`
+        self.gate: nn.Linear | None = None
+        if out_gate is not None:
+            from reactor_rt.model.layers import ACTIVATIONS
+
+            self.gate = nn.Linear(dim, q_width, bias=False)
+            self.gate_act = ACTIVATIONS[out_gate]
 
     def project_qkv(self, x: Tensor, cis: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Self-attention projections of x (B, T, D) -> q (B, Hq, T, hd), k, v (B, Hkv, T, hd).
@@ -105,14 +119,25 @@ class Attention(nn.Module):
         return k.transpose(1, 2), v.transpose(1, 2)
 
     def attend(
-        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal: bool = False
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        gate_input: Tensor | None = None,
     ) -> Tensor:
         """Scaled dot-product attention and output projection -> (B, T, D).
 
-        mask: bool, True = may attend, broadcastable to (B, Hq, T, S).
+        mask: bool, True = may attend, broadcastable to (B, Hq, T, S). gate_input (B, T, D): what the
+        queries were projected from; needed only by a gated attention.
         """
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.kv_heads != self.query_heads
         )  # (B, Hq, T, hd)
         b, _, t, _ = y.shape
-        return self.out(y.transpose(1, 2).reshape(b, t, self.q_width))
+        y = y.transpose(1, 2).reshape(b, t, self.q_width)
+        if self.gate is not None:
+            assert gate_input is not None, "a gated attention needs gate_input"
+            y = y * self.gate_act(self.gate(gate_input))
+        return self.out(y)

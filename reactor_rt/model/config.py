@@ -66,6 +66,10 @@ class RxTConfig(BaseModel):
     memory_pre_query_heads: int | None = Field(None, gt=0)  # the self/interlayer stage
     memory_pre_kv_heads: int | None = Field(None, gt=0)
     attn_out_bias: bool = False  # bias on the output projection of decoder/encoder attention
+    # gated attention: heads' output * act(Linear(query input)); None = no gate
+    attn_gate: Activation | None = None  # decoder self-attention
+    cross_attn_gate: Activation | None = None  # memory cross-attention
+    encoder_attn_gate: Activation | None = None
     ffn_activation: Activation = "silu"  # of every gated FFN: down(act(gate(x)) * up(x))
     ffn_bias: bool = False  # biases on dense gated FFNs (decoder, encoder, stateless dense layers)
     encoder_ff_dim: int | None = Field(None, gt=0)  # None = ff_dim

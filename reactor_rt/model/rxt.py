@@ -44,13 +44,15 @@ class DecoderLayer(nn.Module):
     def __init__(self, c: RxTConfig, stateless: str | None = None) -> None:
         super().__init__()
         self.self_norm = RMSNorm(c.dim, c.norm_eps)
-        self.self_attn = Attention(c.dim, c.heads, c.query_heads, c.kv_heads, fused=True, out_bias=c.attn_out_bias)
+        self.self_attn = Attention(c.dim, c.heads, c.query_heads, c.kv_heads, fused=True, out_bias=c.attn_out_bias,
+                                   out_gate=c.attn_gate)
         self.cross_attn: Attention | None = None
         if stateless is None:
             self.memory_norm = MemoryNorm(c.dim, c.norm_eps)  # on the STM layer, before its K/V projection
             self.cross_norm = RMSNorm(c.dim, c.norm_eps)
             cq, ckv = c.heads_of("cross")
-            self.cross_attn = Attention(c.dim, c.heads, cq, ckv, fused=False, out_bias=c.attn_out_bias)
+            self.cross_attn = Attention(c.dim, c.heads, cq, ckv, fused=False, out_bias=c.attn_out_bias,
+                                        out_gate=c.cross_attn_gate)
         self.ffn_norm = RMSNorm(c.dim, c.norm_eps)
         self.ffn: nn.Module
         self.is_moe = c.is_moe if stateless is None else stateless == "moe"
@@ -85,17 +87,19 @@ class DecoderLayer(nn.Module):
 
         index: this layer's row in the self-attention KV cache; mem_k/mem_v None for a stateless layer.
         """
-        q, k, v = self.self_attn.project_qkv(self.self_norm(x), cis)
+        h = self.self_norm(x)
+        q, k, v = self.self_attn.project_qkv(h, cis)
         if cache is None:
-            x = x + self.self_attn.attend(q, k, v, is_causal=True)
+            x = x + self.self_attn.attend(q, k, v, is_causal=True, gate_input=h)
         else:
             k, v, mask, causal = cache.update(index, k, v)
-            x = x + self.self_attn.attend(q, k, v, mask, is_causal=causal)
+            x = x + self.self_attn.attend(q, k, v, mask, is_causal=causal, gate_input=h)
         if self.cross_attn is not None:
             # memory cross-attention: RoPE on the queries only, the STM slots have no positions
             assert mem_k is not None and mem_v is not None
-            q = self.cross_attn.project_q(self.cross_norm(x), cis)
-            x = x + self.cross_attn.attend(q, mem_k, mem_v)
+            h = self.cross_norm(x)
+            q = self.cross_attn.project_q(h, cis)
+            x = x + self.cross_attn.attend(q, mem_k, mem_v, gate_input=h)
         h = self.ffn_norm(x)
         if self.is_moe:
             f, aux = self.ffn(h, token_mask, need_aux)
@@ -110,14 +114,16 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.attn_norm = RMSNorm(c.dim, c.norm_eps)
         eq, ekv = c.heads_of("encoder")
-        self.attn = Attention(c.dim, c.heads, eq, ekv, fused=True, out_bias=c.attn_out_bias)
+        self.attn = Attention(c.dim, c.heads, eq, ekv, fused=True, out_bias=c.attn_out_bias,
+                              out_gate=c.encoder_attn_gate)
         self.ffn_norm = RMSNorm(c.dim, c.norm_eps)
         self.ffn = SwiGLU(c.dim, c.encoder_ff_dim or c.ff_dim, c.ffn_activation, c.ffn_bias)
 
     def forward(self, x: Tensor, cis: Tensor, mask: Tensor | None) -> Tensor:
         """x (B, T, D), mask (B, 1, 1, T) bool or None -> (B, T, D)."""
-        q, k, v = self.attn.project_qkv(self.attn_norm(x), cis)
-        x = x + self.attn.attend(q, k, v, mask)
+        h = self.attn_norm(x)
+        q, k, v = self.attn.project_qkv(h, cis)
+        x = x + self.attn.attend(q, k, v, mask, gate_input=h)
         return x + self.ffn(self.ffn_norm(x))
 
 

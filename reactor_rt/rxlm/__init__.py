@@ -4,8 +4,9 @@ An RxLM checkpoint is a directory with ``config.json`` (``decoder_config``, ``en
 ``memory_attention_config``, ``tokenizer_config``, ``memory_attention_variant``) and
 ``model.safetensors`` (``decoder.model.*``, ``encoder.model.*``, ``memory_attention.model.*``).
 `convert` maps it onto an RxTConfig (the options for imported models: per-block head counts, biased
-gated FFNs, MoE with a shared expert and global biases, an untied output head, stateless layers and
-the staged memory update) and writes a reactor-rt checkpoint.
+gated FFNs and activations, gated attention, MoE with a shared expert, global or per-expert biases and
+the legacy per-module expert layout, an untied output head, stateless layers and the staged memory
+update with RxLM's slot gates) and writes a reactor-rt checkpoint.
 
 Reference defects handled (rxlm 0.3.80, checked against its source):
 
@@ -20,10 +21,12 @@ Reference defects handled (rxlm 0.3.80, checked against its source):
   and the tokenizer lacks (e.g. ``[R]``) are added when the vocabulary has room.
 
 Not supported (a clear UnsupportedCheckpointError names each one): non-gated FFNs, LayerNorm blocks,
-a LayerNorm output head norm, gated attention, QK norm, hybrid/linear attention layers, NoPE, reversed
-SQA, legacy (non-vectorized) MoE, per-expert MoE biases, more than one shared expert, an MoE encoder,
-memory norms other than classic RMS, the grouped-self-interlayer variant, and components that differ in
-width, heads, STM size, layer count or RoPE base. The encoder's MLM head is not part of an RxLM
+a LayerNorm output head norm, hybrid/linear attention layers, NoPE, reversed SQA, more than one shared
+expert, an MoE encoder, memory norms other than classic RMS, the grouped-self-interlayer variant, a
+vectorized MoE still carrying its legacy experts, and components that differ in width, heads, STM
+size, layer count or RoPE base. Tensors the mapping does not consume are an error too, so an option
+this converter does not know cannot be dropped silently.
+The encoder's MLM head is not part of an RxLM
 checkpoint; the converted model gets a freshly initialised one (not used for inference).
 """
 

@@ -97,8 +97,10 @@ def _component_problems(c: dict[str, Any], where: str, problems: list[str]) -> N
         problems.append(f"{where}.use_rms_norm=false (LayerNorm blocks)")
     if c["use_nope"]:
         problems.append(f"{where}.use_nope=true (no RoPE)")
-    if c["use_gated_attention"] or c.get("use_gated_cross_attention"):
-        problems.append(f"{where}.use_gated_attention / use_gated_cross_attention")
+    if (c["use_gated_attention"] or c.get("use_gated_cross_attention")) and c.get(
+        "gated_attention_activation", "sigmoid"
+    ) not in _ACTIVATIONS:
+        problems.append(f"{where}.gated_attention_activation={c['gated_attention_activation']!r}")
     if c.get("use_qk_norm"):
         problems.append(f"{where}.use_qk_norm")
     if c["self_att_type"] == "hybrid" or c.get("attn_layer_types"):
@@ -183,6 +185,10 @@ def map_config(raw: dict[str, Any], tensor_names: Iterable[str] = ()) -> tuple[R
     if legacy:
         # the legacy experts (and shared experts) are gated FFNs with their own biases; no global bias
         notes.append("legacy MoE layout: per-expert modules stacked on import")
+    def attn_gate(c: dict[str, Any], on: bool) -> str | None:
+        return _ACTIVATIONS[c.get("gated_attention_activation", "sigmoid")] if on else None
+
+    cross_gated = dec["use_gated_attention"] if dec["use_gated_cross_attention"] is None else dec["use_gated_cross_attention"]
     gate = mem["residual_gate_type"] if mem["use_gated_residual"] else "none"
     seq_len = int(dec["seq_len"])
     fields: dict[str, Any] = dict(
@@ -196,7 +202,9 @@ def map_config(raw: dict[str, Any], tensor_names: Iterable[str] = ()) -> tuple[R
         max_query_tokens=max(1, seq_len // 2), rope_theta=float(dec["rope_base"]), norm_eps=TORCH_RMS_EPS,
         encoder_query_heads=eq, encoder_kv_heads=ekv, cross_query_heads=cq, cross_kv_heads=ckv,
         memory_query_heads=mq, memory_kv_heads=mkv, memory_pre_query_heads=pq, memory_pre_kv_heads=pkv,
-        attn_out_bias=bool(dec["use_attention_output_bias"]), ffn_activation=_ACTIVATIONS[dec["ff_activation"]],
+        attn_out_bias=bool(dec["use_attention_output_bias"]),
+        attn_gate=attn_gate(dec, dec["use_gated_attention"]), cross_attn_gate=attn_gate(dec, cross_gated),
+        encoder_attn_gate=attn_gate(enc, enc["use_gated_attention"]), ffn_activation=_ACTIVATIONS[dec["ff_activation"]],
         ffn_bias=True, encoder_ff_dim=enc["ff_dim"],
         moe_shared_ff_dim=None if legacy else dec["shared_expert_dim"],
         moe_shared_bias=legacy or dec["moe_shared_experts_bias_mode"] == "local",

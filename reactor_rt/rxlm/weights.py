@@ -58,8 +58,11 @@ def _swap_halves(w: Tensor, dim: int = 0) -> Tensor:
     return torch.cat([gate, up], dim=dim)
 
 
-def _attention(src: _Source, out: dict[str, Tensor], dst: str, ref: str, fused: bool, out_bias: bool) -> None:
+def _attention(src: _Source, out: dict[str, Tensor], dst: str, ref: str, fused: bool, out_bias: bool,
+               gated: bool = False) -> None:
     q, k, v = (src.get(f"{ref}.{p}_proj.weight") for p in "qkv")
+    if gated:
+        out[f"{dst}.gate.weight"] = src.get(f"{ref}.gate_proj.weight")
     if fused:
         out[f"{dst}.qkv.weight"] = torch.cat([q, k, v])
     else:
@@ -108,11 +111,12 @@ def _moe(src: _Source, out: dict[str, Tensor], dst: str, ref: str, c: RxTConfig,
 def _decoder_layer(src: _Source, out: dict[str, Tensor], dst: str, ref: str, c: RxTConfig, moe: bool,
                    memory: bool, legacy: bool = False) -> None:
     out[f"{dst}.self_norm.weight"] = src.get(f"{ref}.norm1.weight")
-    _attention(src, out, f"{dst}.self_attn", f"{ref}.attention", True, c.attn_out_bias)
+    _attention(src, out, f"{dst}.self_attn", f"{ref}.attention", True, c.attn_out_bias, c.attn_gate is not None)
     if memory:
         out[f"{dst}.memory_norm.weight"] = src.get(f"{ref}.stm_norm.weight")
         out[f"{dst}.cross_norm.weight"] = src.get(f"{ref}.norm2.weight")
-        _attention(src, out, f"{dst}.cross_attn", f"{ref}.memory_cross_attention", False, c.attn_out_bias)
+        _attention(src, out, f"{dst}.cross_attn", f"{ref}.memory_cross_attention", False, c.attn_out_bias,
+                   c.cross_attn_gate is not None)
     out[f"{dst}.ffn_norm.weight"] = src.get(f"{ref}.norm3.weight")
     if moe:
         _moe(src, out, f"{dst}.ffn", f"{ref}.ff", c, legacy)
@@ -174,7 +178,8 @@ def map_weights(
     e = "encoder.model.layers"
     for i in range(c.layers):
         out[f"encoder_layers.{i}.attn_norm.weight"] = src.get(f"{e}.{i}.norm1.weight")
-        _attention(src, out, f"encoder_layers.{i}.attn", f"{e}.{i}.attention", True, c.attn_out_bias)
+        _attention(src, out, f"encoder_layers.{i}.attn", f"{e}.{i}.attention", True, c.attn_out_bias,
+                   c.encoder_attn_gate is not None)
         out[f"encoder_layers.{i}.ffn_norm.weight"] = src.get(f"{e}.{i}.norm3.weight")
         _dense_ffn(src, out, f"encoder_layers.{i}.ffn", f"{e}.{i}.ff", c.ffn_bias)
         # an encoder built without skip_memory_cross_attention carries cross-attention weights it never runs

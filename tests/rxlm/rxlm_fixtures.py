@@ -55,8 +55,10 @@ class _Writer:
     def add(self, name: str, *shape: int) -> None:
         self.t[name] = torch.randn(*shape, generator=self.g) * 0.2
 
-    def attention(self, prefix: str, q: int, kv: int, out_bias: bool) -> None:
+    def attention(self, prefix: str, q: int, kv: int, out_bias: bool, gated: bool = False) -> None:
         hd = DIM // HEADS
+        if gated:
+            self.add(f"{prefix}.gate_proj.weight", q * hd, DIM)
         self.add(f"{prefix}.q_proj.weight", q * hd, DIM)
         self.add(f"{prefix}.k_proj.weight", kv * hd, DIM)
         self.add(f"{prefix}.v_proj.weight", kv * hd, DIM)
@@ -98,14 +100,16 @@ def rxlm_tensors(cfg: dict[str, Any], seed: int = 0, embedding_name: str = "deco
         w.add(f"{prefix}.norm1.weight", DIM)
         w.add(f"{prefix}.norm3.weight", DIM)
         w.attention(f"{prefix}.attention", *_heads(c["self_att_type"], HEADS, groups, c.get("att_query_groups")),
-                    c.get("use_attention_output_bias", True))
+                    c.get("use_attention_output_bias", True), c.get("use_gated_attention", False))
         if memory_layer:
             w.add(f"{prefix}.norm2.weight", DIM)
             w.add(f"{prefix}.stm_norm.weight", DIM)
             w.attention(f"{prefix}.memory_cross_attention",
                         *_heads(c["cross_att_type"], HEADS, c.get("cross_att_groups") or groups,
                                 c.get("cross_att_query_groups") or c.get("att_query_groups")),
-                        c.get("use_attention_output_bias", True))
+                        c.get("use_attention_output_bias", True),
+                        c.get("use_gated_attention", False) if c.get("use_gated_cross_attention") is None
+                        else c["use_gated_cross_attention"])
         if ffn == "moe" and not c.get("use_vectorized_moe", True):  # legacy: one gated FFN per expert
             e, ff = c["num_experts"], c["ff_dim"]
             w.add(f"{prefix}.ff.router.gate.weight", e, DIM)

@@ -150,6 +150,27 @@ def test_moe_with_per_expert_biases(tmp_path: Path, layout: str) -> None:
             torch.testing.assert_close(got, expected[: rows.shape[0]], rtol=1e-5, atol=1e-5)
 
 
+def test_gated_attention_semantics(tmp_path: Path) -> None:
+    """RxLM's gated attention: out_proj(attention(...) * sigmoid(gate_proj(query input)))."""
+    cfg = rxlm_config(decoder={"use_gated_attention": True, "self_att_type": "mha", "cross_att_type": "mha"})
+    tensors = rxlm_tensors(cfg)
+    model = load_rxlm(write_checkpoint(tmp_path, cfg, tensors))
+    p = "decoder.model.layers.0.memory_cross_attention"
+    x, stm = torch.randn(1, 5, DIM), torch.randn(1, SLOTS, DIM)
+    hd = DIM // 4
+    q = F.linear(x, tensors[f"{p}.q_proj.weight"]).view(1, 5, 4, hd).transpose(1, 2)
+    k = F.linear(stm, tensors[f"{p}.k_proj.weight"]).view(1, SLOTS, 4, hd).transpose(1, 2)
+    v = F.linear(stm, tensors[f"{p}.v_proj.weight"]).view(1, SLOTS, 4, hd).transpose(1, 2)
+    y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, 5, DIM)
+    y = y * torch.sigmoid(F.linear(x, tensors[f"{p}.gate_proj.weight"]))
+    expected = F.linear(y, tensors[f"{p}.out_proj.weight"], tensors[f"{p}.out_proj.bias"])
+    attn = model.decoder_layers[0].cross_attn
+    with torch.no_grad():
+        mk, mv = attn.project_kv(stm)
+        got = attn.attend(attn.project_q(x), mk, mv, gate_input=x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("tanh", [False, True])
 def test_slot_gate_semantics(tmp_path: Path, tanh: bool) -> None:
     cfg = rxlm_config(mem={"use_tanh_residual_gate": tanh})
@@ -186,6 +207,10 @@ def test_slot_gate_semantics(tmp_path: Path, tanh: bool) -> None:
          {"residual_gate_type": "linear", "residual_gate_slot_status_type": "linear", "residual_per_slot_gate": False},
          {"final_norm": True, "attn_out_bias": False, "ffn_activation": "gelu", "residual_gate": "linear",
           "gate_slot_status": "linear", "gate_per_slot": False}),
+        ({"use_gated_attention": True, "use_gated_cross_attention": False}, {},
+         {"attn_gate": "sigmoid", "cross_attn_gate": None, "encoder_attn_gate": None}),
+        ({"use_gated_attention": True, "gated_attention_activation": "silu"}, {},
+         {"attn_gate": "silu", "cross_attn_gate": "silu"}),
         ({"stateless_layers_config": ["dense", "moe"], "final_stateless_layers_config": ["dense"],
           "dense_layer_dim": 20}, {},
          {"stateless_layers": ("dense", "moe"), "final_stateless_layers": ("dense",), "stateless_ff_dim": 20}),
@@ -244,7 +269,8 @@ def test_encoder_cross_attention_weights_are_ignored(tmp_path: Path) -> None:
     [
         ({"use_gated": False}, {}, {}, "self-interlayer", "use_gated=false"),
         ({"use_rms_norm": False}, {}, {}, "self-interlayer", "use_rms_norm=false"),
-        ({"use_gated_attention": True}, {}, {}, "self-interlayer", "use_gated_attention"),
+        ({"use_gated_attention": True, "gated_attention_activation": "softmax"}, {}, {}, "self-interlayer",
+         "gated_attention_activation='softmax'"),
         ({"num_shared_experts": 2}, {}, {}, "self-interlayer", "num_shared_experts=2"),
         ({"use_vectorized_moe": True, "vectorized_moe_from_legacy": True}, {}, {}, "self-interlayer",
          "vectorized_moe_from_legacy"),
