@@ -20,6 +20,7 @@ import torch
 from reactor_rt.actors.engine import InteractionEngine
 from reactor_rt.actors.handles import GenerateRequest, STMHandle
 from reactor_rt.actors.thoughts import Budget, StopRule, ThoughtLoop
+from reactor_rt.actors.weights_gate import WeightsGate
 from reactor_rt.error_codes import code_for
 from reactor_rt.errors import (
     EmptyQueryError,
@@ -31,6 +32,8 @@ from reactor_rt.errors import (
 from reactor_rt.events import (
     ErrorEvent,
     Event,
+    LearningApplied,
+    LearningFeedback,
     MemoryUpdated,
     MemoryUpdating,
     Query,
@@ -59,6 +62,8 @@ class ConductorConfig:
     max_new_tokens: int = 64  # answer budget unless a query asks for less (or more, up to max_seq_len)
     source: str = "reactor-rt/conductor"
     remember_interactions: int = 65536  # ids kept to ignore a redelivered query
+    max_feedback_queue: int = 256  # feedback events waiting for the learner before `learning_busy`
+    recent_interactions: int = 4096  # interactions kept in memory for feedback on them
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,19 @@ class _Job:
     stream: _Stream
     prompt: list[int]
     request_budget: int
+    text: str = ""  # the query as the model saw it (with a `Chat N:` prefix on a shared memory)
     thought: _ThoughtStep | None = None
+
+
+@dataclass(frozen=True)
+class _Served:
+    """What one interaction served: enough to rebuild a live-learning example from feedback on it."""
+
+    memory_id: str
+    stm_version: int
+    query: str
+    answer: str
+    answer_ids: list[int]
 
 
 @dataclass
@@ -128,17 +145,23 @@ class Conductor:
         self._pumped: dict[str, int] = {}  # subject -> seq of the last query taken from the bus
         self._pumped_changed = asyncio.Condition()
         self._loops: dict[str, ThoughtLoop] = {}  # stream id -> its running thought loop
+        self._gate = WeightsGate()
+        self._weights_version = 0
+        self._recent: OrderedDict[str, _Served] = OrderedDict()  # interaction id -> what was served
+        self._feedback: asyncio.Queue[LearningFeedback] = asyncio.Queue(self.config.max_feedback_queue)
+        self._learn_task: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Subscribe to queries; returns once the subscription is live."""
-        self._subscription = await self.bus.subscribe(types={"rx.query"})
+        self._subscription = await self.bus.subscribe(types={"rx.query", "rx.learning.feedback"})
         self._pump_task = asyncio.get_running_loop().create_task(self._pump())
+        self._learn_task = asyncio.get_running_loop().create_task(self._learn())
 
     async def stop(self) -> None:
         """Stop taking queries and cancel the lanes' workers."""
-        tasks = [lane.task for lane in self._lanes.values() if lane.task] + [self._pump_task]
+        tasks = [lane.task for lane in self._lanes.values() if lane.task] + [self._pump_task, self._learn_task]
         tasks += [loop.task for loop in self._loops.values()]
         for task in tasks:
             if task is not None:
@@ -149,6 +172,13 @@ class Conductor:
 
     async def _pump(self) -> None:
         async for event in self._subscription:
+            if isinstance(event, LearningFeedback):
+                try:
+                    self._feedback.put_nowait(event)
+                except asyncio.QueueFull:
+                    await self._error(event.subject, event.interaction or event.id,
+                                      ReactorError("the learner is busy: feedback rejected"), code="learning_busy")
+                continue
             if isinstance(event, Query):
                 try:
                     await self.on_query(event)
@@ -320,6 +350,61 @@ class Conductor:
             if self._loops.get(loop.stream_id) is loop:
                 del self._loops[loop.stream_id]
 
+    # -- live learning ----------------------------------------------------------------------------
+
+    @property
+    def weights_version(self) -> int:
+        return self._weights_version
+
+    async def sync_weights(self) -> int:
+        """Serve the learner's newest weights (at start: what was learned before a restart)."""
+        async with self._gate.writing():
+            self._weights_version = await self.engine.swap_weights()
+        return self._weights_version
+
+    async def _learn(self) -> None:
+        while True:
+            feedback = await self._feedback.get()
+            try:
+                await self.on_feedback(feedback)
+            except Exception:  # the learner loop must outlive any one feedback
+                log.exception("conductor.feedback_failed", target=feedback.data.target)
+
+    async def on_feedback(self, feedback: LearningFeedback) -> None:
+        """Rebuild the example from the served interaction, update, swap the weights between
+        interactions, announce ``rx.learning.applied`` (or ``rx.error`` when the update is rejected)."""
+        from reactor_rt.learning import LearningExample
+
+        subject, tag = feedback.subject, feedback.interaction or feedback.id
+        target = feedback.data.target
+        served = self._recent.get(target)
+        if served is None:
+            await self._error(subject, tag, ReactorError(
+                f"no recent interaction {target!r} to learn from"), code="unknown_interaction")
+            return
+        stm = await self.engine.stm_at(served.memory_id, served.stm_version)
+        if stm is None:
+            await self._error(subject, tag, ReactorError(
+                f"the STM version {served.stm_version} that {target!r} read is no longer kept"), code="stm_gone")
+            return
+        try:
+            example = LearningExample(query=served.query, answer=served.answer, stm=stm, reward=feedback.data.reward,
+                                      correction=feedback.data.correction, answer_ids=served.answer_ids, target=target)
+            result = await self.engine.learn(example)
+        except (ValueError, ReactorError) as exc:
+            await self._error(subject, tag, exc, code="learning_rejected")
+            return
+        if not result.accepted:
+            await self._error(subject, tag, ReactorError(
+                f"update rejected ({result.reason}): {result.detail or ''}".strip()), code="learning_rejected")
+            return
+        await self.sync_weights()
+        await self._publish(LearningApplied(
+            subject=subject, source=self.config.source, interaction=tag,
+            data={"weights_version": result.weights_version, "loss_before": result.loss_before,
+                  "loss_after": result.loss_after, "target": target},
+        ))
+
     # -- queries ----------------------------------------------------------------------------------
 
     async def on_query(self, query: Query) -> None:
@@ -366,7 +451,12 @@ class Conductor:
         budget = min(query.data.max_new_tokens or self.config.max_new_tokens, room)
         if budget < 1:
             raise QueryTooLongError(f"the query leaves no room to answer within {self.model_config.max_seq_len} tokens")
-        return _Job(query, stream, prompt, budget)
+        return _Job(query, stream, prompt, budget, text)
+
+    def _remember(self, interaction: str, served: _Served) -> None:
+        self._recent[interaction] = served
+        if len(self._recent) > self.config.recent_interactions:
+            self._recent.popitem(last=False)
 
     def _lane(self, memory_id: str) -> _Lane:
         lane = self._lanes.get(memory_id)
@@ -394,7 +484,8 @@ class Conductor:
                 continue
             interaction = item.query.interaction or item.query.id
             try:
-                await self._interact(lane, item, interaction)
+                async with self._gate.reading():  # one weights version for the whole interaction
+                    await self._interact(lane, item, interaction)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -449,8 +540,11 @@ class Conductor:
             subject=subject, source=self.config.source, interaction=interaction,
             data={"text": "".join(parts), "tokens": len(answer_ids), "stm_version": handle.version,
                   "query_tokens": len(job.prompt), "finish_reason": finished,
-                  "first_token_ms": first_token_ms, "generate_ms": (time.perf_counter() - started) * 1000},
+                  "first_token_ms": first_token_ms, "generate_ms": (time.perf_counter() - started) * 1000,
+                  "weights_version": self._weights_version},
         ))
+        self._remember(interaction, _Served(lane.memory_id, handle.version, job.text, "".join(parts),
+                                            [t for t in answer_ids if t != eos]))
         await self._publish(MemoryUpdating(subject=subject, source=self.config.source, interaction=interaction,
                                            data={"memory": lane.memory_id, "from_version": handle.version}))
         update_started = time.perf_counter()
@@ -477,11 +571,11 @@ class Conductor:
     async def _publish(self, event: Event) -> Event:
         return await self.bus.publish(event)
 
-    async def _error(self, subject: str, interaction: str, exc: BaseException) -> None:
+    async def _error(self, subject: str, interaction: str, exc: BaseException, code: str | None = None) -> None:
         message = str(exc) if isinstance(exc, ReactorError) else f"{type(exc).__name__}: {exc}"
         try:
             await self._publish(ErrorEvent(subject=subject, source=self.config.source, interaction=interaction,
-                                           data={"code": code_for(exc), "message": message[:4096]}))
+                                           data={"code": code or code_for(exc), "message": message[:4096]}))
         except Exception:
             log.exception("conductor.error_event_failed", subject=subject[:256], interaction=interaction)
 
@@ -524,6 +618,9 @@ class ConductorActorImpl:
 
     async def stop_thinking(self, stream_id: str) -> bool:
         return await self.conductor.stop_thinking(stream_id)
+
+    async def sync_weights(self) -> int:
+        return await self.conductor.sync_weights()
 
     async def ping(self) -> bool:
         return True

@@ -18,6 +18,7 @@ import structlog
 import torch
 
 from reactor_rt.actors.handles import GenerateRequest, STMHandle
+from reactor_rt.learning import apply_serving_state
 from reactor_rt.model import DecodeBatch, ReactiveTransformer, Sampler
 
 __all__ = ["DecoderActor", "DecoderActorImpl", "DecoderCore", "DecoderService"]
@@ -52,6 +53,17 @@ class DecoderCore:
         self._pending: deque[_Pending] = deque()
         self._rows: dict[int, _Pending] = {}  # slot -> request
         self._ids = itertools.count(1)
+
+    def set_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """Load learned parameters in place (between interactions: the conductor makes sure none runs).
+
+        The cached memory keys/values were projected with the old cross-attention weights: dropped.
+        """
+        if self.busy:
+            raise RuntimeError("weights can only change between interactions; requests are in flight")
+        with torch.no_grad():
+            apply_serving_state(self.model, state)
+        self._memory_cache.clear()
 
     def has_memory(self, handle: STMHandle) -> bool:
         """Whether the pre-computed memory keys/values of this STM version are cached."""
@@ -203,6 +215,7 @@ class DecoderActorImpl:
                  chunk_tokens: int = 4) -> None:
         torch.set_num_threads(threads)
         self.service = DecoderService(DecoderCore(model, capacity=capacity), chunk_tokens=chunk_tokens)
+        self.weights_version = 0
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[list[int]]:
         async def load(handle: STMHandle) -> torch.Tensor:
@@ -210,6 +223,11 @@ class DecoderActorImpl:
 
         async for chunk in self.service.generate(request, load):
             yield chunk
+
+    async def set_weights(self, version: int, state: dict[str, torch.Tensor]) -> int:
+        self.service.core.set_weights(state)
+        self.weights_version = version
+        return version
 
     async def ping(self) -> bool:
         return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ray
 import torch
 
+from reactor_rt.learning import apply_serving_state
 from reactor_rt.model import ReactiveTransformer
 
 __all__ = ["EncoderActor", "EncoderActorImpl", "EncoderCore"]
@@ -33,6 +34,12 @@ class EncoderActorImpl:
 
     def encode(self, interaction_ids: list[int]) -> torch.Tensor:
         return self.core.encode(interaction_ids)
+
+    def set_weights(self, version: int, state: dict[str, torch.Tensor]) -> int:
+        """Load learned parameters in place (the conductor swaps only between interactions)."""
+        with torch.no_grad():
+            apply_serving_state(self.core.model, state)
+        return version
 
     def ping(self) -> bool:
         return True

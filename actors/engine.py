@@ -6,21 +6,27 @@ tested in-process and served over Ray.
 
 from __future__ import annotations
 
+import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import ray
 import torch
 
 from reactor_rt.actors.decoder import DecoderCore, DecoderService
 from reactor_rt.actors.encoder import EncoderCore
 from reactor_rt.actors.handles import GenerateRequest, STMHandle
+from reactor_rt.actors.learner import LearnerCore
 from reactor_rt.actors.memory_updater import MemoryUpdaterCore
 from reactor_rt.actors.stm_store import STMRegistry
+from reactor_rt.errors import ReactorError
+from reactor_rt.learning import LearningExample, LearningResult
 from reactor_rt.model import ReactiveTransformer
 from reactor_rt.store import STMStore
 
-__all__ = ["ActorSet", "InteractionEngine", "LocalEngine", "RayEngine"]
+__all__ = ["ActorSet", "InteractionEngine", "LocalEngine", "RayEngine", "push_weights"]
 
 
 class InteractionEngine(Protocol):
@@ -50,24 +56,47 @@ class InteractionEngine(Protocol):
         """Store ``stm`` as the memory's next version (import)."""
         ...
 
+    async def stm_at(self, memory_id: str, version: int) -> torch.Tensor | None:
+        """A recent version's STM (None when it is no longer kept)."""
+        ...
+
+    async def learn(self, example: LearningExample) -> LearningResult:
+        """One live-learning update on the learner (which keeps its own copy of the model)."""
+        ...
+
+    async def swap_weights(self) -> int:
+        """Load the learner's newest weights into every serving model; returns their version.
+
+        The caller guarantees that no interaction is in flight.
+        """
+        ...
+
 
 class LocalEngine:
     """Runs decoder, encoder, memory update and store in this process (tests, embedded use)."""
 
-    def __init__(self, model: ReactiveTransformer, store: STMStore, capacity: int = 16, chunk_tokens: int = 4) -> None:
+    HISTORY = 16  # recent versions kept per memory, as the STM store actor keeps them
+
+    def __init__(self, model: ReactiveTransformer, store: STMStore, capacity: int = 16, chunk_tokens: int = 4,
+                 learner: LearnerCore | None = None) -> None:
+        self.model = model
         self.decoder = DecoderService(DecoderCore(model, capacity=capacity), chunk_tokens=chunk_tokens)
         self.encoder = EncoderCore(model)
         self.updater = MemoryUpdaterCore(model)
         with torch.no_grad():
             initial = model.init_stm(batch_size=1)[0]
         self.registry = STMRegistry(store, initial)
-        self._tokens: dict[tuple[str, int], STMHandle] = {}
+        self.learner = learner
+        self.weights_version = 0
+        self._history: dict[str, OrderedDict[int, STMHandle]] = {}
 
     def _handle(self, memory_id: str, version: int, stm: torch.Tensor) -> STMHandle:
-        key = (memory_id, version)
-        if key not in self._tokens:
-            self._tokens[key] = STMHandle(memory_id, version, stm)
-        return self._tokens[key]
+        history = self._history.setdefault(memory_id, OrderedDict())
+        if version not in history:
+            history[version] = STMHandle(memory_id, version, stm)
+            while len(history) > self.HISTORY:
+                history.popitem(last=False)
+        return history[version]
 
     async def handle(self, memory_id: str) -> STMHandle:
         version, stm = self.registry.load(memory_id)
@@ -98,6 +127,24 @@ class LocalEngine:
         version, stored = self.registry.commit(memory_id, expected_version, stm, None)
         return self._handle(memory_id, version, stored)
 
+    async def stm_at(self, memory_id: str, version: int) -> torch.Tensor | None:
+        handle = self._history.get(memory_id, {}).get(version)
+        return None if handle is None else handle.stm.clone()
+
+    async def learn(self, example: LearningExample) -> LearningResult:
+        if self.learner is None:
+            raise ReactorError("live learning is off in this runtime")
+        return self.learner.apply(example)
+
+    async def swap_weights(self) -> int:
+        if self.learner is None:
+            return self.weights_version
+        version, state = self.learner.weights_since(self.weights_version)
+        if state is not None:
+            self.decoder.core.set_weights(state)  # encoder and updater share this model object
+            self.weights_version = version
+        return self.weights_version
+
 
 @dataclass(frozen=True)
 class ActorSet:
@@ -107,14 +154,16 @@ class ActorSet:
     encoder: Any
     memory: Any
     stm: Any
+    learner: Any = None
 
 
 class RayEngine:
     """Calls the runtime's Ray actors. The encoded interaction and the new STM pass between actors
     through Ray's object store: this process only forwards references."""
 
-    def __init__(self, actors: ActorSet) -> None:
+    def __init__(self, actors: ActorSet, weights_version: int = 0) -> None:
         self.actors = actors
+        self.weights_version = weights_version
 
     async def handle(self, memory_id: str) -> STMHandle:
         return await self.actors.stm.handle.remote(memory_id)
@@ -137,3 +186,28 @@ class RayEngine:
 
     async def put(self, memory_id: str, stm: torch.Tensor, expected_version: int) -> STMHandle:
         return await self.actors.stm.commit.remote(memory_id, expected_version, stm, None)
+
+    async def stm_at(self, memory_id: str, version: int) -> torch.Tensor | None:
+        handle = await self.actors.stm.handle_at.remote(memory_id, version)
+        return None if handle is None else await handle.stm
+
+    async def learn(self, example: LearningExample) -> LearningResult:
+        if self.actors.learner is None:
+            raise ReactorError("live learning is off in this runtime")
+        return await self.actors.learner.apply.remote(example)
+
+    async def swap_weights(self) -> int:
+        if self.actors.learner is None:
+            return self.weights_version
+        version, state = await self.actors.learner.weights_since.remote(self.weights_version)
+        if state is not None:
+            await push_weights(self.actors, version, state)
+            self.weights_version = version
+        return self.weights_version
+
+
+async def push_weights(actors: ActorSet, version: int, state: dict[str, torch.Tensor]) -> None:
+    """Load one weights version into the decoder, encoder and memory-updater actors (one object, shared)."""
+    ref = ray.put(state)
+    await asyncio.gather(actors.decoder.set_weights.remote(version, ref), actors.encoder.set_weights.remote(version, ref),
+                         actors.memory.set_weights.remote(version, ref))

@@ -14,6 +14,7 @@ from reactor_rt.actors.conductor import ConductorActor, ConductorConfig
 from reactor_rt.actors.decoder import DecoderActor
 from reactor_rt.actors.encoder import EncoderActor
 from reactor_rt.actors.engine import ActorSet
+from reactor_rt.actors.learner import LearnerActor
 from reactor_rt.actors.memory_updater import MemoryUpdaterActor
 from reactor_rt.actors.stm_store import STMStoreActor
 from reactor_rt.errors import ReactorError, RuntimeUnavailableError
@@ -24,7 +25,7 @@ __all__ = ["ACTOR_NAMES", "launch_actors", "stop_actors"]
 
 log = structlog.get_logger()
 
-ACTOR_NAMES = ("bus", "decoder", "encoder", "memory", "stm", "conductor")
+ACTOR_NAMES = ("bus", "decoder", "encoder", "memory", "stm", "learner", "conductor")
 # a crashed actor comes back; its callers retry idempotent calls (DESIGN.md §5 "Faults")
 _RESTARTS = 3
 
@@ -48,8 +49,12 @@ def _refuse_if_running(namespace: str) -> None:
 
 async def launch_actors(model: ReactiveTransformer, *, store: str, namespace: str, event_log: str | None,
                         decoder_capacity: int, decoder_threads: int, max_queue: int,
-                        max_new_tokens: int) -> tuple[Any, dict[str, Any]]:
-    """Start bus, decoder, encoder, memory updater, STM store and conductor; returns ``(bus, actors)``."""
+                        max_new_tokens: int, learning: dict[str, Any] | None = None,
+                        weights_dir: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """Start bus, decoder, encoder, memory updater, STM store, learner (unless ``learning`` is None)
+    and conductor; returns ``(bus, actors)``. The learner keeps its own copy of the model and loads
+    what it learned before from ``weights_dir``; the serving actors get those weights before the
+    first query."""
     _refuse_if_running(namespace)
     bus = RayBus.create(name="bus", namespace=namespace, log_path=event_log, max_restarts=_RESTARTS)
     model_ref = ray.put(model)
@@ -63,11 +68,16 @@ async def launch_actors(model: ReactiveTransformer, *, store: str, namespace: st
         actors["encoder"] = EncoderActor.options(**_options("encoder", namespace)).remote(model_ref)
         actors["memory"] = MemoryUpdaterActor.options(**_options("memory", namespace)).remote(model_ref)
         actors["stm"] = STMStoreActor.options(**_options("stm", namespace)).remote(store, initial)
-        model_actors = ActorSet(actors["decoder"], actors["encoder"], actors["memory"], actors["stm"])
+        if learning is not None:
+            actors["learner"] = LearnerActor.options(**_options("learner", namespace)).remote(
+                model_ref, save_dir=weights_dir, **learning)
+        model_actors = ActorSet(actors["decoder"], actors["encoder"], actors["memory"], actors["stm"],
+                                actors.get("learner"))
         actors["conductor"] = ConductorActor.options(**_options("conductor", namespace)).remote(
             bus, model_actors, model.tokenizer, model.config,
             ConductorConfig(max_queue=max_queue, max_new_tokens=max_new_tokens))
-        await asyncio.gather(bus.wait_ready(), *(actors[n].ping.remote() for n in ("decoder", "encoder", "memory", "stm")))
+        await asyncio.gather(bus.wait_ready(), *(actors[n].ping.remote() for n in actors if n not in ("bus", "conductor")))
+        await actors["conductor"].sync_weights.remote()  # what was learned before a restart
         await actors["conductor"].start.remote()
     except BaseException as exc:
         await stop_actors(actors, bus)

@@ -8,6 +8,7 @@ one object in Ray's store.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 
 import ray
 import torch
@@ -80,18 +81,26 @@ class STMRegistry:
 class STMStoreActorImpl:
     """Ray actor named ``stm``. Hands out ``STMHandle``s whose tensors live in Ray's object store."""
 
+    # recent versions stay reachable: live learning rebuilds an example from the STM its answer read
+    HISTORY = 16
+
     def __init__(self, store_url: str, initial: torch.Tensor) -> None:
         self.registry = STMRegistry(open_store(store_url), initial)
-        self._handles: dict[str, STMHandle] = {}
+        self._handles: dict[str, OrderedDict[int, STMHandle]] = {}
 
     def handle(self, memory_id: str) -> STMHandle:
         """The latest version of the memory as a handle."""
         version, stm = self.registry.load(memory_id)
-        current = self._handles.get(memory_id)
-        if current is None or current.version != version:
-            current = STMHandle(memory_id, version, ray.put(stm))
-            self._handles[memory_id] = current
-        return current
+        history = self._handles.setdefault(memory_id, OrderedDict())
+        if version not in history:
+            history[version] = STMHandle(memory_id, version, ray.put(stm))
+            while len(history) > self.HISTORY:
+                history.popitem(last=False)
+        return history[version]
+
+    def handle_at(self, memory_id: str, version: int) -> STMHandle | None:
+        """A recent version of the memory, or None when it is no longer kept."""
+        return self._handles.get(memory_id, {}).get(version)
 
     def commit(self, memory_id: str, expected_version: int, stm: torch.Tensor, interaction: str | None) -> STMHandle:
         """Persist the new version (durable before this returns), then hand it out."""

@@ -119,6 +119,7 @@ class ResponseDoneData(EventData):
     finish_reason: str | None = None  # "eos" | "length" | ...
     first_token_ms: float | None = None
     generate_ms: float | None = None
+    weights_version: int | None = None  # the live-learning weights version that produced the answer
 
 
 class MemoryUpdatingData(EventData):

@@ -18,7 +18,7 @@ import torch
 from reactor_rt.actors.thoughts import Budget, StopRule
 from reactor_rt.error_codes import error_for
 from reactor_rt.errors import QueryTooLongError, ReactorError, RuntimeUnavailableError
-from reactor_rt.events import Event, Query
+from reactor_rt.events import Event, LearningFeedback, Query
 from reactor_rt.ids import validate_id
 from reactor_rt.model import ReactiveTransformer, RxTConfig
 
@@ -54,6 +54,14 @@ def default_store() -> str:
     home = Path(os.environ.get("REACTOR_RT_HOME", Path.home() / ".reactor-rt")).expanduser()
     home.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{home / 'stm.db'}"
+
+
+def weights_path(store: str) -> str | None:
+    """Live-learned weights live beside a SQLite STM store (``x.db`` -> ``x.weights/``)."""
+    if store.startswith("sqlite:///"):
+        path = Path(store[len("sqlite:///"):])
+        return str(path.with_name(path.stem + ".weights"))
+    return None
 
 
 def event_log_path(store: str) -> str | None:
@@ -160,6 +168,17 @@ class Stream:
     async def stop_thinking(self) -> bool:
         """End this stream's thought loop after its current step; False when none runs."""
         return await self._rx._call(self._rx._conductor.stop_thinking.remote(self.id))
+
+    async def feedback(self, interaction: str, *, reward: float | None = None,
+                       correction: str | None = None) -> Event:
+        """Publish ``rx.learning.feedback`` on an interaction of this stream (a reward and/or a corrected
+        answer); the learner answers with ``rx.learning.applied`` or ``rx.error``, both carrying the
+        returned event's ``interaction``."""
+        if reward is None and correction is None:
+            raise ValueError("feedback needs a reward or a correction")
+        event = LearningFeedback(subject=self.id, source=CLIENT_SOURCE,
+                                 data={"target": interaction, "reward": reward, "correction": correction})
+        return await self._rx.publish(event.model_copy(update={"interaction": event.id}))
 
     async def close(self) -> None:
         """Close the stream: later queries on it get ``rx.error`` (`StreamClosedError`)."""
@@ -279,7 +298,8 @@ class Reactor:
     def start(cls, model: str | os.PathLike[str] | ReactiveTransformer | None = None,
               store: str | None = None, address: str | None = None, *, namespace: str = DEFAULT_NAMESPACE,
               decoder_capacity: int = 16, decoder_threads: int = 1, max_queue: int = 64,
-              max_new_tokens: int = 64, event_log: str | None = None) -> _Starting:
+              max_new_tokens: int = 64, event_log: str | None = None,
+              learning: dict[str, Any] | bool = True, weights_dir: str | None = None) -> _Starting:
         """Start the runtime: ``async with Reactor.start(model="tiny") as rx: ...``.
 
         Runs ``ray.init()`` locally (loopback only, no dashboard) unless Ray is already initialised in
@@ -287,14 +307,19 @@ class Reactor:
         and Ray itself when this call started it. ``model``: a bundled name, a checkpoint directory or a
         `ReactiveTransformer` (default: the bundled ``tiny``). ``store``: ``sqlite:///path`` (beside it
         the durable event log ``path.events.db``) or ``memory://``; default `default_store()`.
+        ``learning``: live learning on (True: defaults, or a dict of `LiveLearner` options such as
+        ``params="decoder"|"memory"|"all"``, ``lr``, ``max_updates_per_minute``) or off (False); the
+        learned weights persist in ``weights_dir`` (default: ``path.weights/`` beside a SQLite store).
         """
         return _Starting(model=model, store=store or default_store(), address=address, namespace=namespace,
                          decoder_capacity=decoder_capacity, decoder_threads=decoder_threads, max_queue=max_queue,
-                         max_new_tokens=max_new_tokens, event_log=event_log)
+                         max_new_tokens=max_new_tokens, event_log=event_log, learning=learning,
+                         weights_dir=weights_dir)
 
     @classmethod
     async def _launch(cls, *, model: Any, store: str, address: str | None, namespace: str, decoder_capacity: int,
-                      decoder_threads: int, max_queue: int, max_new_tokens: int, event_log: str | None) -> Reactor:
+                      decoder_threads: int, max_queue: int, max_new_tokens: int, event_log: str | None,
+                      learning: dict[str, Any] | bool, weights_dir: str | None) -> Reactor:
         from reactor_rt.actors.launch import launch_actors
         from reactor_rt.store import open_store
 
@@ -306,6 +331,8 @@ class Reactor:
                 resolved, store=store, namespace=namespace, event_log=event_log or event_log_path(store),
                 decoder_capacity=decoder_capacity, decoder_threads=decoder_threads, max_queue=max_queue,
                 max_new_tokens=max_new_tokens,
+                learning=None if learning is False else ({} if learning is True else dict(learning)),
+                weights_dir=weights_dir or weights_path(store),
             )
         except BaseException:
             if started_ray:

@@ -19,6 +19,9 @@ def _model() -> ReactiveTransformer:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
+        # answers in bytes only (an untrained argmax is often a special token: an empty answer)
+        tok = model.tokenizer
+        model.embedding.weight[list(tok.special_ids) + list(range(tok.vocab_size, model.config.vocab_size))] = 0.0
     return model
 
 
@@ -127,14 +130,47 @@ async def test_fork_and_export_import(rx, tmp_path):
     assert version == 1 and torch.equal(await target.memory(), await src.memory())
 
 
-async def test_stm_persists_across_a_restart(ray_local, model, tmp_path):
+async def test_stm_and_learned_weights_persist_across_a_restart(ray_local, model, tmp_path):
     store = f"sqlite:///{tmp_path}/persist.db"
     async with Reactor.start(model=model, store=store, max_new_tokens=4, namespace="persist-test") as rx:
         stream = await rx.stream("p", memory="p-mem")
         await stream.reply("one")
-        await stream.reply("two")
+        events = [ev async for ev in stream.ask("two")]
         mem = await stream.memory()
+        done = next(e for e in events if e.type == "rx.response.done")
+        sent = await stream.feedback(done.interaction, reward=1.0)
+        applied = [ev async for ev in rx.subscribe(types={"rx.learning.applied"}, subject="p", after=sent.seq, limit=1)]
+        assert applied[0].data.weights_version == 1
     async with Reactor.start(model=model, store=store, max_new_tokens=4, namespace="persist-test") as rx:
         stream = await rx.stream("p")  # the memory it used is remembered from the event log
         assert stream.memory_id == "p-mem" and stream.stm_version == 2
         assert torch.equal(await stream.memory(), mem)
+        events = [ev async for ev in stream.ask("three")]  # served with what was learned before
+        assert next(e for e in events if e.type == "rx.response.done").data.weights_version == 1
+
+
+async def test_a_thought_loop_runs_its_budget(rx):
+    stream = await rx.stream("thinker")
+    loop = await stream.think("Let me think about memory.", 3)
+    with anyio.fail_after(120):
+        steps = [ev async for ev in loop.events()]
+    responses = [e for e in steps if e.type == "rx.thought.response"]
+    assert [e.data.step for e in responses] == [1, 2, 3] and responses[-1].data.reason == "steps"
+    assert len([e for e in steps if e.type == "rx.thought.query"]) == 3
+    assert (await stream.memory()).shape[0] == rx.model_config.layers and stream.stm_version == 3
+
+
+async def test_feedback_updates_the_weights_between_interactions(rx):
+    """Last in this module: the weights it changes stay changed for the runtime's lifetime."""
+    stream = await rx.stream("learn")
+    events = [ev async for ev in stream.ask("hello")]
+    done = next(e for e in events if e.type == "rx.response.done")
+    assert done.data.weights_version == 0
+    sent = await stream.feedback(done.interaction, correction="Hi there.")
+    with anyio.fail_after(120):
+        answer = [ev async for ev in rx.subscribe(types={"rx.learning.applied", "rx.error"}, subject="learn",
+                                                 after=sent.seq, limit=1)]
+    assert answer[0].type == "rx.learning.applied" and answer[0].interaction == sent.interaction
+    assert answer[0].data.weights_version == 1 and answer[0].data.loss_after < answer[0].data.loss_before
+    events = [ev async for ev in stream.ask("hello again")]
+    assert next(e for e in events if e.type == "rx.response.done").data.weights_version == 1

@@ -51,10 +51,12 @@ def make_conductor(text_model: ReactiveTransformer) -> Callable[..., AsyncIterat
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
-    async def build(**config: object) -> AsyncIterator[Conductor]:
+    async def build(model: ReactiveTransformer | None = None, learner: object = None,
+                    **config: object) -> AsyncIterator[Conductor]:
+        model = model or text_model
         bus = InProcessBus(log=EventLog(":memory:"))  # a log, so subscribers can replay with after=
-        engine = LocalEngine(text_model, MemorySTMStore())
-        conductor = Conductor(bus, engine, text_model.tokenizer, text_model.config, ConductorConfig(**config))
+        engine = LocalEngine(model, MemorySTMStore(), learner=learner)
+        conductor = Conductor(bus, engine, model.tokenizer, model.config, ConductorConfig(**config))
         await conductor.start()
         try:
             yield conductor

@@ -1,0 +1,87 @@
+"""Live learning through the conductor (in-process): feedback -> update -> swap between interactions."""
+
+from __future__ import annotations
+
+import copy
+
+import anyio
+import pytest
+
+from reactor_rt.actors.learner import LearnerCore
+from reactor_rt.events import Event, LearningFeedback, Query
+
+pytestmark = pytest.mark.anyio
+
+
+async def ask(conductor, subject: str, text: str) -> list[Event]:
+    query = Query(subject=subject, source="test", data={"text": text, "max_new_tokens": 8})
+    sub = await conductor.bus.subscribe(subject=subject)
+    async with sub:
+        await conductor.bus.publish(query)
+        out = []
+        with anyio.fail_after(60):
+            async for ev in sub:
+                if ev.interaction == query.interaction:
+                    out.append(ev)
+                    if ev.type in ("rx.memory.updated", "rx.error"):
+                        return out
+    raise AssertionError("no end")
+
+
+async def feedback(conductor, subject: str, target: str, **data: object) -> Event:
+    event = LearningFeedback(subject=subject, source="grader", data={"target": target, **data})
+    sub = await conductor.bus.subscribe(subject=subject, types={"rx.learning.applied", "rx.error"})
+    async with sub:
+        await conductor.bus.publish(event)
+        with anyio.fail_after(60):
+            async for ev in sub:
+                if ev.interaction == event.id:
+                    return ev
+    raise AssertionError("no answer to the feedback")
+
+
+def done(events: list[Event]) -> Event:
+    return next(e for e in events if e.type == "rx.response.done")
+
+
+async def test_a_correction_becomes_the_answer(make_conductor, model, tmp_path):
+    learner = LearnerCore(copy.deepcopy(model), save_dir=tmp_path / "weights")
+    async with make_conductor(model=copy.deepcopy(model), learner=learner) as conductor:
+        first = done(await ask(conductor, "a", "What is the capital of France?"))
+        assert first.data.text != "Paris." and first.data.weights_version == 0
+        losses = []
+        for update in range(1, 5):
+            applied = await feedback(conductor, "a", first.interaction, correction="Paris.")
+            assert applied.type == "rx.learning.applied", applied.data
+            assert applied.data.weights_version == update
+            assert applied.data.loss_after < applied.data.loss_before
+            losses.append(applied.data.loss_after)
+            # a fresh stream reads the same initial STM the corrected answer read
+            again = done(await ask(conductor, f"b{update}", "What is the capital of France?"))
+            assert again.data.weights_version == update
+            if again.data.text == "Paris.":
+                break
+        assert again.data.text == "Paris.", (losses, again.data.text)
+
+    # a restart keeps what was learned: the learner reloads its weights and the serving model gets them
+    reloaded = LearnerCore(copy.deepcopy(model), save_dir=tmp_path / "weights")
+    async with make_conductor(model=copy.deepcopy(model), learner=reloaded) as conductor:
+        assert await conductor.sync_weights() == update
+        assert done(await ask(conductor, "c", "What is the capital of France?")).data.text == "Paris."
+
+
+async def test_a_nan_update_is_rejected_and_serving_goes_on(make_conductor, model):
+    learner = LearnerCore(copy.deepcopy(model))
+    async with make_conductor(model=copy.deepcopy(model), learner=learner) as conductor:
+        served = done(await ask(conductor, "n", "hello"))
+        rejected = await feedback(conductor, "n", served.interaction, reward=float("nan"))
+        assert rejected.type == "rx.error" and rejected.data.code == "learning_rejected"
+        assert conductor.weights_version == 0
+        again = done(await ask(conductor, "n2", "hello"))
+        assert again.data.text == served.data.text and again.data.weights_version == 0
+
+
+async def test_feedback_on_an_unknown_interaction_is_an_error(make_conductor, model):
+    async with make_conductor(model=copy.deepcopy(model), learner=LearnerCore(copy.deepcopy(model))) as conductor:
+        err = await feedback(conductor, "u", "no-such-interaction", reward=1.0)
+        assert err.type == "rx.error" and err.data.code == "unknown_interaction"
