@@ -100,7 +100,7 @@ class EventBusCore:
         self._subs[sid] = sub
         return sid
 
-    async def stream(self, sid: str, max_batch: int = 256) -> AsyncIterator[tuple[list[bytes], int, str | None]]:
+    async def stream(self, sid: str, max_batch: int = 1024) -> AsyncIterator[tuple[list[bytes], int, str | None]]:
         """Yield `(frames, dropped, end)` batches for subscriber `sid`: the replay first, then live events
         as they come (each batch takes whatever is buffered, up to `max_batch`). `end` is "overflow" on the
         last batch of a subscriber disconnected for falling behind, else None."""
@@ -188,7 +188,7 @@ class EventBusActor:
     # backpressure: at most 4 unconsumed batches per subscriber; past that the actor-side buffer fills
     # and the slow-subscriber policy applies instead of objects piling up in the object store
     @ray.method(num_returns="streaming", _generator_backpressure_num_objects=4)
-    async def stream(self, sid: str, max_batch: int = 256) -> AsyncIterator[tuple[list[bytes], int, str | None]]:
+    async def stream(self, sid: str, max_batch: int = 1024) -> AsyncIterator[tuple[list[bytes], int, str | None]]:
         async for item in self.core.stream(sid, max_batch):
             yield item
 
@@ -320,7 +320,7 @@ class RayBus(HandlerRegistry):
         max_batch: most events per delivered batch.
     """
 
-    def __init__(self, actor: Any, *, max_batch: int = 256) -> None:
+    def __init__(self, actor: Any, *, max_batch: int = 1024) -> None:
         super().__init__()
         self.actor = actor
         self.max_batch = max_batch
@@ -335,7 +335,7 @@ class RayBus(HandlerRegistry):
         max_restarts: int = 3,
         get_if_exists: bool = False,
         lifetime: str | None = None,
-        max_batch: int = 256,
+        max_batch: int = 1024,
         **options: Any,
     ) -> RayBus:
         """Start an `EventBusActor` (named `name` in `namespace`; None for an anonymous one) and return a
@@ -352,7 +352,7 @@ class RayBus(HandlerRegistry):
         return cls(actor, max_batch=max_batch)
 
     @classmethod
-    def connect(cls, name: str = "bus", namespace: str | None = None, *, max_batch: int = 256) -> RayBus:
+    def connect(cls, name: str = "bus", namespace: str | None = None, *, max_batch: int = 1024) -> RayBus:
         """A client of the running `EventBusActor` called `name`; `RuntimeUnavailableError` if none."""
         try:
             actor = ray.get_actor(name, namespace=namespace)
