@@ -38,3 +38,16 @@ async def test_subscribe(ray_local):
     for subject in ("carol", "dave"):
         types = [t for s, t in seen if s == subject]
         assert types == ["rx.response.done", "rx.memory.updating", "rx.memory.updated"] * 2
+
+
+async def test_infinite_thoughts(ray_local):
+    thoughts = await load("infinite_thoughts").main(steps=3)
+    assert set(thoughts) == {"dreamer", "planner"}
+    assert len(thoughts["dreamer"]) == 3  # the external query did not cost the loop a step
+
+
+async def test_live_learning(ray_local):
+    history = await load("live_learning").main(rounds=8)
+    versions = [v for v, _ in history]
+    assert versions == sorted(versions) and versions[0] == 0
+    assert history[-1][1].strip() == "Paris."  # the correction became the answer
