@@ -68,9 +68,16 @@ def _tokenizer(src: Path, tokenizer: str | Path | None, raw: dict, vocab_size: i
         raise CheckpointError(f"cannot load tokenizer {path}: {exc}") from exc
     ids = raw.get("tokenizer_config") or {}
     for key, name in TOKENIZER_IDS.items():
+        if key not in ids:
+            continue
         have = hf.token_to_id(name)
-        if key in ids and have is not None and have != ids[key]:
-            raise CheckpointError(f"tokenizer_config.{key}={ids[key]} but the tokenizer maps {name} to {have}")
+        if have != ids[key]:
+            # the model was trained with the token at ids[key]: it must be the one reactor-rt uses as `name`
+            raise CheckpointError(
+                f"tokenizer_config.{key}={ids[key]} is {hf.id_to_token(ids[key])!r} in the tokenizer, "
+                f"but reactor-rt needs it to be {name}" + ("" if have is None else f" (which is id {have})")
+            )
+    # only tokens the checkpoint never used (e.g. [R] in a model without reasoning) may be added
     missing = [name for name in SPECIAL_TOKENS if hf.token_to_id(name) is None]
     if missing:
         from tokenizers import AddedToken

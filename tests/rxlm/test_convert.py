@@ -351,8 +351,21 @@ def test_tokenizer_required_and_checked(tmp_path: Path) -> None:
     assert load_rxlm(src, tokenizer=other / "tokenizer.json").tokenizer.eos_id == 3
     cfg = rxlm_config()
     cfg["tokenizer_config"]["eos_token_id"] = 9
-    with pytest.raises(CheckpointError, match="eos_token_id"):
+    with pytest.raises(CheckpointError, match="eos_token_id=9 is 'w9'"):
         load_rxlm(write_checkpoint(tmp_path / "bad", cfg))
+
+
+def test_tokenizer_gets_unused_special_tokens_when_there_is_room(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer
+
+    src = write_checkpoint(tmp_path / "src")
+    data = json.loads((src / "tokenizer.json").read_text())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != "[R]"]
+    del data["model"]["vocab"]["[R]"]
+    (src / "tokenizer.json").write_text(json.dumps(data))
+    assert Tokenizer.from_file(str(src / "tokenizer.json")).token_to_id("[R]") is None
+    model = load_rxlm(src)
+    assert model.tokenizer.reasoning_id is not None and model.tokenizer.reasoning_id < VOCAB
 
 
 def test_cli_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
