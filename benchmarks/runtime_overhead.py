@@ -24,7 +24,7 @@ from reactor_rt.model import DecodeBatch, ReactiveTransformer, RxTConfig
 from reactor_rt.template import build_prompt
 from reactor_rt.tokenizer import ByteTokenizer
 
-__all__ = ["main"]
+__all__ = ["main", "measure", "report"]
 
 PROMPTS = [f"Question {i}: what do you remember about turn {i}?" for i in range(64)]
 
@@ -93,38 +93,53 @@ async def throughput(rx, streams: int, turns: int, tokens: int, tag: str) -> flo
     return sum(r[2] for r in results) / elapsed
 
 
-async def run(args: argparse.Namespace) -> None:
+async def measure(quick: bool = False, tokens: int = 64) -> dict[str, object]:
+    """Run the whole benchmark; returns its figures (medians, ms; tokens/s by concurrent streams)."""
     from reactor_rt import Reactor
 
     model = build_model()
     torch.set_num_threads(1)  # the decoder actor runs with 1 thread: compare like with like
-    turns = 6 if args.quick else 16
-    direct_turns(model, 2, args.tokens)  # warm-up
-    async with Reactor.start(model=model, store="memory://", max_new_tokens=args.tokens,
-                             decoder_capacity=64) as rx:
-        await reactor_turns(rx, "warmup", 2, args.tokens)
-        d_turn, d_ttft = direct_turns(model, turns, args.tokens)
-        r_turn, r_ttft, _ = await reactor_turns(rx, "measure", turns, args.tokens)
-        d_turn2, d_ttft2 = direct_turns(model, turns, args.tokens)  # again: the machine may drift
+    turns = 6 if quick else 16
+    direct_turns(model, 2, tokens)  # warm-up
+    async with Reactor.start(model=model, store="memory://", max_new_tokens=tokens, decoder_capacity=64,
+                             learning=False) as rx:
+        await reactor_turns(rx, "warmup", 2, tokens)
+        d_turn, d_ttft = direct_turns(model, turns, tokens)
+        r_turn, r_ttft, _ = await reactor_turns(rx, "measure", turns, tokens)
+        d_turn2, d_ttft2 = direct_turns(model, turns, tokens)  # again: the machine may drift
         d_turn, d_ttft = d_turn + d_turn2, d_ttft + d_ttft2
-        levels = [1, 4, 16] if args.quick else [1, 4, 16, 64]
-        tps = {n: await throughput(rx, n, 2 if args.quick else 3, args.tokens, "tput") for n in levels}
-
+        levels = [1, 4, 16] if quick else [1, 4, 16, 64]
+        tps = {n: await throughput(rx, n, 2 if quick else 3, tokens, "tput") for n in levels}
     med = statistics.median
-    print(f"runtime_overhead: tiny preset (untrained, EOS disabled), {args.tokens}-token answers, "
-          f"{turns} turns per path, medians; cpus={os.cpu_count()}")
-    print(f"{'':32s} {'direct':>10s} {'Reactor':>10s} {'ratio / extra':>14s}")
-    overhead = med(r_turn) / med(d_turn)
-    extra_ttft = med(r_ttft) - med(d_ttft)
-    print(f"{'per turn (answer + update), ms':32s} {med(d_turn):10.2f} {med(r_turn):10.2f} {overhead:13.3f}x")
-    print(f"{'time to first token, ms':32s} {med(d_ttft):10.2f} {med(r_ttft):10.2f} {extra_ttft:+13.2f}ms")
-    print(f"  goal per-turn overhead <= 15 %: {'met' if overhead <= 1.15 else 'NOT met'} ({100 * (overhead - 1):+.1f} %)")
-    print(f"  goal extra TTFT <= 5 ms: {'met' if extra_ttft <= 5 else 'NOT met'}")
-    print()
-    print(f"{'concurrent streams':20s} {'tokens/s':>10s} {'vs 1 stream':>12s}")
-    for n, v in tps.items():
-        print(f"{n:<20d} {v:10.1f} {v / tps[1]:11.2f}x")
-    print(f"  goal 16 streams >= 4x one stream: {'met' if tps[16] / tps[1] >= 4 else 'NOT met'}")
+    return {
+        "tokens": tokens, "turns": turns,
+        "direct_turn_ms": med(d_turn), "reactor_turn_ms": med(r_turn),
+        "direct_ttft_ms": med(d_ttft), "reactor_ttft_ms": med(r_ttft),
+        "overhead": med(r_turn) / med(d_turn), "extra_ttft_ms": med(r_ttft) - med(d_ttft),
+        "tokens_per_s": tps,
+    }
+
+
+def report(r: dict[str, object]) -> str:
+    """The figures as a printable table, with the goals of issue 4."""
+    tps: dict[int, float] = r["tokens_per_s"]  # type: ignore[assignment]
+    lines = [
+        f"runtime_overhead: tiny preset (untrained, EOS disabled), {r['tokens']}-token answers, "
+        f"{r['turns']} turns per path, medians; cpus={os.cpu_count()}",
+        f"{'':32s} {'direct':>10s} {'Reactor':>10s} {'ratio / extra':>14s}",
+        f"{'per turn (answer + update), ms':32s} {r['direct_turn_ms']:10.2f} {r['reactor_turn_ms']:10.2f} "
+        f"{r['overhead']:13.3f}x",
+        f"{'time to first token, ms':32s} {r['direct_ttft_ms']:10.2f} {r['reactor_ttft_ms']:10.2f} "
+        f"{r['extra_ttft_ms']:+13.2f}ms",
+        f"  goal per-turn overhead <= 15 %: {'met' if r['overhead'] <= 1.15 else 'NOT met'} "  # type: ignore[operator]
+        f"({100 * (r['overhead'] - 1):+.1f} %)",  # type: ignore[operator]
+        f"  goal extra TTFT <= 5 ms: {'met' if r['extra_ttft_ms'] <= 5 else 'NOT met'}",  # type: ignore[operator]
+        "",
+        f"{'concurrent streams':20s} {'tokens/s':>10s} {'vs 1 stream':>12s}",
+    ]
+    lines += [f"{n:<20d} {v:10.1f} {v / tps[1]:11.2f}x" for n, v in tps.items()]
+    lines.append(f"  goal 16 streams >= 4x one stream: {'met' if tps[16] / tps[1] >= 4 else 'NOT met'}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -132,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--tokens", type=int, default=64)
-    asyncio.run(run(parser.parse_args(argv)))
+    args = parser.parse_args(argv)
+    print(report(asyncio.run(measure(args.quick, args.tokens))))
 
 
 if __name__ == "__main__":
