@@ -1,11 +1,13 @@
 """The engine both buses share: per-subject seq counters, log-before-delivery, filtered fan-out into
-bounded anyio memory object streams, and the slow-subscriber policy.
+anyio memory object streams with a bound per subscriber, and the slow-subscriber policy.
 
 `Hub` is generic over the payload it moves: `InProcessBus` moves `Event` objects, the Ray actor moves
 encoded frames (bytes) so that nothing is decoded inside the actor. Each publish hands every
 subscriber the events it matches as one batch (a list), so fan-out costs one send per subscriber per
-publish, not one per event. Everything a publish does happens under one lock, so per-subject order is the order of seq, and a subscription registered while no
-publish is in flight sees every later event exactly once.
+publish, not one per event. Everything a publish does happens under one lock, so per-subject order is
+the order of seq, and a subscription registered while no publish is in flight sees every later event
+exactly once. A full subscriber can hold that lock (all publishers) for at most `overflow_wait`, once:
+then the policy removes it or drops its chunks.
 """
 
 from __future__ import annotations
@@ -143,10 +145,9 @@ class Hub(Generic[P]):
                 raise BusClosedError("the event bus is closed")
             counters = self._counters
             stamp = self._stamp
-            before = {subject: self.last_seq(subject) for subject, _, _ in items}
             rows: list[_Row] = []
             for subject, type_, payload in items:
-                seq = counters[subject] + 1
+                seq = (counters[subject] if subject in counters else self.last_seq(subject)) + 1
                 counters[subject] = seq
                 rows.append((subject, type_, seq, stamp(payload, seq)))
             if self.log is not None:
@@ -157,34 +158,48 @@ class Hub(Generic[P]):
                         [LogRecord(sj, seq, ty, to_frame(p) if ty in durable else None) for sj, ty, seq, p in rows]
                     )
                 except BaseException:
-                    counters.update(before)  # nothing was published: give the numbers back, no gap
+                    for row in rows:  # nothing was published: give the numbers back, no gap
+                        counters[row[0]] -= 1
                     raise
             if self._subs:
-                # match each distinct (subject, type) once per subscriber, not every event
-                kinds = {(r[0], r[1]) for r in rows}
-                for sub in tuple(self._subs):
-                    wanted = {k for k in kinds if sub.matches(k[0], k[1])}
-                    if not wanted:
-                        continue
-                    picked = rows if len(wanted) == len(kinds) else [r for r in rows if (r[0], r[1]) in wanted]
-                    if sub.skip_upto:  # resumed past the current seq: drop what the client already has
-                        picked = [r for r in picked if r[0] != sub.subject or r[2] > sub.skip_upto]
-                    if picked:
-                        await self._deliver(sub, picked)
+                await self._fan_out(rows)
             return [r[3] for r in rows]
 
-    async def _deliver(self, sub: HubSubscriber[P], rows: list[_Row]) -> None:
+    async def _fan_out(self, rows: list[_Row]) -> None:
+        # match each distinct (subject, type) once per subscriber, not every event
+        kinds = {(r[0], r[1]) for r in rows}
+        for sub in tuple(self._subs):
+            wanted = {k for k in kinds if sub.matches(k[0], k[1])}
+            if not wanted:
+                continue
+            picked = rows if len(wanted) == len(kinds) else [r for r in rows if (r[0], r[1]) in wanted]
+            if sub.skip_upto:  # resumed past the current seq: drop what the client already has
+                picked = [r for r in picked if r[0] != sub.subject or r[2] > sub.skip_upto]
+            if picked:
+                rest = self._offer(sub, picked)
+                if rest:
+                    await self._wait_for_room(sub, rest)
+
+    def _offer(self, sub: HubSubscriber[P], rows: list[_Row]) -> list[_Row]:
+        """Send `sub` what fits now (after the drop-chunks policy); return the rows that did not fit."""
         if sub.ended:
-            return
+            return []
         if sub.remaining is not None and len(rows) > sub.remaining:
             rows = rows[: sub.remaining]
         if sub.overflow == "drop-chunks" and sub.queued + len(rows) > sub.chunk_high_water:
             rows = self._drop_chunks(sub, rows)
-        if sub.queued + len(rows) <= sub.capacity:
+        room = sub.capacity - sub.queued
+        if len(rows) <= room:
             self._send(sub, rows)
-            return
-        # full: send what fits, wait (bounded) for the consumer to take more, then apply the policy
-        with anyio.move_on_after(self.overflow_wait):
+            return []
+        if room > 0:
+            self._send(sub, rows[:room])
+        return rows[max(room, 0) :]
+
+    async def _wait_for_room(self, sub: HubSubscriber[P], rows: list[_Row]) -> None:
+        # shielded: once stamped and logged, the events must reach this subscriber even if the
+        # publisher is cancelled meanwhile; the wait is bounded by overflow_wait anyway
+        with anyio.move_on_after(self.overflow_wait, shield=True):
             while rows and not sub.ended:
                 room = sub.capacity - sub.queued
                 if room > 0:

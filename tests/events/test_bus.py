@@ -355,3 +355,32 @@ class TestBusContract:
     async def test_rejects_non_events(self, bus):
         with pytest.raises(TypeError):
             await bus.publish({"type": "rx.query"})
+
+
+async def test_a_cancelled_publisher_still_delivers_what_it_stamped(anyio_backend):
+    bus = InProcessBus(buffer=2, overflow_wait=2.0)
+    s = fresh_subject()
+    sub = await bus.subscribe(subject=s)
+    got: list[int] = []
+
+    async def slow_consumer() -> None:
+        await anyio.sleep(0.2)  # starts after the publisher was cancelled
+        got.extend(e.seq for e in await take(sub, 5))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(slow_consumer)
+        with anyio.move_on_after(0.05) as scope:  # cancelled while waiting for the full subscriber
+            await bus.publish_many([query(s) for _ in range(5)])
+    assert scope.cancel_called  # the deadline hit while the publish waited
+    assert got == [1, 2, 3, 4, 5]  # no gap for the live subscriber
+    await bus.close()
+
+
+async def test_each_subscriber_gets_one_batch_per_publish(anyio_backend):
+    bus = InProcessBus()
+    s = fresh_subject()
+    sub = await bus.subscribe(types=["rx.query"], subject=s)
+    await bus.publish_many([query(s), chunk(s), query(s), query(fresh_subject())])
+    assert sub._receive.statistics().current_buffer_used == 1  # one send for the publish
+    assert [e.seq for e in await take(sub, 2)] == [1, 3]
+    await bus.close()
