@@ -44,6 +44,8 @@ from reactor_rt.events import (
     ThoughtQuery,
     ThoughtResponse,
 )
+from reactor_rt.events.core_bus import BusHost, CoreBus
+from reactor_rt.events.ray_bus import EventBusCore
 from reactor_rt.ids import validate_id
 from reactor_rt.model import RxTConfig
 from reactor_rt.template import build_prompt
@@ -166,9 +168,9 @@ class Conductor:
         for task in tasks:
             if task is not None:
                 task.cancel()
-        if self._subscription is not None:
-            await self._subscription.aclose()
         await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
+        if self._subscription is not None:  # after the pump has stopped reading it
+            await self._subscription.aclose()
 
     async def _pump(self) -> None:
         async for event in self._subscription:
@@ -580,18 +582,23 @@ class Conductor:
             log.exception("conductor.error_event_failed", subject=subject[:256], interaction=interaction)
 
 
-class ConductorActorImpl:
-    """Ray actor named ``conductor``: a :class:`Conductor` over the Ray bus and the model actors."""
+class ConductorActorImpl(BusHost):
+    """Ray actor named ``conductor``: a :class:`Conductor` over the model actors, hosting the event bus
+    in its own process (it publishes most events: no hop for them), with the durable log at
+    ``log_path``. Clients reach the bus with ``RayBus(conductor_handle)``."""
 
-    def __init__(self, bus: Any, actors: Any, tokenizer: Any, model_config: RxTConfig,
-                 config: ConductorConfig | None = None) -> None:
+    def __init__(self, actors: Any, tokenizer: Any, model_config: RxTConfig, config: ConductorConfig | None = None,
+                 log_path: str | None = None, **bus_options: Any) -> None:
         from reactor_rt.actors.engine import RayEngine
 
-        self.conductor = Conductor(bus, RayEngine(actors), tokenizer, model_config, config)
+        self.bus_core = EventBusCore(log_path, **bus_options)
+        self.bus = CoreBus(self.bus_core)
+        self.conductor = Conductor(self.bus, RayEngine(actors), tokenizer, model_config, config)
 
-    async def start(self) -> bool:
+    async def start(self) -> list[str]:
+        """Take queries from the bus; restart the thought loops that asked to survive a restart."""
         await self.conductor.start()
-        return True
+        return self.conductor.resume_loops(await self.bus.read_types({"rx.thought.query", "rx.thought.response"}))
 
     async def stop(self) -> None:
         await self.conductor.stop()

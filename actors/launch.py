@@ -25,7 +25,7 @@ __all__ = ["ACTOR_NAMES", "launch_actors", "stop_actors"]
 
 log = structlog.get_logger()
 
-ACTOR_NAMES = ("bus", "decoder", "encoder", "memory", "stm", "learner", "conductor")
+ACTOR_NAMES = ("decoder", "encoder", "memory", "stm", "learner", "conductor")
 # a crashed actor comes back; its callers retry idempotent calls (DESIGN.md §5 "Faults")
 _RESTARTS = 3
 
@@ -56,11 +56,11 @@ async def launch_actors(model: ReactiveTransformer, *, store: str, namespace: st
     what it learned before from ``weights_dir``; the serving actors get those weights before the
     first query."""
     _refuse_if_running(namespace)
-    bus = RayBus.create(name="bus", namespace=namespace, log_path=event_log, max_restarts=_RESTARTS)
     model_ref = ray.put(model)
     with torch.no_grad():
         initial = model.init_stm(batch_size=1)[0].clone()
-    actors: dict[str, Any] = {"bus": bus.actor}
+    actors: dict[str, Any] = {}
+    bus: RayBus | None = None
     try:
         # all processes start at once (each imports torch: seconds); the conductor only needs handles
         actors["decoder"] = DecoderActor.options(**_options("decoder", namespace)).remote(
@@ -73,10 +73,12 @@ async def launch_actors(model: ReactiveTransformer, *, store: str, namespace: st
                 model_ref, save_dir=weights_dir, **learning)
         model_actors = ActorSet(actors["decoder"], actors["encoder"], actors["memory"], actors["stm"],
                                 actors.get("learner"))
+        # the conductor hosts the event bus (and its durable log): RayBus talks to it
         actors["conductor"] = ConductorActor.options(**_options("conductor", namespace)).remote(
-            bus, model_actors, model.tokenizer, model.config,
-            ConductorConfig(max_queue=max_queue, max_new_tokens=max_new_tokens))
-        await asyncio.gather(bus.wait_ready(), *(actors[n].ping.remote() for n in actors if n not in ("bus", "conductor")))
+            model_actors, model.tokenizer, model.config,
+            ConductorConfig(max_queue=max_queue, max_new_tokens=max_new_tokens), event_log)
+        bus = RayBus(actors["conductor"])
+        await asyncio.gather(*(actor.ping.remote() for actor in actors.values()))
         await actors["conductor"].sync_weights.remote()  # what was learned before a restart
         await actors["conductor"].start.remote()
     except BaseException as exc:
@@ -88,7 +90,7 @@ async def launch_actors(model: ReactiveTransformer, *, store: str, namespace: st
     return bus, actors
 
 
-async def stop_actors(actors: dict[str, Any], bus: Any) -> None:
+async def stop_actors(actors: dict[str, Any], bus: Any | None) -> None:
     """Stop the conductor first (no new work), then kill every actor and close the bus."""
     conductor = actors.get("conductor")
     if conductor is not None:
@@ -102,10 +104,11 @@ async def stop_actors(actors: dict[str, Any], bus: Any) -> None:
             await asyncio.wait_for(stm.close.remote(), timeout=10)
         except Exception:
             log.warning("reactor.stm_close_failed")
-    try:
-        await bus.close()
-    except Exception:
-        log.warning("reactor.bus_close_failed")
+    if bus is not None:
+        try:
+            await asyncio.wait_for(bus.close(), timeout=10)
+        except Exception:
+            log.warning("reactor.bus_close_failed")
     for name, actor in actors.items():
         try:
             ray.kill(actor, no_restart=True)
