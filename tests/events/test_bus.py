@@ -64,7 +64,19 @@ async def drain(sub: Any, timeout: float = 10.0) -> list[Any]:
 BusFactory = Callable[..., Any]
 
 
-@pytest.fixture(params=["inprocess", pytest.param("ray", marks=pytest.mark.ray)])
+@pytest.fixture(scope="session")
+def shared_ray_bus(ray_local: Any) -> Any:
+    """One Ray bus actor for the contract tests that need no special options: an actor start costs about a
+    second, and these tests keep to their own subjects."""
+    from reactor_rt.events.ray_bus import RayBus
+
+    bus = RayBus.create(name=None, log_path=":memory:", max_batch=8)
+    bus.kind = "ray"
+    yield bus
+    bus.kill()
+
+
+@pytest.fixture(params=["inprocess", "core", pytest.param("ray", marks=pytest.mark.ray)])
 async def make_bus(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncIterator[BusFactory]:
     """`await make_bus(log_path=None, **options)`: a fresh bus of the parametrised kind.
 
@@ -81,6 +93,11 @@ async def make_bus(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncI
         path = str(log_path) if log_path is not None else ":memory:"
         if kind == "inprocess":
             bus: Any = InProcessBus(EventLog(path), **options)
+        elif kind == "core":  # the bus as hosted inside the conductor actor
+            from reactor_rt.events.core_bus import CoreBus
+            from reactor_rt.events.ray_bus import EventBusCore
+
+            bus = CoreBus(EventBusCore(path, **options))
         else:
             bus = RayBus.create(name=None, log_path=path, max_batch=8, **options)
             await bus.wait_ready()
@@ -88,6 +105,7 @@ async def make_bus(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncI
         made.append(bus)
         return bus
 
+    make.kind = kind  # type: ignore[attr-defined]
     yield make
     for bus in made:
         await bus.close()
@@ -96,7 +114,12 @@ async def make_bus(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncI
 
 
 @pytest.fixture
-async def bus(make_bus: BusFactory) -> EventBus:
+async def bus(make_bus: BusFactory, request: pytest.FixtureRequest) -> EventBus:
+    """A bus with default options: fresh in-process, the shared actor for Ray."""
+    if make_bus.kind == "ray":  # type: ignore[attr-defined]
+        shared = request.getfixturevalue("shared_ray_bus")
+        await shared.wait_ready()
+        return shared
     return await make_bus()
 
 
