@@ -37,7 +37,7 @@ class CoreSubscription(Subscription):
     def __init__(self, core: EventBusCore, sid: str) -> None:
         self._core = core
         self._sid = sid
-        self._batches: AsyncIterator[tuple[list[bytes], int, str | None]] = core.stream(sid).__aiter__()
+        self._batches: AsyncIterator[tuple[list[bytes], int, str | None]] = core.open_stream(sid).__aiter__()
         self._frames: deque[bytes] = deque()
         self._dropped = 0
         self._closed = False
@@ -75,6 +75,9 @@ class CoreBus:
         return (await self.publish_many((event,)))[0]
 
     async def publish_many(self, events: Sequence[Event]) -> list[Event]:
+        for ev in events:
+            if not isinstance(ev, Event):
+                raise TypeError(f"can only publish events, got {type(ev).__name__}")
         seqs = await self.core.publish_many([(ev.subject, ev.type, encode(ev)) for ev in events])
         return [ev.model_copy(update={"seq": seq}) for ev, seq in zip(events, seqs, strict=True)]
 

@@ -107,6 +107,18 @@ class EventBusCore:
         sub = self._subs.get(sid)
         if sub is None:
             return
+        async for item in self._batches(sid, sub, max_batch):
+            yield item
+
+    def open_stream(self, sid: str, max_batch: int = 256) -> AsyncIterator[tuple[list[bytes], int, str | None]]:
+        """`stream`, with the subscriber looked up now rather than at the first read (for an in-process
+        reader: events buffered before a `close` still arrive)."""
+        sub = self._subs[sid]
+        return self._batches(sid, sub, max_batch)
+
+    async def _batches(
+        self, sid: str, sub: HubSubscriber[bytes], max_batch: int
+    ) -> AsyncIterator[tuple[list[bytes], int, str | None]]:
         try:
             replay, sub.replay = sub.replay, []
             for i in range(0, len(replay), max_batch):
