@@ -1,4 +1,14 @@
-"""reactor-rt events: typed CloudEvents schemas, msgpack codec, event buses and the durable event log."""
+"""reactor-rt events: typed CloudEvents schemas, msgpack codec, event buses and the durable event log.
+
+    from reactor_rt.events import InProcessBus, EventLog, Query
+
+    bus = InProcessBus(EventLog("events.db"))
+    sub = await bus.subscribe(types={"rx.response."}, subject="alice")
+    await bus.publish(Query(subject="alice", source="me", data={"text": "Hi"}))   # stamped with seq 1
+
+`RayBus` (the same `EventBus` API over a Ray actor) loads Ray on first use; `reactor_rt.events.testing`
+has `TestBus` for users' own tests.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +40,7 @@ from reactor_rt.events.schemas import (
     ThoughtResponse,
     event_class,
     parse_event,
+    with_seq,
 )
 
 if TYPE_CHECKING:
@@ -70,6 +81,7 @@ __all__ = [
     "from_cloudevent_json",
     "parse_event",
     "to_cloudevent_json",
+    "with_seq",
 ]
 
 # Ray is heavy to import: load the Ray bus only when it is asked for
