@@ -15,7 +15,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["add_eval_parser", "add_train_parser", "eval_recall_command", "main", "train_command"]
+__all__ = [
+    "add_eval_parser",
+    "add_train_parser",
+    "compare_with_bundled",
+    "eval_recall_command",
+    "main",
+    "train_command",
+]
 
 DEFAULT_THREADS = 2
 
@@ -51,7 +58,28 @@ def train_command(
     out_dir = Path(out) if out is not None else Path("runs") / recipe
     summary = train(recipe, out_dir, seed=seed, resume=resume, progress=progress, evaluate=evaluate)
     print(summary.text())
+    line = compare_with_bundled(recipe, Path(summary.model_dir))
+    if line:
+        print(line)
     return 0
+
+
+def compare_with_bundled(name: str, model_dir: Path) -> str | None:
+    """One line saying whether a freshly trained checkpoint equals the bundled one of the same name."""
+    from safetensors.torch import load_file
+
+    from reactor_rt.bundled import available, bundled_path
+
+    if name not in available():
+        return None
+    ours = load_file(str(model_dir / "model.safetensors"))
+    shipped = load_file(str(bundled_path(name) / "model.safetensors"))
+    if ours.keys() != shipped.keys() or any(ours[k].shape != shipped[k].shape for k in ours):
+        return f"differs from the bundled {name!r} checkpoint: other parameter names or shapes"
+    diff = max(float((ours[k].float() - shipped[k].float()).abs().max()) for k in ours)
+    if diff == 0.0:
+        return f"identical to the bundled {name!r} checkpoint (every weight equal)"
+    return f"differs from the bundled {name!r} checkpoint: max |weight difference| {diff:.3g}"
 
 
 def _load(model: str):  # -> ReactiveTransformer

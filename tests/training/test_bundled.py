@@ -42,3 +42,22 @@ def test_tiny_reproduces_its_recorded_fixed_eval():
     # and the model really remembers: recall with memory far above the reset ablation
     assert got["memory_correct"]["1"] >= 0.8 * recorded["n"]
     assert sum(got["reset_correct"].values()) <= 0.1 * recorded["n"] * len(recorded["ks"])
+
+
+@needs_tiny
+def test_compare_with_bundled_reports_identity_and_difference(tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from reactor_rt.cli_train import compare_with_bundled
+
+    assert compare_with_bundled("micro", bundled_path("tiny")) is None  # not a bundled name
+    assert "identical" in compare_with_bundled("tiny", bundled_path("tiny"))
+    copy = tmp_path / "copy"
+    shutil.copytree(bundled_path("tiny"), copy)
+    weights = load_file(str(copy / "model.safetensors"))
+    name = next(iter(weights))
+    weights[name] = weights[name] + 0.5
+    save_file(weights, str(copy / "model.safetensors"))
+    assert "max |weight difference| 0.5" in compare_with_bundled("tiny", copy)
