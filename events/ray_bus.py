@@ -313,6 +313,12 @@ class RaySubscription(Subscription):
         with contextlib.suppress(RuntimeUnavailableError):  # actor gone: nothing to unsubscribe from
             await _call(self._bus.actor.unsubscribe.remote(self._sid))
 
+    def __del__(self) -> None:
+        # an abandoned subscription: tell the actor (fire and forget) so it stops buffering for it
+        if not self._closed and not self._done:
+            with contextlib.suppress(Exception):  # e.g. Ray already shut down
+                self._bus.actor.unsubscribe.remote(self._sid)
+
     @property
     def dropped(self) -> int:
         return self._dropped
@@ -409,6 +415,19 @@ class RayBus(HandlerRegistry):
         )
         gen = self.actor.stream.remote(sid, self.max_batch)
         return RaySubscription(self, sid, gen)
+
+    async def subscribe_and_publish(
+        self, events: Sequence[Event], types: Iterable[str] | None = None, subject: str | None = None
+    ) -> tuple[RaySubscription, list[Event]]:
+        """Subscribe, then publish `events`, in one actor call when the bus's host offers it (the
+        runtime's conductor does; a plain `EventBusActor` takes two)."""
+        if not hasattr(self.actor, "subscribe_and_publish"):
+            sub = await self.subscribe(types, subject)
+            return sub, await self.publish_many(events)
+        records = [(ev.subject, ev.type, encode(ev)) for ev in events]
+        sid, seqs = await _call(self.actor.subscribe_and_publish.remote(records, _types_arg(types), subject))
+        sub = RaySubscription(self, sid, self.actor.stream.remote(sid, self.max_batch))
+        return sub, [ev.model_copy(update={"seq": seq}) for ev, seq in zip(events, seqs, strict=True)]
 
     async def replay(
         self, subject: str, after: int = 0, types: Iterable[str] | None = None, limit: int | None = None

@@ -94,9 +94,9 @@ class Stream:
         """
         query = self._rx._query(self.id, text, max_new_tokens=max_new_tokens, temperature=temperature,
                                 top_k=top_k, top_p=top_p)
-        sub = await self._rx._bus.subscribe(subject=self.id)
+        sub, (sent,) = await self._rx._bus.subscribe_and_publish([query], subject=self.id)
         try:
-            self._last_query_seq = (await self._rx.publish(query)).seq
+            self._last_query_seq = sent.seq
             async for event in sub:
                 if event.interaction != query.interaction:
                     continue
