@@ -182,3 +182,20 @@ async def test_a_restarted_actor_continues_the_numbering_from_its_log(ray_local,
         async for _ in sub:
             pass
     bus.kill()
+
+
+@pytest.mark.ray
+async def test_an_abandoned_subscription_is_released(ray_local):
+    import gc
+
+    from reactor_rt.events.ray_bus import RayBus
+
+    bus = RayBus.create(name=None)
+    sub = await bus.subscribe(subject="a")
+    assert (await bus.actor.stats.remote())["subscribers"] == 1
+    del sub
+    gc.collect()
+    with anyio.fail_after(10):
+        while (await bus.actor.stats.remote())["subscribers"]:
+            await anyio.sleep(0.05)
+    bus.kill()
