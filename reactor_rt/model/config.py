@@ -41,6 +41,8 @@ class RxTConfig(BaseModel):
     moe_shared_expert: bool = False
     stm_slots: int = Field(64, gt=0)
     memory_attention: MemoryAttentionKind = "interlayer"
+    # fused layout: memory.py's ResidualGate; staged layout: memory_staged.py's SlotGate (RxLM semantics,
+    # plus "none" = a plain residual, staged only)
     residual_gate: ResidualGateKind = "elementwise"
     gate_per_slot: bool = True
     # sigmoid(-1) ~ 0.27: a fresh model keeps ~3/4 of the old memory per update (see memory.py)
