@@ -1,0 +1,119 @@
+"""Decode speed of RxT: ms/token at batch 1 with vs without the memory K/V pre-cache, and batched steps.
+
+    python -m benchmarks.decode_speed [--quick]
+
+With the pre-cache (the design) each interaction projects the STM's memory cross-attention keys/values
+once; without it, every decode step projects them again (DecodeBatch(cache_memory_kv=False)). Both use
+the self-attention KV cache. The per-token runs come from benchmarks/model_speed.py
+(`decode_per_token`: prefill a 16-token prompt, then time the decode steps). Batched: one DecodeBatch
+step over 1, 4 and 16 rows of different lengths. Medians of thread-CPU ms (one torch thread) over
+round-robin runs after a warm-up round; wall ms beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from benchmarks.baseline import build_rxt, random_ids
+from benchmarks.model_speed import decode_per_token
+from benchmarks.timing import Clock, Timing, interleaved, median_timing
+from reactor_rt.model import DecodeBatch, ReactiveTransformer
+
+__all__ = ["GOAL_MS_PER_TOKEN", "goals", "main", "markdown", "measure"]
+
+GOAL_MS_PER_TOKEN = 1.5
+BATCHES = (1, 4, 16)
+
+
+def _batched_step(model: ReactiveTransformer, stm: torch.Tensor, rows: int, tokens: int) -> Callable[[], Timing]:
+    """A run that fills `rows` rows (prompts of 8, 9, ... tokens) and times `tokens` steps; ms per step."""
+    db = DecodeBatch(model, capacity=rows)
+
+    def run() -> Timing:
+        slots = [db.add(random_ids(8 + i, i), stm=stm, max_new_tokens=tokens + 1) for i in range(rows)]
+        db.step()  # emits the prefills' tokens: no forward
+        with Clock() as c:
+            for _ in range(tokens):
+                db.step()
+        for s in slots:
+            db.remove(s)
+        return Timing(c.ms.wall / tokens, c.ms.cpu / tokens)
+
+    return run
+
+
+def measure(quick: bool = False, preset: str = "tiny") -> dict[str, Any]:
+    """ms/token with and without the memory pre-cache, and ms per batched step; returns the figures."""
+    torch.set_num_threads(1)
+    repeats, tokens = (5, 32) if quick else (11, 64)
+    model = build_rxt(preset)
+    stm = model.init_stm(1) + 0.5 * torch.randn(model.init_stm(1).shape)  # a non-trivial memory
+    prompt = random_ids(16, 1)
+    with torch.no_grad():
+        pre = decode_per_token(model, stm, prompt, tokens)
+        no_pre = decode_per_token(model, stm, prompt, tokens, cache_memory_kv=False)
+        samples = interleaved({"precache": lambda: Timing(*pre()), "no_precache": lambda: Timing(*no_pre())},
+                              repeats)
+        steps = interleaved({str(b): _batched_step(model, stm, b, tokens) for b in BATCHES}, repeats)
+    per_token = {name: median_timing(s) for name, s in samples.items()}
+    step = {int(b): median_timing(s) for b, s in steps.items()}
+    return {
+        "preset": preset, "repeats": repeats, "tokens": tokens,
+        "precache_ms": per_token["precache"]._asdict(), "no_precache_ms": per_token["no_precache"]._asdict(),
+        "precache_best_cpu_ms": min(s.cpu for s in samples["precache"]),
+        "step_ms": {b: t._asdict() for b, t in step.items()},
+    }
+
+
+def goals(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(goal, measured, met) for the decode speed and the pre-cache saving."""
+    pre, no_pre = r["precache_ms"]["cpu"], r["no_precache_ms"]["cpu"]
+    return [
+        (f"decode <= {GOAL_MS_PER_TOKEN} ms/token, `{r['preset']}`, batch 1",
+         f"{pre:.3f} ms/token (median CPU; best run {r['precache_best_cpu_ms']:.3f})", pre <= GOAL_MS_PER_TOKEN),
+        ("memory K/V pre-caching saves ~20-25 % of decode time (architecture claim)",
+         f"{100 * (1 - pre / no_pre):.1f} % saved ({no_pre:.3f} -> {pre:.3f} ms/token)", 1 - pre / no_pre >= 0.20),
+    ]
+
+
+def markdown(r: dict[str, Any]) -> str:
+    """The figures as Markdown tables."""
+    pre, no_pre = r["precache_ms"], r["no_precache_ms"]
+    base = r["step_ms"][1]["cpu"]
+    lines = [
+        f"`{r['preset']}` preset, batch 1, 16-token prompt then {r['tokens']} decode steps; 1 torch thread; "
+        f"median of {r['repeats']} round-robin runs after a warm-up round.",
+        "",
+        "| decode, per token | CPU ms | wall ms | vs pre-cache (CPU) |",
+        "|---|---:|---:|---:|",
+        f"| KV cache + memory K/V pre-cache | {pre['cpu']:.3f} | {pre['wall']:.3f} | 1.00x |",
+        f"| KV cache, memory K/V projected every token | {no_pre['cpu']:.3f} | {no_pre['wall']:.3f} | "
+        f"{no_pre['cpu'] / pre['cpu']:.2f}x |",
+        "",
+        "| batched decode step (engine, no runtime) | CPU ms/step | wall ms/step | CPU ms/token | tokens/s vs 1 row |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for b, t in r["step_ms"].items():
+        lines.append(f"| {b} row{'s' * (b > 1)} | {t['cpu']:.3f} | {t['wall']:.3f} | {t['cpu'] / b:.3f} | "
+                     f"{b * base / t['cpu']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure and print the tables."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and tokens")
+    args = parser.parse_args(argv)
+    r = measure(args.quick)
+    print(markdown(r))
+    for g in goals(r):
+        print(g)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""The benchmark package imports and its cheapest measurements run on tiny sizes (a smoke test)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `benchmarks` is a folder of the repository, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import attention_variants, conversation_scaling, memory_footprint, suite  # noqa: E402
+from benchmarks.baseline import StatelessChat, StatelessDecoder, build_rxt, random_ids  # noqa: E402
+
+
+def test_baseline_kv_cache_matches_rereading():
+    model = build_rxt("tiny")
+    base = StatelessDecoder.from_rxt(model, max_seq_len=200)
+    reread, kv = StatelessChat(base, "reread"), StatelessChat(base, "kv")
+    history = random_ids(40, 1)
+    reread.load_history(history)
+    kv.load_history(history)
+    for turn in range(3):
+        query = random_ids(6, 100 + turn)
+        assert kv.turn(query, 5) == reread.turn(query, 5)
+    assert kv.history == reread.history and len(kv.history) == 40 + 3 * 11
+    # the kv mode has fed everything but the last answer token; rewinding restores the state
+    assert kv.cache.length == len(kv.history) - 1
+    mark = kv.mark()
+    kv.turn(random_ids(6, 7), 4)
+    kv.rewind(mark)
+    assert kv.mark() == mark
+
+
+def test_baseline_shares_the_rxt_decoder_weights():
+    model = build_rxt("tiny")
+    base = StatelessDecoder.from_rxt(model, max_seq_len=64)
+    assert torch.equal(base.embedding.weight, model.embedding.weight)
+    assert torch.equal(base.layers[0].self_attn.qkv.weight, model.decoder_layers[0].self_attn.qkv.weight)
+    assert base.layers[0].cross_attn is None and base.config.max_seq_len == 64
+
+
+def test_conversation_scaling_tiny(tmp_path):
+    r = conversation_scaling.measure(quick=True, turns=8, query_len=4, answer_len=3, repeats=1)
+    assert r["turns"] == [1, 2, 4, 8]
+    assert r["history_tokens"] == [0, 7, 21, 49]
+    for name in conversation_scaling.SYSTEMS:
+        assert len(r["cpu_ms"][name]) == 4 and all(ms > 0 for ms in r["cpu_ms"][name])
+        assert set(r["ratios"][name]) == {8}
+    assert r["total_interpolated"]
+    text = conversation_scaling.markdown(r)
+    assert "| 8 | 49 |" in text and "Total cost" in text
+    assert conversation_scaling.plot(r, tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_memory_footprint_from_real_tensors():
+    r = memory_footprint.measure(turns=(1, 2), query_len=4, answer_len=4)
+    one, two = r["rows"]
+    c = build_rxt("tiny").config
+    assert one["stm_bytes"] == two["stm_bytes"] == c.layers * c.stm_slots * c.dim * 4
+    per_token = 2 * c.layers * c.kv_heads * c.head_dim * 4
+    assert one["kv_bytes"] == 8 * per_token and two["kv_bytes"] == 16 * per_token
+
+
+def test_attention_variants_small():
+    r = attention_variants.measure(quick=True, lengths=(64,))
+    assert set(r["cpu_ms"][64]) == set(attention_variants.VARIANTS)
+    assert attention_variants.goal(r) is None  # 16k not run
+    assert "xSQA" in attention_variants.markdown(r)
+
+
+def test_suite_writes_results(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    assert suite.main(["--quick", "--only", "memory", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## Goals" in text and "STM vs KV cache" in text and "torch" in text
+    assert (tmp_path / "memory_footprint.png").exists()
