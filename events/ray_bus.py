@@ -27,7 +27,7 @@ from reactor_rt.events.codec import decode, decode_batch, encode, frame_seq, sta
 from reactor_rt.events.handlers import HandlerRegistry
 from reactor_rt.events.hub import Hub, HubSubscriber, OverflowPolicy
 from reactor_rt.events.log import EventLog
-from reactor_rt.events.schemas import DURABLE_TYPES, Event
+from reactor_rt.events.schemas import DURABLE_TYPES, Event, with_seq
 
 __all__ = ["EventBusActor", "EventBusCore", "RayBus", "RaySubscription", "SharedDecoder"]
 
@@ -397,7 +397,7 @@ class RayBus(HandlerRegistry):
                 raise TypeError(f"can only publish events, got {type(ev).__name__}")
             records.append((ev.subject, ev.type, encode(ev)))
         seqs = await _call(self.actor.publish_many.remote(records))
-        return [ev.model_copy(update={"seq": seq}) for ev, seq in zip(events, seqs, strict=True)]
+        return [with_seq(ev, seq) for ev, seq in zip(events, seqs, strict=True)]
 
     async def subscribe(
         self,
@@ -427,7 +427,7 @@ class RayBus(HandlerRegistry):
         records = [(ev.subject, ev.type, encode(ev)) for ev in events]
         sid, seqs = await _call(self.actor.subscribe_and_publish.remote(records, _types_arg(types), subject))
         sub = RaySubscription(self, sid, self.actor.stream.remote(sid, self.max_batch))
-        return sub, [ev.model_copy(update={"seq": seq}) for ev, seq in zip(events, seqs, strict=True)]
+        return sub, [with_seq(ev, seq) for ev, seq in zip(events, seqs, strict=True)]
 
     async def replay(
         self, subject: str, after: int = 0, types: Iterable[str] | None = None, limit: int | None = None
