@@ -27,6 +27,7 @@ from reactor_rt.errors import (
     QueryTooLongError,
     QueueFullError,
     ReactorError,
+    RuntimeUnavailableError,
     StreamClosedError,
 )
 from reactor_rt.events import (
@@ -196,6 +197,69 @@ class Conductor:
             return
         async with self._pumped_changed:
             await self._pumped_changed.wait_for(lambda: self._pumped.get(subject, 0) >= seq)
+
+    async def recover(self) -> dict[str, list[str]]:
+        """At start, finish what the durable log shows a crash cut short; returns the interaction ids
+        ``{"replayed": [...], "announced": [...], "interrupted": [...]}``.
+
+        * ``rx.memory.updating`` without ``rx.memory.updated``: when the memory is still at
+          ``from_version``, the update is replayed from the logged encoder input (the update is
+          deterministic: the STM is the one that was lost) and ``rx.memory.updated`` is published; when
+          the store already holds the version this interaction produced, it is only announced.
+        * an external ``rx.query`` with no end (no update started, no ``rx.error``): ``rx.error``
+          (``unavailable``); nothing of it was applied, so sending it again is safe.
+        Call it before `start`, while no interaction runs.
+        """
+        events = await self._logged({"rx.query", "rx.memory.updating", "rx.memory.updated", "rx.error"})
+        open_queries: dict[str, Query] = {}
+        updating: dict[str, MemoryUpdating] = {}
+        for event in events:
+            key = event.interaction or event.id
+            if isinstance(event, Query):
+                open_queries[key] = event
+            elif isinstance(event, MemoryUpdating):
+                open_queries.pop(key, None)
+                updating[key] = event
+            else:
+                open_queries.pop(key, None)
+                updating.pop(key, None)
+        report: dict[str, list[str]] = {"replayed": [], "announced": [], "interrupted": []}
+        for interaction, event in updating.items():
+            data = event.data
+            try:
+                if data.input_ids is None:
+                    raise ReactorError("the log holds no encoder input for this update (written by an older version)")
+                current = await self.engine.handle(data.memory)
+                if current.version < data.from_version:
+                    raise ReactorError(f"the store holds version {current.version}, older than {data.from_version}")
+                start = STMHandle(data.memory, data.from_version, current.stm) if current.version > data.from_version \
+                    else current
+                new = await self.engine.update(start, list(data.input_ids), interaction)
+            except Exception as exc:
+                log.warning("conductor.recover_failed", interaction=interaction, error=str(exc)[:200])
+                await self._error(event.subject, interaction, exc)
+                report["interrupted"].append(interaction)
+                continue
+            report["replayed" if current.version == data.from_version else "announced"].append(interaction)
+            await self._publish(MemoryUpdated(subject=event.subject, source=self.config.source, interaction=interaction,
+                                              data={"memory": data.memory, "version": new.version}))
+        for interaction, query in open_queries.items():
+            if query.data.internal:
+                continue
+            await self._error(query.subject, interaction, RuntimeUnavailableError(
+                "the runtime stopped before this query was answered; nothing was applied, send it again"))
+            report["interrupted"].append(interaction)
+        if any(report.values()):
+            log.info("conductor.recovered", **{k: len(v) for k, v in report.items()})
+        return report
+
+    async def _logged(self, types: set[str]) -> list[Event]:
+        """Every logged event of these types, in log order (empty when the bus keeps no log)."""
+        reader = getattr(self.bus, "read_types", None)
+        if reader is not None:
+            return await reader(types)
+        log_ = getattr(self.bus, "log", None)
+        return [] if log_ is None else log_.read_types(list(types))
 
     # -- streams ----------------------------------------------------------------------------------
 
@@ -435,6 +499,7 @@ class Conductor:
                 ) from None
             self._ensure_worker(lane)
         except ReactorError as exc:
+            self._seen.pop(interaction, None)  # rejected, not applied: sending it again is allowed
             await self._error(query.subject, interaction, exc)
 
     def _job(self, query: Query, stream: _Stream) -> _Job:
@@ -492,6 +557,8 @@ class Conductor:
                 raise
             except Exception as exc:
                 log.exception("conductor.interaction_failed", interaction=interaction)
+                lane.handle = None  # the store is the truth after a failure: reload the version it holds
+                self._seen.pop(interaction, None)  # a failed interaction may be sent again (same id)
                 await self._error(item.stream.stream_id, interaction, exc)
                 if item.thought is not None and not item.thought.done.done():
                     item.thought.done.set_result(None)  # the error event says why the loop ended
@@ -547,11 +614,14 @@ class Conductor:
         ))
         self._remember(interaction, _Served(lane.memory_id, handle.version, job.text, "".join(parts),
                                             [t for t in answer_ids if t != eos]))
-        await self._publish(MemoryUpdating(subject=subject, source=self.config.source, interaction=interaction,
-                                           data={"memory": lane.memory_id, "from_version": handle.version}))
-        update_started = time.perf_counter()
         # the encoder sees a closed interaction, as in training: [BOS][Q] query [A] answer [EOS]
         full = job.prompt + answer_ids + ([eos] if finished != "eos" and eos >= 0 else [])
+        # logged before the update runs (write-ahead): a crash before the new version is stored is
+        # recovered by replaying it (see `recover`)
+        await self._publish(MemoryUpdating(subject=subject, source=self.config.source, interaction=interaction,
+                                           data={"memory": lane.memory_id, "from_version": handle.version,
+                                                 "input_ids": full}))
+        update_started = time.perf_counter()
         lane.handle = await self.engine.update(handle, full, interaction)
         await self._publish(MemoryUpdated(
             subject=subject, source=self.config.source, interaction=interaction,
@@ -594,36 +664,70 @@ class ConductorActorImpl(BusHost):
         self.bus_core = EventBusCore(log_path, **bus_options)
         self.bus = CoreBus(self.bus_core)
         self.conductor = Conductor(self.bus, RayEngine(actors), tokenizer, model_config, config)
+        # Ray re-runs this constructor after a crash, and nobody calls start() then: the first call
+        # that needs the conductor starts it (streams and lanes are rebuilt on demand from ids)
+        self._started = False
+        self._starting: asyncio.Lock | None = None
+        self.recovered: dict[str, list[str]] = {}
 
-    async def start(self) -> list[str]:
-        """Take queries from the bus; restart the thought loops that asked to survive a restart."""
-        await self.conductor.start()
-        return self.conductor.resume_loops(await self.bus.read_types({"rx.thought.query", "rx.thought.response"}))
+    async def _ensure_started(self) -> None:
+        if self._started:
+            return
+        self._starting = self._starting or asyncio.Lock()
+        async with self._starting:
+            if self._started:
+                return
+            await self.conductor.sync_weights()  # what was learned before a restart
+            self.recovered = await self.conductor.recover()  # before any new query can run
+            await self.conductor.start()
+            self.conductor.resume_loops(await self.bus.read_types({"rx.thought.query", "rx.thought.response"}))
+            self._started = True
+
+    async def start(self) -> dict[str, list[str]]:
+        """Recover from the log, take queries from the bus, restart the thought loops that asked to
+        survive a restart; returns what `Conductor.recover` did. Idempotent."""
+        await self._ensure_started()
+        return self.recovered
 
     async def stop(self) -> None:
         await self.conductor.stop()
 
+    async def publish_many(self, records: list[tuple[str, str, bytes]]) -> list[int]:
+        await self._ensure_started()  # a query must never reach a bus nobody listens to
+        return await super().publish_many(records)
+
+    async def subscribe(self, *args: Any, **kwargs: Any) -> str:
+        await self._ensure_started()
+        return await super().subscribe(*args, **kwargs)
+
     async def open_stream(self, stream_id: str, memory: str | None = None) -> StreamInfo:
+        await self._ensure_started()
         return await self.conductor.open_stream(stream_id, memory)
 
     async def close_stream(self, stream_id: str) -> None:
+        await self._ensure_started()
         await self.conductor.close_stream(stream_id)
 
     async def memory(self, stream_id: str, after_seq: int = 0) -> tuple[int, torch.Tensor]:
+        await self._ensure_started()
         return await self.conductor.memory(stream_id, after_seq)
 
     async def fork(self, stream_id: str, new_stream_id: str, after_seq: int = 0) -> StreamInfo:
+        await self._ensure_started()
         return await self.conductor.fork(stream_id, new_stream_id, after_seq)
 
     async def import_memory(self, stream_id: str, stm: torch.Tensor, after_seq: int = 0) -> int:
+        await self._ensure_started()
         return await self.conductor.import_memory(stream_id, stm, after_seq)
 
     async def think(self, stream_id: str, seed: str, budget: Budget, *, stop: StopRule = None,
                     resume: bool = False, pause_on_query: bool = False) -> str:
+        await self._ensure_started()
         return await self.conductor.think(stream_id, seed, budget, stop=stop, resume=resume,
                                           pause_on_query=pause_on_query)
 
     async def stop_thinking(self, stream_id: str) -> bool:
+        await self._ensure_started()
         return await self.conductor.stop_thinking(stream_id)
 
     async def sync_weights(self) -> int:

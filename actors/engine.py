@@ -7,12 +7,17 @@ tested in-process and served over Ray.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import ray
+import ray.exceptions
+import structlog
 import torch
 
 from reactor_rt.actors.decoder import DecoderCore, DecoderService
@@ -21,12 +26,15 @@ from reactor_rt.actors.handles import GenerateRequest, STMHandle
 from reactor_rt.actors.learner import LearnerCore
 from reactor_rt.actors.memory_updater import MemoryUpdaterCore
 from reactor_rt.actors.stm_store import STMRegistry
-from reactor_rt.errors import ReactorError
+from reactor_rt.errors import ReactorError, RuntimeUnavailableError
 from reactor_rt.learning import LearningExample, LearningResult
 from reactor_rt.model import ReactiveTransformer
 from reactor_rt.store import STMStore
 
-__all__ = ["ActorSet", "InteractionEngine", "LocalEngine", "RayEngine", "push_weights"]
+__all__ = ["ActorSet", "InteractionEngine", "LocalEngine", "RayEngine", "RetryPolicy", "push_weights"]
+
+log = structlog.get_logger()
+T = TypeVar("T")
 
 
 class InteractionEngine(Protocol):
@@ -157,44 +165,158 @@ class ActorSet:
     learner: Any = None
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long idempotent actor calls are retried while an actor restarts (a restart re-imports torch
+    and reloads the model: seconds)."""
+
+    deadline_s: float = 60.0
+    first_delay_s: float = 0.1
+    max_delay_s: float = 2.0
+
+
+# an actor died or is restarting, or an argument it needed was lost with its owner: try again
+_TRANSIENT = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.ActorUnavailableError)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The application error inside a task error, or ``exc`` itself."""
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = getattr(exc, "cause", None)
+        if cause is not None:
+            return cause
+    return exc
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, _TRANSIENT) or isinstance(_unwrap(exc), _TRANSIENT)
+
+
+def _reactor_error(exc: BaseException, what: str) -> BaseException:
+    """What the conductor sees instead of a raw Ray exception."""
+    cause = _unwrap(exc)
+    if isinstance(cause, ReactorError | ValueError | TypeError):
+        return cause
+    if _transient(exc):
+        return RuntimeUnavailableError(f"{what}: an actor is unavailable ({type(cause).__name__})")
+    return RuntimeUnavailableError(f"{what} failed: {type(cause).__name__}: {str(cause)[:500]}")
+
+
 class RayEngine:
     """Calls the runtime's Ray actors. The encoded interaction and the new STM pass between actors
-    through Ray's object store: this process only forwards references."""
+    through Ray's object store: this process only forwards references.
 
-    def __init__(self, actors: ActorSet, weights_version: int = 0) -> None:
+    Faults: idempotent calls (reading a handle or a tensor, the memory update: encode and update are
+    pure, the commit is idempotent on the interaction id) are retried while an actor restarts; an answer
+    is retried only before its first chunk. What still fails is raised as a `ReactorError`.
+    """
+
+    def __init__(self, actors: ActorSet, weights_version: int = 0, retry: RetryPolicy | None = None) -> None:
         self.actors = actors
         self.weights_version = weights_version
+        self.retry = retry or RetryPolicy()
+        self.retries = 0  # transient failures retried so far (for operators and tests)
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]],
+                        on_retry: Callable[[], Awaitable[None]] | None = None) -> T:
+        deadline = time.monotonic() + self.retry.deadline_s
+        delay = self.retry.first_delay_s
+        while True:
+            try:
+                return await call()
+            except ray.exceptions.RayError as exc:
+                if not _transient(exc) or time.monotonic() + delay > deadline:
+                    raise _reactor_error(exc, what) from None
+                self.retries += 1
+                log.warning("engine.retry", call=what, error=type(_unwrap(exc)).__name__, delay_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.retry.max_delay_s)
+            if on_retry is not None:
+                with contextlib.suppress(ray.exceptions.RayError):  # the next attempt fails again
+                    await on_retry()
+
+    async def _once(self, what: str, ref: Awaitable[T]) -> T:
+        """A call that is not safe to repeat: Ray failures only become `ReactorError`s."""
+        try:
+            return await ref
+        except ray.exceptions.RayError as exc:
+            raise _reactor_error(exc, what) from None
 
     async def handle(self, memory_id: str) -> STMHandle:
-        return await self.actors.stm.handle.remote(memory_id)
+        return await self._retrying("reading the STM handle", lambda: self.actors.stm.handle.remote(memory_id))
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[list[int]]:
-        stream = self.actors.decoder.generate.options(num_returns="streaming").remote(request)
-        async for ref in stream:
-            yield await ref
+        started = False
+        deadline = time.monotonic() + self.retry.deadline_s
+        delay = self.retry.first_delay_s
+        while True:
+            try:
+                stream = self.actors.decoder.generate.options(num_returns="streaming").remote(request)
+                async for ref in stream:
+                    chunk = await ref
+                    started = True
+                    yield chunk
+                return
+            except ray.exceptions.RayError as exc:
+                # nothing streamed yet: the request can start again; after a chunk the answer is lost
+                if started or not _transient(exc) or time.monotonic() + delay > deadline:
+                    raise _reactor_error(exc, "generating the answer") from None
+                self.retries += 1
+                log.warning("engine.retry", call="generate", error=type(_unwrap(exc)).__name__, delay_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.retry.max_delay_s)
+            request = await self._same_version(request)
+
+    async def _same_version(self, request: GenerateRequest) -> GenerateRequest:
+        """The request with a fresh handle on the same version (the STM store may have restarted,
+        losing the objects it owned)."""
+        try:
+            fresh = await self.actors.stm.handle.remote(request.handle.memory_id)
+        except ray.exceptions.RayError:
+            return request
+        return dataclasses.replace(request, handle=fresh) if fresh.version == request.handle.version else request
 
     async def update(self, handle: STMHandle, interaction_ids: list[int], interaction: str) -> STMHandle:
-        encoded = self.actors.encoder.encode.remote(interaction_ids)
-        new_stm = self.actors.memory.update.remote(handle.stm, encoded)
-        return await self.actors.stm.commit.remote(handle.memory_id, handle.version, new_stm, interaction)
+        current = handle
+
+        async def attempt() -> STMHandle:
+            if current.version != handle.version:
+                # the memory moved on: this interaction was committed before the failure (the store
+                # then returns that version) or another write won (StaleVersionError)
+                return await self.actors.stm.commit.remote(handle.memory_id, handle.version, current.stm, interaction)
+            encoded = self.actors.encoder.encode.remote(interaction_ids)
+            new_stm = self.actors.memory.update.remote(current.stm, encoded)
+            return await self.actors.stm.commit.remote(handle.memory_id, handle.version, new_stm, interaction)
+
+        async def refresh() -> None:
+            nonlocal current
+            current = await self.actors.stm.handle.remote(handle.memory_id)
+
+        return await self._retrying("updating the memory", attempt, refresh)
 
     async def tensor(self, memory_id: str) -> tuple[int, torch.Tensor]:
-        return await self.actors.stm.tensor.remote(memory_id)
+        return await self._retrying("reading the STM", lambda: self.actors.stm.tensor.remote(memory_id))
 
     async def fork(self, src: str, dst: str) -> STMHandle:
-        return await self.actors.stm.fork.remote(src, dst)
+        return await self._once("forking the memory", self.actors.stm.fork.remote(src, dst))
 
     async def put(self, memory_id: str, stm: torch.Tensor, expected_version: int) -> STMHandle:
-        return await self.actors.stm.commit.remote(memory_id, expected_version, stm, None)
+        return await self._once("importing the memory",
+                                self.actors.stm.commit.remote(memory_id, expected_version, stm, None))
 
     async def stm_at(self, memory_id: str, version: int) -> torch.Tensor | None:
-        handle = await self.actors.stm.handle_at.remote(memory_id, version)
-        return None if handle is None else await handle.stm
+        try:
+            handle = await self.actors.stm.handle_at.remote(memory_id, version)
+            return None if handle is None else await handle.stm
+        except ray.exceptions.RayError as exc:
+            if _transient(exc):
+                return None  # the STM store restarted: old versions are no longer kept
+            raise _reactor_error(exc, "reading an old STM version") from None
 
     async def learn(self, example: LearningExample) -> LearningResult:
         if self.actors.learner is None:
             raise ReactorError("live learning is off in this runtime")
-        return await self.actors.learner.apply.remote(example)
+        return await self._once("live learning", self.actors.learner.apply.remote(example))
 
     async def swap_weights(self) -> int:
         if self.actors.learner is None:

@@ -21,13 +21,15 @@ from reactor_rt.errors import ReactorError, RuntimeUnavailableError
 from reactor_rt.events.ray_bus import RayBus
 from reactor_rt.model import ReactiveTransformer
 
-__all__ = ["ACTOR_NAMES", "launch_actors", "stop_actors"]
+__all__ = ["ACTOR_NAMES", "MODEL_REF", "launch_actors", "stop_actors"]
 
 log = structlog.get_logger()
 
 ACTOR_NAMES = ("decoder", "encoder", "memory", "stm", "learner", "conductor")
 # a crashed actor comes back; its callers retry idempotent calls (DESIGN.md §5 "Faults")
 _RESTARTS = 3
+# key of the pinned constructor arguments (ObjectRefs) in the actors dict: not an actor, never killed
+MODEL_REF = "model_ref"
 
 
 def _options(name: str, namespace: str, **extra: Any) -> dict[str, Any]:
@@ -57,17 +59,20 @@ async def launch_actors(model: ReactiveTransformer, *, store: str, namespace: st
     first query."""
     _refuse_if_running(namespace)
     model_ref = ray.put(model)
+    # Ray re-runs a crashed actor's constructor with the same arguments: objects passed by reference
+    # must outlive this call, or every restart fails (ray-project/ray#53727). The facade holds them.
     with torch.no_grad():
-        initial = model.init_stm(batch_size=1)[0].clone()
+        initial_ref = ray.put(model.init_stm(batch_size=1)[0].clone())  # > Ray's inline size: pinned too
     actors: dict[str, Any] = {}
     bus: RayBus | None = None
     try:
         # all processes start at once (each imports torch: seconds); the conductor only needs handles
+        actors[MODEL_REF] = (model_ref, initial_ref)
         actors["decoder"] = DecoderActor.options(**_options("decoder", namespace)).remote(
             model_ref, capacity=decoder_capacity, threads=decoder_threads)
         actors["encoder"] = EncoderActor.options(**_options("encoder", namespace)).remote(model_ref)
         actors["memory"] = MemoryUpdaterActor.options(**_options("memory", namespace)).remote(model_ref)
-        actors["stm"] = STMStoreActor.options(**_options("stm", namespace)).remote(store, initial)
+        actors["stm"] = STMStoreActor.options(**_options("stm", namespace)).remote(store, initial_ref)
         if learning is not None:
             actors["learner"] = LearnerActor.options(**_options("learner", namespace)).remote(
                 model_ref, save_dir=weights_dir, **learning)
@@ -78,7 +83,7 @@ async def launch_actors(model: ReactiveTransformer, *, store: str, namespace: st
             model_actors, model.tokenizer, model.config,
             ConductorConfig(max_queue=max_queue, max_new_tokens=max_new_tokens), event_log)
         bus = RayBus(actors["conductor"])
-        await asyncio.gather(*(actor.ping.remote() for actor in actors.values()))
+        await asyncio.gather(*(actor.ping.remote() for name, actor in actors.items() if name != MODEL_REF))
         await actors["conductor"].sync_weights.remote()  # what was learned before a restart
         await actors["conductor"].start.remote()
     except BaseException as exc:
@@ -110,6 +115,8 @@ async def stop_actors(actors: dict[str, Any], bus: Any | None) -> None:
         except Exception:
             log.warning("reactor.bus_close_failed")
     for name, actor in actors.items():
+        if name == MODEL_REF:
+            continue
         try:
             ray.kill(actor, no_restart=True)
         except Exception:

@@ -52,7 +52,12 @@ class STMRegistry:
             # a retry of an interaction already applied: nothing is written; serve what is stored
             self.forget(memory_id)
             return self.load(memory_id)
-        version = self.store.save(memory_id, stm, expected_version=expected_version, interaction=interaction)
+        try:
+            version = self.store.save(memory_id, stm, expected_version=expected_version, interaction=interaction)
+        except Exception:
+            # the write may have landed with its answer lost: the cache must not hide what is stored
+            self.forget(memory_id)
+            raise
         current = (version, stm.detach().clone())
         with self._lock:
             self._current[memory_id] = current

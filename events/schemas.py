@@ -127,6 +127,7 @@ class MemoryUpdatingData(EventData):
 
     memory: str
     from_version: int
+    input_ids: list[int] | None = None  # the encoder's input: replayed when a crash loses the update
 
 
 class MemoryUpdatedData(EventData):
