@@ -79,8 +79,10 @@ class RxTConfig(BaseModel):
     moe_shared_bias: bool = False  # biases inside the shared expert
     moe_global_bias: bool = False  # one learned bias added to the routed experts' sum
     moe_shared_global_bias: bool = False  # one learned bias added to the shared expert's output
-    moe_weighted_shared: bool = False  # scale routed by k/(k+1) and shared by 1/(k+1)
+    moe_weighted_shared: bool = False  # scale routed by k/(k+S) and shared by S/(k+S), S shared experts
     moe_expert_bias: bool = False  # biases inside every routed expert
+    moe_shared_count: int = Field(1, ge=1)  # shared experts (with moe_shared_expert); >1: softmax-mixed
+    moe_router_bf16: bool = False  # route in bfloat16 (a reference trained with a bf16 router)
     tied_head: bool = True  # False: an own output projection (with bias) instead of the embedding
     final_norm: bool = True  # RMS norm before the output head
     # decoder layers without memory cross-attention, before / after the memory layers

@@ -102,6 +102,8 @@ class MoE(nn.Module):
         shared_global_bias: bool = False,
         weighted_shared: bool = False,
         expert_bias: bool = False,
+        shared_count: int = 1,
+        router_bf16: bool = False,
     ) -> None:
         super().__init__()
         self.experts, self.top_k, self.ff_dim = experts, top_k, ff_dim
@@ -111,12 +113,23 @@ class MoE(nn.Module):
         self.w_gate_up = nn.Parameter(torch.randn(dim, experts, 2 * ff_dim) / math.sqrt(dim))
         self.w_down = nn.Parameter(torch.randn(experts, ff_dim, dim) / math.sqrt(ff_dim))
         self.shared = (
-            SwiGLU(dim, shared_ff_dim or ff_dim, activation, shared_bias) if shared_expert else None
+            SwiGLU(dim, shared_ff_dim or ff_dim, activation, shared_bias)
+            if shared_expert and shared_count == 1 else None
         )
-        # imported checkpoints: learned output biases, and routed/shared outputs weighted k:1
+        # several shared experts (imported checkpoints): mixed by a softmax gate over them
+        self.shared_experts: nn.ModuleList | None = None
+        if shared_expert and shared_count > 1:
+            self.shared_experts = nn.ModuleList(
+                SwiGLU(dim, shared_ff_dim or ff_dim, activation, shared_bias) for _ in range(shared_count)
+            )
+            self.shared_gate = nn.Linear(dim, shared_count, bias=False)
+        self.n_shared = shared_count if shared_expert else 0
+        # imported checkpoints: learned output biases, and routed/shared outputs weighted k:S
         self.global_bias = nn.Parameter(torch.zeros(dim)) if global_bias else None
         self.shared_global_bias = nn.Parameter(torch.zeros(dim)) if shared_expert and shared_global_bias else None
         self.weighted_shared = weighted_shared and shared_expert
+        # route in bfloat16 like a reference trained with a bf16 router (expert choices follow its rounding)
+        self.router_bf16 = router_bf16
         # per-expert biases (imported checkpoints); None keeps the bias-free native experts
         self.b_gate_up = nn.Parameter(torch.zeros(experts, 2 * ff_dim)) if expert_bias else None
         self.b_down = nn.Parameter(torch.zeros(experts, dim)) if expert_bias else None
@@ -126,6 +139,10 @@ class MoE(nn.Module):
 
         softmax over the top-k logits equals the full softmax renormalised over the chosen experts.
         """
+        if self.router_bf16:
+            logits = F.linear(x.bfloat16(), self.router.weight.bfloat16())
+            top, idx = logits.softmax(dim=-1).topk(self.top_k, dim=-1)
+            return logits.to(x.dtype), (top / (top.sum(-1, keepdim=True) + 1e-9)).to(x.dtype), idx
         logits = self.router(x)
         top, idx = logits.topk(self.top_k, dim=-1)
         return logits, top.softmax(dim=-1), idx
@@ -142,14 +159,19 @@ class MoE(nn.Module):
         else:
             y = self._sparse(flat, weights, idx)
         if self.weighted_shared:
-            y = y * (self.top_k / (self.top_k + 1))
+            y = y * (self.top_k / (self.top_k + self.n_shared))
         if self.global_bias is not None:
             y = y + self.global_bias
+        s: Tensor | None = None
         if self.shared is not None:
             s = self.shared(flat)
+        elif self.shared_experts is not None:
+            mix = self.shared_gate(flat).softmax(dim=-1)  # (N, S)
+            s = sum(mix[:, i : i + 1] * expert(flat) for i, expert in enumerate(self.shared_experts))
+        if s is not None:
             if self.shared_global_bias is not None:
                 s = s + self.shared_global_bias
-            y = y + (s / (self.top_k + 1) if self.weighted_shared else s)
+            y = y + (s * (self.n_shared / (self.top_k + self.n_shared)) if self.weighted_shared else s)
         aux = None
         if need_aux:
             probs = logits.float().softmax(dim=-1)

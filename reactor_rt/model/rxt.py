@@ -62,6 +62,7 @@ class DecoderLayer(nn.Module):
                 activation=c.ffn_activation, shared_ff_dim=c.moe_shared_ff_dim, shared_bias=c.moe_shared_bias,
                 global_bias=c.moe_global_bias, shared_global_bias=c.moe_shared_global_bias,
                 weighted_shared=c.moe_weighted_shared, expert_bias=c.moe_expert_bias,
+                shared_count=c.moe_shared_count, router_bf16=c.moe_router_bf16,
             )
         else:
             ff_dim = c.ff_dim if stateless is None else (c.stateless_ff_dim or c.ff_dim)

@@ -112,8 +112,8 @@ def _component_problems(c: dict[str, Any], where: str, problems: list[str]) -> N
             problems.append(f"{where}.vectorized_moe_from_legacy=true (two expert layouts at once)")
         if c["moe_bias_mode"] not in ("global", "local", "off"):
             problems.append(f"{where}.moe_bias_mode={c['moe_bias_mode']!r}")
-        if c["num_shared_experts"] > 1:
-            problems.append(f"{where}.num_shared_experts={c['num_shared_experts']} (at most 1 is supported)")
+        if c["router_amp"] and c.get("router_dtype", "float32") == "float16":
+            problems.append(f"{where}: router_amp with router_dtype='float16'")
 
 
 def map_config(raw: dict[str, Any], tensor_names: Iterable[str] = ()) -> tuple[RxTConfig, ImportPlan]:
@@ -151,8 +151,6 @@ def map_config(raw: dict[str, Any], tensor_names: Iterable[str] = ()) -> tuple[R
         problems.append("decoder and encoder vocab_size differ (they share one embedding)")
     if dec["use_attention_output_bias"] != enc["use_attention_output_bias"]:
         problems.append("decoder and encoder differ in use_attention_output_bias")
-    if dec["router_amp"]:
-        notes.append("router_amp ignored: routing runs in float32")
 
     variant = raw.get("memory_attention_variant", "interlayer")
     if variant == "grouped-self-interlayer":
@@ -196,7 +194,9 @@ def map_config(raw: dict[str, Any], tensor_names: Iterable[str] = ()) -> tuple[R
         query_heads=sq, kv_heads=skv, ff_dim=dec["ff_dim"],
         moe_experts=dec["num_experts"] if dec["use_moe"] else 0,
         moe_top_k=dec["moe_top_k"] if dec["use_moe"] else 1,
-        moe_shared_expert=bool(dec["use_moe"] and dec["num_shared_experts"] == 1),
+        moe_shared_expert=bool(dec["use_moe"] and dec["num_shared_experts"] >= 1),
+        moe_shared_count=max(1, int(dec["num_shared_experts"])),
+        moe_router_bf16=bool(dec["use_moe"] and dec["router_amp"] and dec.get("router_dtype") == "bfloat16"),
         stm_slots=dec["stm_size"], memory_attention="gated-self-interlayer", residual_gate=gate,
         gate_per_slot=bool(mem["residual_per_slot_gate"]), max_seq_len=seq_len,
         max_query_tokens=max(1, seq_len // 2), rope_theta=float(dec["rope_base"]), norm_eps=TORCH_RMS_EPS,

@@ -97,15 +97,32 @@ def _moe(src: _Source, out: dict[str, Tensor], dst: str, ref: str, c: RxTConfig,
             out[f"{dst}.b_down"] = src.get(f"{ref}.b2")
     out[f"{dst}.w_gate_up"] = _swap_halves(w1, dim=2).permute(1, 0, 2).contiguous()
     out[f"{dst}.w_down"] = w2.contiguous()
-    if c.moe_shared_expert and legacy:
-        _dense_ffn(src, out, f"{dst}.shared", f"{ref}.shared_experts.0", True)
-        return
     if c.moe_global_bias:
         out[f"{dst}.global_bias"] = src.get(f"{ref}.global_bias")
-    if c.moe_shared_expert:
+    if not c.moe_shared_expert:
+        return
+    n = c.moe_shared_count
+    if n > 1:  # several shared experts, mixed by a softmax gate
+        out[f"{dst}.shared_gate.weight"] = src.get(f"{ref}.shared_expert_gate.weight")
+    if legacy:
+        if n == 1:
+            _dense_ffn(src, out, f"{dst}.shared", f"{ref}.shared_experts.0", True)
+        for s in range(n if n > 1 else 0):
+            _dense_ffn(src, out, f"{dst}.shared_experts.{s}", f"{ref}.shared_experts.{s}", True)
+        return
+    if n == 1:
         _dense_ffn(src, out, f"{dst}.shared", f"{ref}.shared_expert", c.moe_shared_bias)
-        if c.moe_shared_global_bias:
-            out[f"{dst}.shared_global_bias"] = src.get(f"{ref}.shared_experts_bias")
+    else:  # stacked (S, D, 2F) / (S, F, D) tensors
+        w1, w2 = src.get(f"{ref}.shared_w1"), src.get(f"{ref}.shared_w2")
+        for s in range(n):
+            e = f"{dst}.shared_experts.{s}"
+            out[f"{e}.gate_up.weight"] = _swap_halves(w1[s].T.contiguous())
+            out[f"{e}.down.weight"] = w2[s].T.contiguous()
+            if c.moe_shared_bias:
+                out[f"{e}.gate_up.bias"] = _swap_halves(src.get(f"{ref}.shared_b1")[s])
+                out[f"{e}.down.bias"] = src.get(f"{ref}.shared_b2")[s]
+    if c.moe_shared_global_bias:
+        out[f"{dst}.shared_global_bias"] = src.get(f"{ref}.shared_experts_bias")
 
 
 def _decoder_layer(src: _Source, out: dict[str, Tensor], dst: str, ref: str, c: RxTConfig, moe: bool,

@@ -115,8 +115,11 @@ def rxlm_tensors(cfg: dict[str, Any], seed: int = 0, embedding_name: str = "deco
             w.add(f"{prefix}.ff.router.gate.weight", e, DIM)
             for k in range(e):
                 w.gated_ffn(f"{prefix}.ff.experts.{k}", ff, True)
-            if c.get("num_shared_experts", 1) == 1:
-                w.gated_ffn(f"{prefix}.ff.shared_experts.0", ff, True)
+            shared = c.get("num_shared_experts", 1)
+            for k in range(shared):
+                w.gated_ffn(f"{prefix}.ff.shared_experts.{k}", ff, True)
+            if shared > 1:
+                w.add(f"{prefix}.ff.shared_expert_gate.weight", shared, DIM)
         elif ffn == "moe":
             e, ff = c["num_experts"], c["ff_dim"]
             w.add(f"{prefix}.ff.router.gate.weight", e, DIM)
@@ -127,11 +130,19 @@ def rxlm_tensors(cfg: dict[str, Any], seed: int = 0, embedding_name: str = "deco
                 w.add(f"{prefix}.ff.b2", e, DIM)
             if c.get("moe_bias_mode", "global") == "global":
                 w.add(f"{prefix}.ff.global_bias", DIM)
-            if c.get("num_shared_experts", 1) == 1:
-                shared_bias = c.get("moe_shared_experts_bias_mode", "local")
-                w.gated_ffn(f"{prefix}.ff.shared_expert", c.get("shared_expert_dim") or ff, shared_bias == "local")
-                if shared_bias == "global":
-                    w.add(f"{prefix}.ff.shared_experts_bias", DIM)
+            shared, sff = c.get("num_shared_experts", 1), c.get("shared_expert_dim") or ff
+            shared_bias = c.get("moe_shared_experts_bias_mode", "local")
+            if shared == 1:
+                w.gated_ffn(f"{prefix}.ff.shared_expert", sff, shared_bias == "local")
+            elif shared > 1:
+                w.add(f"{prefix}.ff.shared_w1", shared, DIM, 2 * sff)
+                w.add(f"{prefix}.ff.shared_w2", shared, sff, DIM)
+                w.add(f"{prefix}.ff.shared_expert_gate.weight", shared, DIM)
+                if shared_bias == "local":
+                    w.add(f"{prefix}.ff.shared_b1", shared, 2 * sff)
+                    w.add(f"{prefix}.ff.shared_b2", shared, DIM)
+            if shared and shared_bias == "global":
+                w.add(f"{prefix}.ff.shared_experts_bias", DIM)
         else:
             ff = c["ff_dim"] if ffn == "dense" else c.get("dense_layer_dim", 1536)
             w.gated_ffn(f"{prefix}.ff", ff, True)

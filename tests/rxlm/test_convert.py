@@ -234,6 +234,49 @@ def test_option_mapping(tmp_path: Path, decoder: dict, mem: dict, expected: dict
         assert model.generate(ids, stm, max_new_tokens=3).shape[0] == 1
 
 
+@pytest.mark.parametrize(("layout", "bias"), [("stacked", "local"), ("stacked", "global"), ("legacy", "local")])
+def test_several_shared_experts(tmp_path: Path, layout: str, bias: str) -> None:
+    """Shared experts mixed by softmax(shared_expert_gate(x)), plus the routed experts."""
+    decoder = {"num_shared_experts": 2, "moe_shared_experts_bias_mode": bias, "moe_bias_mode": "off",
+               "router_amp": True, "router_dtype": "bfloat16"}
+    if layout == "legacy":
+        decoder["use_vectorized_moe"] = False
+    cfg = rxlm_config(decoder=decoder)
+    tensors = rxlm_tensors(cfg)
+    model = load_rxlm(write_checkpoint(tmp_path, cfg, tensors))
+    assert (model.config.moe_shared_count, model.config.moe_router_bf16) == (2, True)
+    p = "decoder.model.layers.1.ff"
+    if layout == "legacy":
+        names = ("fc1.linear.weight", "fc1.linear.bias", "fc2.weight", "fc2.bias")
+        experts = [tuple(tensors[f"{p}.experts.{e}.{n}"] for n in names) for e in range(3)]
+        shared = [tuple(tensors[f"{p}.shared_experts.{k}.{n}"] for n in names) for k in range(2)]
+    else:
+        experts = [(tensors[f"{p}.w1"][e].T, None, tensors[f"{p}.w2"][e].T, None) for e in range(3)]
+        local = bias == "local"
+        shared = [(tensors[f"{p}.shared_w1"][k].T, tensors[f"{p}.shared_b1"][k] if local else None,
+                   tensors[f"{p}.shared_w2"][k].T, tensors[f"{p}.shared_b2"][k] if local else None) for k in range(2)]
+    x = torch.randn(6, DIM)
+    with torch.no_grad():
+        # routing in bf16 as the reference's autocast router does
+        probs = F.softmax(F.linear(x.bfloat16(), tensors[f"{p}.router.gate.weight"].bfloat16()), dim=-1)
+        top, idx = probs.topk(2, dim=-1)
+        top = (top / (top.sum(-1, keepdim=True) + 1e-9)).float()
+        expected = torch.zeros_like(x)
+        for n in range(6):
+            for j in range(2):
+                w1, b1, w2, b2 = experts[int(idx[n, j])]
+                lin, g = F.linear(x[n], w1, b1).chunk(2)
+                expected[n] += top[n, j] * F.linear(lin * F.silu(g), w2, b2)
+        mix = F.softmax(x @ tensors[f"{p}.shared_expert_gate.weight"].T, dim=-1)
+        for k, (w1, b1, w2, b2) in enumerate(shared):
+            lin, g = F.linear(x, w1, b1).chunk(2, dim=-1)
+            expected += mix[:, k : k + 1] * F.linear(lin * F.silu(g), w2, b2)
+        if bias == "global" and layout == "stacked":
+            expected += tensors[f"{p}.shared_experts_bias"]
+        got, _ = model.decoder_layers[1].ffn(x, need_aux=False)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_interlayer_variant_is_mapped_to_what_the_reference_builds() -> None:
     config, plan = map_config(rxlm_config(variant="interlayer"))
     assert config.memory_attention == "gated-self-interlayer"
@@ -271,7 +314,7 @@ def test_encoder_cross_attention_weights_are_ignored(tmp_path: Path) -> None:
         ({"use_rms_norm": False}, {}, {}, "self-interlayer", "use_rms_norm=false"),
         ({"use_gated_attention": True, "gated_attention_activation": "softmax"}, {}, {}, "self-interlayer",
          "gated_attention_activation='softmax'"),
-        ({"num_shared_experts": 2}, {}, {}, "self-interlayer", "num_shared_experts=2"),
+        ({"router_amp": True, "router_dtype": "float16"}, {}, {}, "self-interlayer", "router_dtype='float16'"),
         ({"use_vectorized_moe": True, "vectorized_moe_from_legacy": True}, {}, {}, "self-interlayer",
          "vectorized_moe_from_legacy"),
         ({"use_head_norm": True}, {}, {}, "self-interlayer", "head_norm_type='layer_norm'"),

@@ -13,7 +13,7 @@ IMPORT_LIKE = dict(
     moe_shared_expert=True, stm_slots=5, max_seq_len=64, max_query_tokens=32, cross_query_heads=2,
     cross_kv_heads=1, encoder_query_heads=2, encoder_kv_heads=2, memory_query_heads=4, memory_kv_heads=1,
     memory_pre_query_heads=2, memory_pre_kv_heads=2, attn_out_bias=True, ffn_bias=True, ffn_activation="gelu",
-    moe_expert_bias=True, moe_global_bias=True, moe_shared_bias=True, moe_weighted_shared=True,
+    moe_expert_bias=True, moe_global_bias=True, moe_shared_bias=True, moe_weighted_shared=True, moe_shared_count=2,
     tied_head=False, final_norm=False, stateless_layers=("dense", "moe"), final_stateless_layers=("moe",),
     stateless_ff_dim=20, memory_update="staged", memory_attn_out_bias=True, residual_gate="linear",
     gate_activation="tanh", gate_slot_status="linear", attn_gate="sigmoid", cross_attn_gate="silu",
