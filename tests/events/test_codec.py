@@ -93,7 +93,7 @@ def test_decode_rejects_non_bytes():
 # ---------------------------------------------------------------- fuzzing: only ReactorError escapes
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=512))
 def test_decode_arbitrary_bytes_raises_only_reactor_errors(raw):
     try:
@@ -118,7 +118,7 @@ FIELDS = sorted(GOOD)
 DATA_FIELDS = sorted(GOOD["data"])
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     top=st.dictionaries(st.sampled_from([*FIELDS, "extra"]), msgpack_values, max_size=3),
     data=st.dictionaries(st.sampled_from([*DATA_FIELDS, "extra"]), msgpack_values, max_size=3),
