@@ -58,21 +58,25 @@ def bench_codec(n: int, repeats: int) -> dict[str, float]:
     for name, events in (("chunk", chunk_events(n)), ("done", done_events(n))):
         frames = [codec.encode(ev) for ev in events]
 
-        def encode_all(events: list[Event] = events) -> float:
-            t = time.perf_counter()
+        def encode_all(events: list[Event] = events, clock: Callable[[], float] = time.perf_counter) -> float:
+            t = clock()
             for ev in events:
                 codec.encode(ev)
-            return (time.perf_counter() - t) / len(events) * 1e6
+            return (clock() - t) / len(events) * 1e6
 
-        def decode_all(frames: list[bytes] = frames) -> float:
-            t = time.perf_counter()
+        def decode_all(frames: list[bytes] = frames, clock: Callable[[], float] = time.perf_counter) -> float:
+            t = clock()
             for raw in frames:
                 codec.decode(raw)
-            return (time.perf_counter() - t) / len(frames) * 1e6
+            return (clock() - t) / len(frames) * 1e6
 
         enc, dec = best_of(repeats, encode_all), best_of(repeats, decode_all)
         out[f"{name}_encode_us"], out[f"{name}_decode_us"] = enc, dec
         out[f"{name}_round_trip_us"] = enc + dec
+        # CPU time of this thread: what the codec costs, whatever else the (shared) machine runs
+        out[f"{name}_round_trip_cpu_us"] = best_of(repeats, lambda e=events: encode_all(e, time.thread_time)) + best_of(
+            repeats, lambda f=frames: decode_all(f, time.thread_time)
+        )
         out[f"{name}_frame_bytes"] = sum(map(len, frames)) / len(frames)
     return out
 
@@ -109,11 +113,15 @@ async def pump(bus: Any, events: list[Event], subscribers: int, batch: int, subj
 
 async def bench_inprocess(n: int, repeats: int, subscribers: int, batch: int) -> dict[str, float]:
     out: dict[str, float] = {}
-    rates = []
+    rates, cpu_rates = [], []
     for r in range(repeats):
+        events = chunk_events(n, f"c{r}")
         async with InProcessBus(buffer=4096) as bus:
-            rates.append(await pump(bus, chunk_events(n, f"c{r}"), subscribers, batch, f"c{r}"))
+            cpu = time.process_time()
+            rates.append(await pump(bus, events, subscribers, batch, f"c{r}"))
+            cpu_rates.append(n / (time.process_time() - cpu))  # one process: events per CPU-second
     out["inprocess_chunks_batched"] = max(rates)
+    out["inprocess_chunks_batched_cpu"] = max(cpu_rates)
     async with InProcessBus(buffer=4096) as bus:
         out["inprocess_chunks_single"] = await pump(bus, chunk_events(n // 2, "s"), subscribers, 1, "s")
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None)
     args = parser.parse_args(argv)
     n_codec, n_bus, repeats = (5_000, 20_000, 2) if args.quick else (50_000, 100_000, 3)
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (wall-clock figures drop under load)")
     repeats = args.repeats or repeats
 
     codec_figs = bench_codec(n_codec, repeats)
@@ -173,21 +182,33 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  {name:5s}: encode {codec_figs[f'{name}_encode_us']:5.2f} µs + decode "
             f"{codec_figs[f'{name}_decode_us']:5.2f} µs = round trip {codec_figs[f'{name}_round_trip_us']:5.2f} "
-            f"µs/event  ({codec_figs[f'{name}_frame_bytes']:.0f} B/frame)"
+            f"µs/event  (CPU {codec_figs[f'{name}_round_trip_cpu_us']:5.2f} µs; "
+            f"{codec_figs[f'{name}_frame_bytes']:.0f} B/frame)"
         )
     worst = max(codec_figs["chunk_round_trip_us"], codec_figs["done_round_trip_us"])
-    print(f"  goal <= {GOAL_CODEC_US:.0f} µs: {'met' if worst <= GOAL_CODEC_US else 'MISSED'}")
+    worst_cpu = max(codec_figs["chunk_round_trip_cpu_us"], codec_figs["done_round_trip_cpu_us"])
+    print(
+        f"  goal <= {GOAL_CODEC_US:.0f} µs: wall clock {'met' if worst <= GOAL_CODEC_US else 'MISSED'}, "
+        f"CPU time {'met' if worst_cpu <= GOAL_CODEC_US else 'MISSED'}"
+    )
 
     ok = worst <= GOAL_CODEC_US
     subs, batch = args.subscribers, args.batch
     figs = anyio.run(bench_inprocess, n_bus, repeats, subs, batch)
     print(f"InProcessBus (1 publisher, {subs} subscribers, {n_bus} events)")
-    print(f"  chunks, publish_many({batch}):        {figs['inprocess_chunks_batched']:>9,.0f} events/s")
+    print(
+        f"  chunks, publish_many({batch}):        {figs['inprocess_chunks_batched']:>9,.0f} events/s"
+        f"  ({figs['inprocess_chunks_batched_cpu']:,.0f} per CPU-second)"
+    )
     print(f"  chunks, publish() one by one:        {figs['inprocess_chunks_single']:>9,.0f} events/s")
     print(f"  rx.response.done + SQLite log:       {figs['inprocess_durable_logged_batched']:>9,.0f} events/s")
     met = figs["inprocess_chunks_batched"] >= GOAL_INPROCESS
+    met_cpu = figs["inprocess_chunks_batched_cpu"] >= GOAL_INPROCESS
     ok &= met
-    print(f"  goal >= {GOAL_INPROCESS:,} events/s (batched): {'met' if met else 'MISSED'}")
+    print(
+        f"  goal >= {GOAL_INPROCESS:,} events/s (batched): wall clock {'met' if met else 'MISSED'}, "
+        f"per CPU-second {'met' if met_cpu else 'MISSED'}"
+    )
 
     if not args.no_ray:
         rfigs = anyio.run(bench_ray, n_bus, repeats, subs, batch)
