@@ -129,6 +129,19 @@ CONFIGS: dict[str, dict[str, Any]] = {
                                         residual_gate_type="elementwise", use_tanh_residual_gate=False),
         tokenizer_config=BETA_TOKENS, memory_attention_variant="self-interlayer",
     ),
+    # the grouped-self-interlayer memory attention of RxT-Beta (interlayer means per group of layers)
+    "beta-grouped-memory": dict(
+        cls="RxTBeta",
+        decoder_config=_component(num_layers=6, use_moe=True, num_experts=4, moe_top_k=2, num_shared_experts=1,
+                                  att_groups=2, att_query_groups=4, use_attention_output_bias=False),
+        encoder_config=_component(num_layers=6, att_groups=4, att_query_groups=4, use_attention_output_bias=False,
+                                  skip_memory_cross_attention=True),
+        memory_attention_config=_memory(num_layers=6, num_groups=3, att_groups=2, att_query_groups=4,
+                                        interlayer_att_groups=4, interlayer_att_query_groups=4,
+                                        use_gated_residual=True, residual_gate_type="elementwise",
+                                        use_tanh_residual_gate=False),
+        tokenizer_config=BETA_TOKENS, memory_attention_variant="grouped-self-interlayer",
+    ),
     # the legacy MoE layout (one gated FFN module per expert, with biases) of older checkpoints, and
     # per-expert biases in the stacked layout
     "legacy-moe": dict(
@@ -215,7 +228,9 @@ def run_one(name: str, spec: dict[str, Any], workdir: Path, seed: int) -> dict[s
     with torch.no_grad():
         stm0 = model.export_stm_state()  # (L, 1, S, D)
         ref_logits = model(query, action=ref.RxTForwardAction.DECODE)
-        ref_stm = model(interaction, action=ref.RxTForwardAction.UPDATE).clone()
+        # read the STM back rather than the return value: the grouped variant's forward returns None
+        model(interaction, action=ref.RxTForwardAction.UPDATE)
+        ref_stm = model.export_stm_state()
         ref_after = model(follow_up, action=ref.RxTForwardAction.DECODE)
 
     convert(src, out)
@@ -241,7 +256,8 @@ def run_one(name: str, spec: dict[str, Any], workdir: Path, seed: int) -> dict[s
         stm_b = torch.randn(stm0.shape[0], 2, *stm0.shape[2:], generator=g)
         model.set_batch_mode(True, 2)
         model.load_stm_state(stm_b)
-        ref_stm_b = model(batch, attention_mask=mask, action=ref.RxTForwardAction.UPDATE).clone()
+        model(batch, attention_mask=mask, action=ref.RxTForwardAction.UPDATE)
+        ref_stm_b = model.export_stm_state()
         stm_ours_b = stm_b.permute(1, 0, 2, 3).contiguous()
         new_stm_b = ours.update_memory(stm_ours_b, ours.encode(batch, mask.bool()), mask.bool())
     return {

@@ -96,6 +96,9 @@ class RxTConfig(BaseModel):
     gate_activation: Literal["sigmoid", "tanh"] = "sigmoid"  # staged only; tanh: (1+G)*new + (1-G)*old
     gate_slot_status: Literal["mean", "linear"] = "mean"  # staged only: how a slot is summarised
     gate_init: float = 0.0  # staged only: initial static/elementwise gate value
+    # staged only: split the layers into this many consecutive groups, each with its own interlayer
+    # mean; 1 = one mean over all layers
+    memory_groups: int = Field(1, ge=1)
 
     def __init__(self, **data: Any) -> None:
         # pydantic's ValidationError is already a ValueError; re-raise as our ConfigError so callers can
@@ -131,6 +134,10 @@ class RxTConfig(BaseModel):
                 problems.append(f"{name}_query_heads ({hq}) must be <= heads ({self.heads})")
             if hkv > hq or hq % hkv:
                 problems.append(f"{name}_kv_heads ({hkv}) must divide {name}_query_heads ({hq})")
+        if self.layers % self.memory_groups:
+            problems.append(f"memory_groups ({self.memory_groups}) must divide layers ({self.layers})")
+        if self.memory_groups > 1 and self.memory_update != "staged":
+            problems.append("memory_groups > 1 needs memory_update \"staged\"")
         if self.memory_update == "fused" and (
             self.residual_gate == "none" or self.gate_activation != "sigmoid" or self.memory_attn_out_bias
         ):

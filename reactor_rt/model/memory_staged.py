@@ -3,8 +3,8 @@
 Each STM layer goes through two attention stages, each closed by its own residual gate:
 
 1. consolidation (variants other than "simple"): the normalised slots attend to the slots themselves
-   ("self"), to the normalised mean of all layers ("interlayer"), or to a gated mix of both
-   ("gated-self-interlayer"); no positions anywhere;
+   ("self"), to the normalised mean of all layers ("interlayer"; with ``memory_groups`` > 1 the mean
+   of the layer's group), or to a gated mix of both ("gated-self-interlayer"); no positions anywhere;
 2. write: the normalised result attends to the normalised encoded layer, RoPE on the keys only.
 
 The gate here summarises a slot (its mean, or a learned projection) instead of gating each element,
@@ -118,6 +118,7 @@ class StagedMemoryAttention(nn.Module):
         self.uses_mean = config.memory_attention in ("interlayer", "gated-self-interlayer")
         if self.uses_mean:
             self.mean_norm = RMSNorm(config.dim, config.norm_eps)
+        self.groups = config.memory_groups
         self.rope = rope
 
     def forward(self, stm: Tensor, encoded: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -125,7 +126,13 @@ class StagedMemoryAttention(nn.Module):
         if encoded.shape[0] != stm.shape[1] or encoded.shape[1] != stm.shape[0]:
             raise ValueError(f"encoded {tuple(encoded.shape)} does not match stm {tuple(stm.shape)}")
         cis = self.rope.tables(encoded.shape[2])
-        mean = self.mean_norm(stm.mean(1)) if self.uses_mean else None  # (B, S, D), of the old STM
+        per_group = len(self.layers) // self.groups
+        means = None
+        if self.uses_mean:  # (B, G, S, D): normalised mean of each group of layers of the old STM
+            means = self.mean_norm(stm.unflatten(1, (self.groups, per_group)).mean(2))
         attn_mask = None if mask is None else mask.bool()[:, None, None, :]
-        new = [layer(stm[:, i], mean, encoded[i], cis, attn_mask) for i, layer in enumerate(self.layers)]
+        new = [
+            layer(stm[:, i], None if means is None else means[:, i // per_group], encoded[i], cis, attn_mask)
+            for i, layer in enumerate(self.layers)
+        ]
         return torch.stack(new, dim=1)

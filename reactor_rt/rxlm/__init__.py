@@ -7,7 +7,7 @@ An RxLM checkpoint is a directory with ``config.json`` (``decoder_config``, ``en
 for imported models: per-block head counts, biased gated FFNs and their activation, gated attention,
 MoE with one or several (softmax-mixed) shared experts, global or per-expert biases, a bfloat16
 router and the legacy per-module expert layout, an own output head, stateless layers, and the
-staged memory update with RxLM's slot gates.
+staged memory update with RxLM's slot gates and grouped interlayer means.
 
 Reference defects handled (rxlm 0.3.80, checked against its source):
 
@@ -18,14 +18,17 @@ Reference defects handled (rxlm 0.3.80, checked against its source):
 * the memory-attention dispatch of ``RxTAlpha`` builds the *self-interlayer* network (with interlayer
   gates) for ``memory_attention_variant="interlayer"``, not the documented interlayer one: the
   converter maps both to reactor-rt's "gated-self-interlayer" variant in the staged layout, which is
-  what the reference actually runs (and whose weights the file holds);
+  what the reference actually runs (and whose weights the file holds); "grouped-self-interlayer"
+  maps to the same variant with ``memory_groups`` = ``num_groups`` (interlayer means per group);
+* the grouped variant's forward returns None instead of the new STM (no effect on the weights; the
+  parity script reads the STM back instead);
 * ``tokenizer_config`` ids are checked against the tokenizer's special tokens; tokens reactor-rt needs
   and the checkpoint never used (e.g. ``[R]``) are added when the vocabulary has room.
 
 Not supported (UnsupportedCheckpointError names each one): non-gated FFNs, LayerNorm blocks, a
 LayerNorm output head norm, hybrid/linear attention layers, NoPE, reversed SQA, an MoE encoder, a
-float16 router, memory norms other than classic RMS, the grouped-self-interlayer variant, a
-vectorized MoE still carrying its legacy experts, and components that differ in width, heads, STM
+float16 router, memory norms other than classic RMS, a group count that does not divide the layers,
+a vectorized MoE still carrying its legacy experts, and components that differ in width, heads, STM
 size, layer count or RoPE base. Tensors the mapping does not consume are an error too, so an option
 this converter does not know is never dropped silently. The encoder's MLM head is not part of an
 RxLM checkpoint; the converted model gets a fixed-seed one (not used for inference).

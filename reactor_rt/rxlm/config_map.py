@@ -153,8 +153,11 @@ def map_config(raw: dict[str, Any], tensor_names: Iterable[str] = ()) -> tuple[R
         problems.append("decoder and encoder differ in use_attention_output_bias")
 
     variant = raw.get("memory_attention_variant", "interlayer")
+    groups = 1
     if variant == "grouped-self-interlayer":
-        problems.append("memory_attention_variant='grouped-self-interlayer'")
+        groups = int(mem.get("num_groups") or 1)
+        if mem["num_layers"] % groups:
+            problems.append(f"memory_attention_config.num_groups={groups} does not divide num_layers")
     elif variant == "interlayer":
         # reference defect: its dispatch builds the self-interlayer network for "interlayer" too
         notes.append("memory_attention_variant 'interlayer' is built by the reference as self-interlayer")
@@ -218,6 +221,7 @@ def map_config(raw: dict[str, Any], tensor_names: Iterable[str] = ()) -> tuple[R
         stateless_ff_dim=dec["dense_layer_dim"], memory_update="staged", memory_attn_out_bias=True,
         gate_activation="tanh" if mem["use_tanh_residual_gate"] else "sigmoid",
         gate_slot_status=mem["residual_gate_slot_status_type"], gate_init=float(mem["residual_gate_init"]),
+        memory_groups=groups,
     )
     try:
         config = RxTConfig(**fields)

@@ -287,6 +287,23 @@ def test_interlayer_variant_is_mapped_to_what_the_reference_builds() -> None:
     assert map_config(raw)[0].memory_attention == "gated-self-interlayer"
 
 
+def test_grouped_variant_uses_a_mean_per_group(tmp_path: Path) -> None:
+    cfg = rxlm_config(mem={"num_groups": 2}, variant="grouped-self-interlayer")
+    model = load_rxlm(write_checkpoint(tmp_path, cfg))
+    assert (model.config.memory_attention, model.config.memory_groups) == ("gated-self-interlayer", 2)
+    # each layer's consolidation reads only its own group: with one layer per group, changing layer 1 of
+    # the old STM leaves layer 0's update unchanged
+    stm = torch.randn(1, LAYERS, SLOTS, DIM)
+    encoded = torch.randn(LAYERS, 1, 5, DIM)
+    other = stm.clone()
+    other[:, 1] += 1.0
+    with torch.no_grad():
+        a, b = model.update_memory(stm, encoded), model.update_memory(other, encoded)
+    torch.testing.assert_close(a[:, 0], b[:, 0])
+    assert not torch.allclose(a[:, 1], b[:, 1])
+    assert map_config(rxlm_config(variant="grouped-self-interlayer"))[0].memory_groups == 1
+
+
 def test_tied_tensors_under_either_name(tmp_path: Path) -> None:
     cfg = rxlm_config()
     tensors = rxlm_tensors(cfg, embedding_name="encoder", stm_name="memory_attention")
@@ -324,7 +341,7 @@ def test_encoder_cross_attention_weights_are_ignored(tmp_path: Path) -> None:
         ({}, {"use_moe": True}, {}, "self-interlayer", "MoE encoder"),
         ({}, {}, {"norm_type": "rms"}, "self-interlayer", "norm_type='rms'"),
         ({}, {}, {"att_type": "gma"}, "self-interlayer", "'gma'"),
-        ({}, {}, {}, "grouped-self-interlayer", "grouped-self-interlayer"),
+        ({}, {}, {"num_groups": 3}, "grouped-self-interlayer", "num_groups=3 does not divide"),
         ({"use_moe": False, "stateless_layers_config": ["moe"]}, {}, {}, "self-interlayer", "dense decoder"),
         ({}, {"embed_dim": 64}, {}, "self-interlayer", "embed_dim differs"),
     ],

@@ -39,11 +39,12 @@ def test_defaults_add_no_parameters() -> None:
     assert "decoder_norm.weight" in names
 
 
-@pytest.mark.parametrize("variant", ["simple", "self", "interlayer", "gated-self-interlayer"])
-def test_cached_generation_matches_the_no_cache_decoder(variant: str) -> None:
+@pytest.mark.parametrize(("variant", "groups"),
+                         [("simple", 1), ("self", 1), ("interlayer", 2), ("gated-self-interlayer", 1)])
+def test_cached_generation_matches_the_no_cache_decoder(variant: str, groups: int) -> None:
     """KV-cache rows of stateless layers sit before/after the memory layers'; memory K/V use the
     cross-attention's own head counts."""
-    model = _model(memory_attention=variant)
+    model = _model(memory_attention=variant, memory_groups=groups)
     prompts = [torch.randint(8, 300, (7,)), torch.randint(8, 300, (4,))]
     stm = model.init_stm(1)
     with torch.no_grad():
@@ -81,7 +82,7 @@ def test_aux_loss_averages_over_moe_layers_only() -> None:
 @pytest.mark.parametrize(
     "changes",
     [dict(residual_gate="none"), dict(gate_activation="tanh"), dict(memory_attn_out_bias=True),
-     dict(cross_kv_heads=3), dict(memory_query_heads=16)],
+     dict(cross_kv_heads=3), dict(memory_query_heads=16), dict(memory_groups=2)],
 )
 def test_invalid_combinations_are_config_errors(changes: dict) -> None:
     with pytest.raises(ConfigError):
