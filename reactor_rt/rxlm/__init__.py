@@ -22,6 +22,9 @@ Reference defects handled (rxlm 0.3.80, checked against its source):
   maps to the same variant with ``memory_groups`` = ``num_groups`` (interlayer means per group);
 * the grouped variant's forward returns None instead of the new STM (no effect on the weights; the
   parity script reads the STM back instead);
+* with ``use_flash_attention`` the reference zeroes padded positions instead of masking them, so
+  padded keys still take attention weight in its encoder and memory attention; reactor-rt masks
+  them. Unpadded inputs (one interaction at a time) give the same results either way;
 * ``tokenizer_config`` ids are checked against the tokenizer's special tokens; tokens reactor-rt needs
   and the checkpoint never used (e.g. ``[R]``) are added when the vocabulary has room.
 
