@@ -113,13 +113,16 @@ def load_rxlm(src_dir: str | Path, tokenizer: str | Path | None = None) -> React
         raise CheckpointError(f"RxLM checkpoint {src}: {exc}") from exc
     fresh = model.state_dict()
     state = map_weights(tensors, config, plan, fresh)
+    del tensors  # what is still needed lives on in `state` (mostly the same storage)
     missing = sorted(set(fresh) - set(state))
     if missing:
         raise UnsupportedCheckpointError(f"RxLM weights give no value for {missing[:8]}")
     wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(fresh[k].shape)}" for k in fresh if state[k].shape != fresh[k].shape]
     if wrong:
         raise CheckpointError("RxLM weights do not match config.json: " + "; ".join(wrong[:5]))
-    model.load_state_dict(state, strict=True)
+    del fresh
+    # assign: the model takes the mapped tensors instead of copying them (one copy of a large model)
+    model.load_state_dict({k: v.contiguous() for k, v in state.items()}, strict=True, assign=True)
     for note in plan.notes:
         log.info("rxlm.import.defect_handled", note=note)
     return model.eval()
