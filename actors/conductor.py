@@ -56,6 +56,10 @@ __all__ = ["Conductor", "ConductorActor", "ConductorActorImpl", "ConductorConfig
 
 log = structlog.get_logger()
 
+# an event's list holds at most this many entries (events.codec's container limit): a longer
+# interaction is not logged for replay, and a crash during its update ends it with rx.error
+_MAX_LOGGED_IDS = 4096
+
 
 @dataclass(frozen=True)
 class ConductorConfig:
@@ -620,7 +624,7 @@ class Conductor:
         # recovered by replaying it (see `recover`)
         await self._publish(MemoryUpdating(subject=subject, source=self.config.source, interaction=interaction,
                                            data={"memory": lane.memory_id, "from_version": handle.version,
-                                                 "input_ids": full}))
+                                                 "input_ids": full if len(full) <= _MAX_LOGGED_IDS else None}))
         update_started = time.perf_counter()
         lane.handle = await self.engine.update(handle, full, interaction)
         await self._publish(MemoryUpdated(
