@@ -1,7 +1,7 @@
 """Which parameters live learning may change, and how a serving model takes the changed ones.
 
-* "decoder" (the default): the decoder layers (self-attention, memory cross-attention, FFN/MoE) and
-  the final decoder norm. The shared embedding is *not* included: it is also the encoder's input and
+* "decoder" (the default): the decoder layers (self-attention, memory cross-attention, FFN/MoE), an
+  imported model's stateless decoder layers and own output head, and the final decoder norm. The shared embedding is *not* included: it is also the encoder's input and
   the tied output head, so changing it would move the encoded interactions under a memory-attention
   network trained on the old ones, and every actor would need every swap. Decoder-only updates touch
   the decoder actor alone.
@@ -26,9 +26,10 @@ ParamSet = Literal["decoder", "memory", "all"]
 PARAM_SETS: tuple[str, ...] = ("decoder", "memory", "all")
 
 _PREFIXES: dict[str, tuple[str, ...]] = {
-    "decoder": ("decoder_layers.", "decoder_norm."),
+    "decoder": ("decoder_layers.", "stateless_layers.", "final_stateless_layers.", "decoder_norm.", "head."),
     "memory": ("memory_attention.",),
-    "all": ("embedding.", "decoder_layers.", "decoder_norm.", "encoder_layers.", "memory_attention."),
+    "all": ("embedding.", "decoder_layers.", "stateless_layers.", "final_stateless_layers.", "decoder_norm.",
+            "head.", "encoder_layers.", "memory_attention."),
 }
 
 
