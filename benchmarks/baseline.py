@@ -149,11 +149,11 @@ class StatelessChat:
     and prefills only what it has not seen (the previous answer's last token and the query).
     """
 
-    def __init__(self, model: StatelessDecoder, mode: Literal["reread", "kv"]) -> None:
+    def __init__(self, model: StatelessDecoder, mode: Literal["reread", "kv"], capacity: int | None = None) -> None:
         if mode not in ("reread", "kv"):
             raise ValueError(f"mode must be 'reread' or 'kv', not {mode!r}")
         self.model, self.mode = model, mode
-        self.cache = model.new_cache()
+        self.cache = model.new_cache(capacity)  # positions; default the model's max_seq_len
         self.history: list[int] = []  # every token of the conversation so far
 
     @torch.inference_mode()

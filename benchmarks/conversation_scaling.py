@@ -11,11 +11,12 @@ disabled, so every system does exactly that work). Systems, measured round-robin
 * stateless, persistent KV cache: prefill only the new tokens, generate the answer over the cached
   history (prefix caching).
 
-The RxT conversation is real: every turn before a sampled one is run (untimed) and the STM carries over.
-The baselines' cost depends only on the history length, so they start each sampled turn from a history
-of random tokens of exactly the length the conversation has reached. A sampled turn is timed
-`repeats` times from the same state (after one untimed round); figures are medians of thread-CPU ms
-(one torch thread), wall ms beside them.
+The RxT conversation is real: every turn is run once (untimed) and the STM before each sampled turn is
+kept. The baselines' cost depends only on the history length, so they start each sampled turn from a
+history of random tokens of exactly the length the conversation has reached. Then `repeats` rounds
+(after one untimed round) each time every sampled turn of every system from its saved state, so load
+drift on the shared machine spreads over all turns and systems alike. Figures are medians of
+thread-CPU ms (one torch thread), wall ms beside them.
 """
 
 from __future__ import annotations
@@ -67,9 +68,9 @@ class RxTChat:
 
 
 def sampled_turns(quick: bool, last: int) -> list[int]:
-    """Turns to time: powers of two (quick), or every turn."""
+    """Turns to time: powers of two (quick), or 1-4 then every 4th turn."""
     if not quick:
-        return list(range(1, last + 1))
+        return sorted({*range(1, min(last, 4) + 1), *range(4, last + 1, 4), last})
     turns, t = [], 1
     while t < last:
         turns.append(t)
@@ -81,57 +82,66 @@ def measure(quick: bool = False, turns: int = 128, query_len: int = 16, answer_l
             repeats: int | None = None, preset: str = "tiny") -> dict[str, Any]:
     """Time the three systems side by side at the sampled turns; returns the figures (ms)."""
     torch.set_num_threads(1)
-    repeats = repeats or 5
+    repeats = repeats or 9
     model = build_rxt(preset)
     per_turn = query_len + answer_len
     base = StatelessDecoder.from_rxt(model, max_seq_len=turns * per_turn + 1)
     rxt = RxTChat(model)
-    reread, kv = StatelessChat(base, "reread"), StatelessChat(base, "kv")
     sample = sampled_turns(quick, turns)
-    samples: dict[str, list[list[Timing]]] = {name: [] for name in SYSTEMS}
-    done = 0  # RxT turns run so far
+    # the state before each sampled turn: RxT's STM from one real conversation (every turn run), the
+    # baselines' histories of random tokens of the length reached
+    stms: dict[int, torch.Tensor] = {}
+    for n in range(1, sample[-1] + 1):
+        if n in sample:
+            stms[n] = rxt.stm
+        if n < sample[-1]:
+            rxt.turn(random_ids(query_len, n + 100_000), answer_len)
+    histories = {n: random_ids((n - 1) * per_turn, 10_000 + n) for n in sample}
+    reread = StatelessChat(base, "reread")
+    kv_chats = {}
     for n in sample:
-        while done < n - 1:  # the real conversation up to the turn before this one
-            rxt.turn(random_ids(query_len, done + 1), answer_len)
-            done += 1
-        history = random_ids((n - 1) * per_turn, 10_000 + n)
-        reread.load_history(history)
-        kv.load_history(history)
-        query = random_ids(query_len, n)
-        stm_before = rxt.stm
-        marks = {"reread": reread.mark(), "kv": kv.mark()}
+        chat = StatelessChat(base, "kv", capacity=(n - 1) * per_turn + query_len + answer_len + 1)
+        chat.load_history(histories[n])
+        kv_chats[n] = (chat, chat.mark())
+    queries = {n: random_ids(query_len, n) for n in sample}
 
-        def run_rxt(stm: torch.Tensor = stm_before, query: torch.Tensor = query) -> dict[str, Timing]:
-            rxt.stm = stm
-            answer, total = rxt.turn(query, answer_len)
-            return {"rxt_answer": answer, "rxt": total}
+    def run_rxt(n: int) -> dict[str, Timing]:
+        rxt.stm = stms[n]
+        answer, total = rxt.turn(queries[n], answer_len)
+        return {"rxt_answer": answer, "rxt": total}
 
-        def run_base(chat: StatelessChat, name: str, query: torch.Tensor = query,
-                     marks: dict[str, tuple[int, int]] = marks) -> dict[str, Timing]:
-            chat.rewind(marks[name])
-            with Clock() as c:
-                chat.turn(query, answer_len)
-            return {name: c.ms}
+    def run_reread(n: int) -> dict[str, Timing]:
+        reread.load_history(histories[n])  # untimed: only sets the token list
+        with Clock() as c:
+            reread.turn(queries[n], answer_len)
+        return {"reread": c.ms}
 
-        runs = [run_rxt, lambda: run_base(reread, "reread"), lambda: run_base(kv, "kv")]
-        for run in runs:  # warm-up round, untimed
-            run()
-        got: dict[str, list[Timing]] = {name: [] for name in SYSTEMS}
-        for _ in range(repeats):  # round-robin
-            for run in runs:
-                for name, t in run().items():
-                    got[name].append(t)
-        for name in SYSTEMS:
-            samples[name].append(got[name])
-        done = n  # the RxT STM now holds turn n (the last repeat's update)
-    med = {name: [median_timing(s) for s in samples[name]] for name in SYSTEMS}
+    def run_kv(n: int) -> dict[str, Timing]:
+        chat, mark = kv_chats[n]
+        chat.rewind(mark)
+        with Clock() as c:
+            chat.turn(queries[n], answer_len)
+        return {"kv": c.ms}
+
+    samples: dict[str, dict[int, list[Timing]]] = {name: {n: [] for n in sample} for name in SYSTEMS}
+    # round-robin over turns and systems alike: a round times every sampled turn of every system, so
+    # load drift during the run spreads over all turns (a turn-N / turn-1 ratio compares like with like)
+    for round_ in range(repeats + 1):  # round 0: warm-up, untimed
+        for n in sample:
+            for run in (run_rxt, run_reread, run_kv):
+                for name, t in run(n).items():
+                    if round_:
+                        samples[name][n].append(t)
+    samples_by_turn = {name: [samples[name][n] for n in sample] for name in SYSTEMS}
+    med = {name: [median_timing(s) for s in samples_by_turn[name]] for name in SYSTEMS}
     cpu = {name: [t.cpu for t in med[name]] for name in SYSTEMS}
     all_turns = np.arange(1, turns + 1)
     # total cost of the whole conversation: the sum over every turn (linear interpolation between the
     # sampled turns in quick mode, where not every turn is timed)
     totals = {name: float(np.interp(all_turns, sample, cpu[name]).sum()) for name in SYSTEMS}
-    ratios = {name: {t: cpu[name][sample.index(t)] / cpu[name][0] for t in RATIO_TURNS if t in sample}
-              for name in SYSTEMS}
+    # turns 8, 32, 128 when sampled; else (a short run) the last turn
+    ratio_turns = [t for t in RATIO_TURNS if t in sample] or sample[-1:]
+    ratios = {name: {t: cpu[name][sample.index(t)] / cpu[name][0] for t in ratio_turns} for name in SYSTEMS}
     return {
         "preset": preset, "quick": quick, "query_len": query_len, "answer_len": answer_len,
         "repeats": repeats, "turns": sample, "last_turn": turns,
@@ -164,9 +174,16 @@ def markdown(r: dict[str, Any]) -> str:
     p = r["params"]
     lines = [
         f"`{r['preset']}` preset, untrained, greedy; {r['query_len']}-token query + {r['answer_len']}-token "
-        f"answer per turn; 1 torch thread; median of {r['repeats']} round-robin runs after a warm-up round. "
+        f"answer per turn; 1 torch thread; median of {r['repeats']} rounds after a warm-up round, each round "
+        "timing every sampled turn of every system (round-robin over turns and systems). "
         f"Parameters: RxT {p['rxt'] / 1e6:.2f}M in all (decoder {p['rxt_decoder'] / 1e6:.2f}M), "
         f"stateless baseline {p['baseline'] / 1e6:.2f}M (RxT's decoder minus memory cross-attention).",
+        "",
+        "RxT turn = memory K/V pre-cache + query prefill + answer + encode + STM update, in a real conversation "
+        "(the STM carries over every turn). Re-reading baseline = prefill history + query, then answer. KV-cache "
+        "baseline = prefill only the new tokens over the cached history (prefix caching), then answer. The "
+        "baselines start each sampled turn from a random history of the length the conversation has reached "
+        "(their cost depends only on that length). Same query at each turn for all systems.",
         "",
         "Per-turn latency, thread-CPU ms (wall ms in brackets):",
         "",
@@ -177,8 +194,8 @@ def markdown(r: dict[str, Any]) -> str:
         cells = [f"{r['cpu_ms'][s][i]:.1f} ({r['wall_ms'][s][i]:.1f})" for s in SYSTEMS]
         lines.append(f"| {n} | {r['history_tokens'][i]} | " + " | ".join(cells) + " |")
     lines += ["", "Ratio turn-N / turn-1 (CPU):", "",
-              "| system | " + " | ".join(f"turn {t}" for t in RATIO_TURNS if t in r["turns"]) + " |",
-              "|---|" + "---:|" * sum(t in r["turns"] for t in RATIO_TURNS)]
+              "| system | " + " | ".join(f"turn {t}" for t in r["ratios"]["rxt"]) + " |",
+              "|---|" + "---:|" * len(r["ratios"]["rxt"])]
     for s, label in SYSTEMS.items():
         lines.append(f"| {label} | " + " | ".join(f"{v:.2f}x" for v in r["ratios"][s].values()) + " |")
     how = "interpolated linearly between the sampled turns" if r["total_interpolated"] else "every turn timed"
