@@ -249,8 +249,11 @@ class RayEngine:
         started = False
         deadline = time.monotonic() + self.retry.deadline_s
         delay = self.retry.first_delay_s
+        retried = False
         while True:
             try:
+                if retried:
+                    await self._resync_weights()
                 stream = self.actors.decoder.generate.options(num_returns="streaming").remote(request)
                 async for ref in stream:
                     chunk = await ref
@@ -266,6 +269,15 @@ class RayEngine:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.retry.max_delay_s)
             request = await self._same_version(request)
+            retried = True
+
+    async def _resync_weights(self) -> None:
+        """A restarted actor comes back with the checkpoint's weights: load the learned ones again."""
+        if self.actors.learner is None or self.weights_version == 0:
+            return
+        version, state = await self.actors.learner.weights_since.remote(0)
+        if state is not None:
+            await push_weights(self.actors, version, state)
 
     async def _same_version(self, request: GenerateRequest) -> GenerateRequest:
         """The request with a fresh handle on the same version (the STM store may have restarted,
@@ -278,8 +290,11 @@ class RayEngine:
 
     async def update(self, handle: STMHandle, interaction_ids: list[int], interaction: str) -> STMHandle:
         current = handle
+        retried = False
 
         async def attempt() -> STMHandle:
+            if retried:
+                await self._resync_weights()
             if current.version != handle.version:
                 # the memory moved on: this interaction was committed before the failure (the store
                 # then returns that version) or another write won (StaleVersionError)
@@ -289,7 +304,8 @@ class RayEngine:
             return await self.actors.stm.commit.remote(handle.memory_id, handle.version, new_stm, interaction)
 
         async def refresh() -> None:
-            nonlocal current
+            nonlocal current, retried
+            retried = True
             current = await self.actors.stm.handle.remote(handle.memory_id)
 
         return await self._retrying("updating the memory", attempt, refresh)

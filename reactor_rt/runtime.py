@@ -109,6 +109,8 @@ class Stream:
                     raise error_for(event.data.code, event.data.message)
                 if event.type == "rx.memory.updated":
                     return
+            # the bus ended the subscription (the runtime stopped): say so rather than end quietly
+            raise RuntimeUnavailableError("the event stream ended before the interaction did (the runtime stopped?)")
         finally:
             await sub.aclose()
 
