@@ -85,10 +85,10 @@ class LocalEngine:
 
     HISTORY = 16  # recent versions kept per memory, as the STM store actor keeps them
 
-    def __init__(self, model: ReactiveTransformer, store: STMStore, capacity: int = 16, chunk_tokens: int = 4,
-                 learner: LearnerCore | None = None) -> None:
+    def __init__(self, model: ReactiveTransformer, store: STMStore, capacity: int = 16,
+                 learner: LearnerCore | None = None, **chunking: Any) -> None:
         self.model = model
-        self.decoder = DecoderService(DecoderCore(model, capacity=capacity), chunk_tokens=chunk_tokens)
+        self.decoder = DecoderService(DecoderCore(model, capacity=capacity), **chunking)
         self.encoder = EncoderCore(model)
         self.updater = MemoryUpdaterCore(model)
         with torch.no_grad():

@@ -13,6 +13,15 @@ from reactor_rt.events.log import EventLog
 from reactor_rt.model import ReactiveTransformer, RxTConfig
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """main() configures structlog for a terminal; leave the library default for the other tests."""
+    yield
+    import structlog
+
+    structlog.reset_defaults()
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)

@@ -79,7 +79,7 @@ def test_cancel_frees_the_row(model):
 
 @pytest.mark.anyio
 async def test_service_streams_the_same_tokens_in_chunks(model):
-    service = DecoderService(DecoderCore(model, capacity=2), chunk_tokens=4)
+    service = DecoderService(DecoderCore(model, capacity=2), chunk_tokens=4, chunk_ms=1e9)  # by count only
     stm = _stm(model, 7)
     prompt = _prompt(7, 6)
 
@@ -104,3 +104,15 @@ async def test_a_failed_request_raises_and_the_service_keeps_serving(model):
         [c async for c in service.generate(GenerateRequest([], STMHandle("m", 0, None), 4), load)]
     ok = [c async for c in service.generate(GenerateRequest([5, 6], STMHandle("m", 0, None), 4), load)]
     assert sum(len(c) for c in ok) >= 1
+
+
+@pytest.mark.anyio
+async def test_service_flushes_by_time(model):
+    service = DecoderService(DecoderCore(model, capacity=2), chunk_tokens=1000, chunk_ms=0.0)
+    stm = _stm(model, 3)
+
+    async def load(handle):
+        return stm
+
+    chunks = [c async for c in service.generate(GenerateRequest(_prompt(3, 5), STMHandle("m", 0, None), 6), load)]
+    assert [len(c) for c in chunks] == [1] * 6  # every step is past the (zero) interval
