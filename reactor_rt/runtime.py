@@ -17,7 +17,7 @@ import torch
 
 from reactor_rt.actors.thoughts import Budget, StopRule
 from reactor_rt.error_codes import error_for
-from reactor_rt.errors import QueryTooLongError, ReactorError, RuntimeUnavailableError
+from reactor_rt.errors import ConfigError, QueryTooLongError, ReactorError, RuntimeUnavailableError
 from reactor_rt.events import Event, LearningFeedback, Query
 from reactor_rt.ids import validate_id
 from reactor_rt.model import ReactiveTransformer, RxTConfig
@@ -395,7 +395,9 @@ class Reactor:
         limit = self.model_config.max_query_tokens * _MAX_CHARS_PER_TOKEN
         if len(text) > limit:
             raise QueryTooLongError(f"the query has {len(text)} characters; at most {limit} can fit the token limit")
-        data: dict[str, Any] = {"text": text, **{k: v for k, v in sampling.items() if v is not None}}
+        overrides = {k: v for k, v in sampling.items() if v is not None}
+        _check_sampling(overrides)
+        data: dict[str, Any] = {"text": text, **overrides}
         return Query(subject=stream_id, source=CLIENT_SOURCE, data=data)
 
     async def _call(self, ref: Any) -> Any:
@@ -411,6 +413,16 @@ class Reactor:
             raise RuntimeUnavailableError(f"the runtime failed: {exc}") from None
         except ray.exceptions.RayError as exc:
             raise RuntimeUnavailableError(f"an actor of the runtime is unavailable: {type(exc).__name__}") from None
+
+
+def _check_sampling(overrides: dict[str, Any]) -> None:
+    """Refuse bad per-query settings here, with a `ConfigError`, rather than in the decoder's batch."""
+    from reactor_rt.model import Sampler
+
+    budget = overrides.get("max_new_tokens")
+    if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
+        raise ConfigError(f"max_new_tokens must be a positive int, not {budget!r}")
+    Sampler(**{k: v for k, v in overrides.items() if k != "max_new_tokens"})  # ConfigError when invalid
 
 
 def _ensure_ray(address: str | None) -> bool:

@@ -12,8 +12,11 @@ import pytest
 import ray
 import ray.exceptions
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from reactor_rt import Reactor, ReactorError
+from reactor_rt import InvalidIdError, QueryTooLongError, Reactor, ReactorError
+from reactor_rt.errors import ConfigError
 from reactor_rt.store import SQLiteSTMStore
 
 pytestmark = [pytest.mark.anyio, pytest.mark.ray]
@@ -88,6 +91,32 @@ async def _check_store(rx, stream_id: str) -> None:
     assert max(e.data.version for e in updated) == stored.version
 
 
+any_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=200)
+fuzz_ids = st.one_of(any_text, st.text(st.sampled_from("./\\\x00\n ~é"), max_size=8), st.integers(0, 300).map(lambda n: "i" * n))
+sampling = st.fixed_dictionaries({}, optional={
+    "max_new_tokens": st.integers(-3, 10**6), "temperature": st.one_of(st.floats(-1, 1e6), st.just(float("nan"))),
+    "top_k": st.integers(-3, 10**6), "top_p": st.one_of(st.floats(-1, 2), st.just(float("nan")))})
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stream_id=fuzz_ids, text=st.one_of(any_text, st.integers(0, 4000).map(lambda n: "日" * n)), options=sampling)
+async def test_fuzzed_public_api_calls_get_an_answer_or_a_typed_error(rx, stream_id, text, options):
+    """Runs first, before any actor is killed: the facade's arguments, fuzzed, over Ray."""
+    FIGURES["fuzzed"] = FIGURES.get("fuzzed", 0) + 1
+    try:
+        stream = await rx.stream(stream_id)
+    except InvalidIdError:
+        assert not (1 <= len(stream_id) <= 256 and stream_id.isprintable())
+        stream = await rx.stream("fuzz-fallback")
+    try:
+        with anyio.fail_after(60):
+            events = [event async for event in stream.ask(text, **options)]
+    except (ConfigError, QueryTooLongError) as exc:  # refused: typed, and nothing was applied
+        assert not isinstance(exc, ray.exceptions.RayError)
+        return
+    assert events[-1].type == "rx.memory.updated"
+
+
 @pytest.mark.parametrize(("actor", "at"), [
     ("decoder", "rx.query"),
     ("stm", "rx.query"),
@@ -96,6 +125,7 @@ async def _check_store(rx, stream_id: str) -> None:
     pytest.param("stm", "rx.response.done", marks=pytest.mark.slow),
     pytest.param("memory", "rx.response.done", marks=pytest.mark.slow),
     pytest.param("conductor", "rx.query", marks=pytest.mark.slow),
+    pytest.param("conductor", "rx.memory.updating", marks=pytest.mark.slow),
 ])
 async def test_killing_an_actor_mid_interaction(rx, actor, at):
     victim, bystander = f"{actor}-{at}-victim", f"{actor}-{at}-bystander"
