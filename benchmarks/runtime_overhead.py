@@ -48,12 +48,12 @@ def build_model() -> ReactiveTransformer:
 
 
 @torch.inference_mode()
-def direct_turns(model: ReactiveTransformer, turns: int, tokens: int) -> tuple[list[float], list[float]]:
-    """(per-turn ms, time-to-first-token ms) of in-process calls: decode with the batch engine, encode,
-    update memory — what the actors do, minus the runtime."""
+def direct_turns(model: ReactiveTransformer, turns: int, tokens: int) -> tuple[list[float], list[float], list[float]]:
+    """(per-turn ms, time-to-first-token ms, answer ms) of in-process calls: decode with the batch engine,
+    encode, update memory — what the actors do, minus the runtime."""
     db = DecodeBatch(model, capacity=1)
     stm = model.init_stm(1)
-    per_turn, ttft = [], []
+    per_turn, ttft, answered = [], [], []
     for i in range(turns):
         prompt = build_prompt(model.tokenizer, PROMPTS[i % len(PROMPTS)])
         t0 = time.perf_counter()
@@ -63,13 +63,16 @@ def direct_turns(model: ReactiveTransformer, turns: int, tokens: int) -> tuple[l
         while db.active:
             answer += [o.token for o in db.step()]
         db.remove(slot)
+        answered.append(1000 * (time.perf_counter() - t0))
         stm = model.update_memory(stm, model.encode(torch.tensor(prompt + answer)[None]))
         per_turn.append(1000 * (time.perf_counter() - t0))
-    return per_turn, ttft
+    return per_turn, ttft, answered
 
 
-async def reactor_turns(rx, stream_id: str, turns: int, tokens: int) -> tuple[list[float], list[float], int]:
-    """(per-turn ms, time-to-first-token ms, tokens) through the Reactor for one stream."""
+async def reactor_turns(rx, stream_id: str, turns: int, tokens: int,
+                        answered: list[float] | None = None) -> tuple[list[float], list[float], int]:
+    """(per-turn ms, time-to-first-token ms, tokens) through the Reactor for one stream; the answer
+    times (query -> rx.response.done) go to ``answered`` when given."""
     stream = await rx.stream(stream_id)
     per_turn, ttft, produced = [], [], 0
     for i in range(turns):
@@ -80,6 +83,8 @@ async def reactor_turns(rx, stream_id: str, turns: int, tokens: int) -> tuple[li
                 first = time.perf_counter()
             if ev.type == "rx.response.done":
                 produced += ev.data.tokens
+                if answered is not None:
+                    answered.append(1000 * (time.perf_counter() - t0))
         per_turn.append(1000 * (time.perf_counter() - t0))
         ttft.append(1000 * ((first or time.perf_counter()) - t0))
     return per_turn, ttft, produced
@@ -104,10 +109,11 @@ async def measure(quick: bool = False, tokens: int = 64) -> dict[str, object]:
     async with Reactor.start(model=model, store="memory://", max_new_tokens=tokens, decoder_capacity=64,
                              learning=False) as rx:
         await reactor_turns(rx, "warmup", 2, tokens)
-        d_turn, d_ttft = direct_turns(model, turns, tokens)
-        r_turn, r_ttft, _ = await reactor_turns(rx, "measure", turns, tokens)
-        d_turn2, d_ttft2 = direct_turns(model, turns, tokens)  # again: the machine may drift
-        d_turn, d_ttft = d_turn + d_turn2, d_ttft + d_ttft2
+        d_turn, d_ttft, d_answer = direct_turns(model, turns, tokens)
+        r_answer: list[float] = []
+        r_turn, r_ttft, _ = await reactor_turns(rx, "measure", turns, tokens, r_answer)
+        d_turn2, d_ttft2, d_answer2 = direct_turns(model, turns, tokens)  # again: the machine may drift
+        d_turn, d_ttft, d_answer = d_turn + d_turn2, d_ttft + d_ttft2, d_answer + d_answer2
         levels = [1, 4, 16] if quick else [1, 4, 16, 64]
         tps = {n: await throughput(rx, n, 2 if quick else 3, tokens, "tput") for n in levels}
     med = statistics.median
@@ -115,6 +121,8 @@ async def measure(quick: bool = False, tokens: int = 64) -> dict[str, object]:
         "tokens": tokens, "turns": turns,
         "direct_turn_ms": med(d_turn), "reactor_turn_ms": med(r_turn),
         "direct_ttft_ms": med(d_ttft), "reactor_ttft_ms": med(r_ttft),
+        "direct_answer_ms": med(d_answer), "reactor_answer_ms": med(r_answer),
+        "answer_overhead": med(r_answer) / med(d_answer),
         "overhead": med(r_turn) / med(d_turn), "extra_ttft_ms": med(r_ttft) - med(d_ttft),
         "tokens_per_s": tps,
     }
@@ -129,6 +137,8 @@ def report(r: dict[str, object]) -> str:
         f"{'':32s} {'direct':>10s} {'Reactor':>10s} {'ratio / extra':>14s}",
         f"{'per turn (answer + update), ms':32s} {r['direct_turn_ms']:10.2f} {r['reactor_turn_ms']:10.2f} "
         f"{r['overhead']:13.3f}x",
+        f"{'answer (query -> done), ms':32s} {r['direct_answer_ms']:10.2f} {r['reactor_answer_ms']:10.2f} "
+        f"{r['answer_overhead']:13.3f}x",
         f"{'time to first token, ms':32s} {r['direct_ttft_ms']:10.2f} {r['reactor_ttft_ms']:10.2f} "
         f"{r['extra_ttft_ms']:+13.2f}ms",
         f"  goal per-turn overhead <= 15 %: {'met' if r['overhead'] <= 1.15 else 'NOT met'} "  # type: ignore[operator]

@@ -86,6 +86,8 @@ def _runtime(quick: bool, plots: Path) -> tuple[str, list[Goal]]:
         "|---|---:|---:|---:|",
         f"| per turn (answer + memory update), wall ms | {r['direct_turn_ms']:.2f} | {r['reactor_turn_ms']:.2f} | "
         f"{r['overhead']:.2f}x |",
+        f"| answer (query -> rx.response.done), wall ms | {r['direct_answer_ms']:.2f} | "
+        f"{r['reactor_answer_ms']:.2f} | {r['answer_overhead']:.2f}x |",
         f"| time to first token, wall ms | {r['direct_ttft_ms']:.2f} | {r['reactor_ttft_ms']:.2f} | "
         f"{r['extra_ttft_ms']:+.2f} ms |",
         "",
