@@ -1,0 +1,156 @@
+"""The Ray engine's fault handling without Ray processes: transient actor failures are retried within the
+deadline, application errors are not, and what finally fails is a ReactorError, never a Ray exception."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import ray.exceptions as rex
+
+from reactor_rt.actors.engine import ActorSet, RayEngine, RetryPolicy
+from reactor_rt.actors.handles import GenerateRequest, STMHandle
+from reactor_rt.errors import RuntimeUnavailableError, StaleVersionError
+
+pytestmark = pytest.mark.anyio
+FAST = RetryPolicy(deadline_s=1.0, first_delay_s=0.001, max_delay_s=0.01)
+
+
+class Method:
+    """Stands in for an actor method: ``.remote(...)`` returns an awaitable; fails as scripted first."""
+
+    def __init__(self, result, failures=()):
+        self.result = result
+        self.failures = list(failures)
+        self.calls = 0
+        self.args: list[tuple] = []
+
+    def remote(self, *args, **kwargs):
+        self.calls += 1
+        self.args.append(args)
+        failure = self.failures.pop(0) if self.failures else None
+
+        async def run():
+            if failure is not None:
+                raise failure
+            return self.result(*args) if callable(self.result) else self.result
+
+        return Ref(run)
+
+
+class Ref:
+    """Like an ObjectRef: it may be passed along and never awaited (the coroutine starts on await)."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def __await__(self):
+        return self.run().__await__()
+
+
+def unavailable():
+    return rex.ActorUnavailableError("the actor is restarting", None)
+
+
+def engine(**stm_methods) -> RayEngine:
+    stm = SimpleNamespace(**stm_methods)
+    return RayEngine(ActorSet(decoder=None, encoder=None, memory=None, stm=stm), retry=FAST)
+
+
+async def test_a_restarting_actor_is_retried_until_it_answers():
+    handle = STMHandle("m", 3, object())
+    method = Method(handle, [unavailable(), rex.ActorDiedError(), unavailable()])
+    eng = engine(handle=method)
+    assert await eng.handle("m") is handle
+    assert method.calls == 4 and eng.retries == 3
+
+
+async def test_an_actor_that_stays_down_becomes_runtime_unavailable():
+    method = Method(None, [unavailable()] * 10_000)
+    with pytest.raises(RuntimeUnavailableError) as info:
+        await engine(tensor=method).tensor("m")
+    assert not isinstance(info.value, rex.RayError)
+
+
+async def test_an_application_error_is_raised_at_once_as_itself():
+    stale = StaleVersionError("stale write")
+    method = Method(None, [rex.RayTaskError("commit", "tb", stale).as_instanceof_cause()])
+    with pytest.raises(StaleVersionError):
+        await engine(handle=method).handle("m")
+    assert method.calls == 1
+
+
+async def test_an_unexpected_actor_exception_is_not_retried_and_not_raw():
+    method = Method(None, [rex.RayTaskError("handle", "tb", KeyError("boom")).as_instanceof_cause()])
+    with pytest.raises(RuntimeUnavailableError):
+        await engine(handle=method).handle("m")
+    assert method.calls == 1
+
+
+async def test_the_update_retries_with_a_fresh_handle_and_is_idempotent():
+    old = STMHandle("m", 2, "lost-ref")
+    fresh = STMHandle("m", 2, "fresh-ref")
+    committed = STMHandle("m", 3, "new-ref")
+    encoder = SimpleNamespace(encode=Method("encoded"))
+    memory = SimpleNamespace(update=Method("new-stm"))
+    stm = SimpleNamespace(handle=Method(fresh), commit=Method(committed, [rex.ObjectLostError("x", None, "")]))
+    eng = RayEngine(ActorSet(decoder=None, encoder=encoder, memory=memory, stm=stm), retry=FAST)
+    assert await eng.update(old, [1, 2, 3], "i-1") is committed
+    assert stm.commit.calls == 2 and stm.handle.calls == 1  # refreshed once, then committed
+    assert [args[0] for args in memory.update.args] == ["lost-ref", "fresh-ref"]  # recomputed from the fresh ref
+    assert [args[:2] for args in stm.commit.args] == [("m", 2), ("m", 2)]  # same expected version, same id
+
+
+async def test_the_update_after_a_lost_acknowledgement_only_asks_the_store():
+    old = STMHandle("m", 2, "ref")
+    moved_on = STMHandle("m", 3, "ref3")  # the first commit landed before the failure
+    encoder = SimpleNamespace(encode=Method("encoded"))
+    memory = SimpleNamespace(update=Method("new"))
+    commit = Method(lambda *args: (moved_on if args[1] == 2 else None), [unavailable()])
+    stm = SimpleNamespace(handle=Method(moved_on), commit=commit)
+    eng = RayEngine(ActorSet(decoder=None, encoder=encoder, memory=memory, stm=stm), retry=FAST)
+    assert await eng.update(old, [1], "i-1") is moved_on
+    assert memory.update.calls == 1  # the retry did not recompute: the store answers for the interaction
+
+
+class Streaming:
+    """Stands in for ``decoder.generate.options(...).remote(request)``: an async iterator of awaitables."""
+
+    def __init__(self, scripts):
+        self.scripts = list(scripts)  # each: a list of chunks, ending with an exception or not
+        self.calls = 0
+
+    def options(self, **_):
+        return self
+
+    def remote(self, request):
+        self.calls += 1
+        script = self.scripts.pop(0)
+
+        async def gen():
+            for item in script:
+                if isinstance(item, BaseException):
+                    raise item
+
+                async def value(v=item):
+                    return v
+
+                yield value()
+
+        return gen()
+
+
+async def test_generation_is_retried_only_before_its_first_chunk():
+    request = GenerateRequest(prompt=[1], handle=STMHandle("m", 1, "ref"), max_new_tokens=4)
+    stm = SimpleNamespace(handle=Method(STMHandle("m", 1, "fresh")))
+    decoder = SimpleNamespace(generate=Streaming([[unavailable()], [[5], [6, 7]]]))
+    eng = RayEngine(ActorSet(decoder=decoder, encoder=None, memory=None, stm=stm), retry=FAST)
+    assert [c async for c in eng.generate(request)] == [[5], [6, 7]]
+
+    decoder = SimpleNamespace(generate=Streaming([[[5], rex.ActorDiedError()], [[9]]]))
+    eng = RayEngine(ActorSet(decoder=decoder, encoder=None, memory=None, stm=stm), retry=FAST)
+    got = []
+    with pytest.raises(RuntimeUnavailableError):
+        async for chunk in eng.generate(request):
+            got.append(chunk)
+    assert got == [[5]] and decoder.generate.calls == 1  # half an answer is never restarted
