@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.ray]
 
 NAMESPACE = "rel-actor-faults"
 FIGURES = {"sent": 0, "answered": 0, "errored": 0, "faults": 0}
+LAST: dict[str, str | None] = {"interaction": None}
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,7 @@ async def _ask(stream, text: str, kill: str | None = None, at: str = "rx.query")
         with anyio.fail_after(120):
             async for event in stream.ask(text):
                 seen.append(event.type)
+                LAST["interaction"] = event.interaction
                 if kill is not None and event.type == at:
                     ray.kill(ray.get_actor(kill, namespace=NAMESPACE), no_restart=False)
                     FIGURES["faults"] += 1
@@ -133,7 +135,7 @@ async def test_killing_an_actor_mid_interaction(rx, actor, at):
     await _reply_soon(rx, victim, "warm up")
     await _reply_soon(rx, bystander, "warm up")
     seen = await _ask(stream, "please tell me a story", kill=actor, at=at)
-    ends = seen[-1]
+    ends, killed = seen[-1], LAST["interaction"]
     assert ends in {"rx.memory.updated", "rx.error"} or ends.startswith("raised:"), seen
     if actor != "conductor":  # the model actors' failures are retried: the interaction completes
         assert ends == "rx.memory.updated", seen
@@ -143,3 +145,9 @@ async def test_killing_an_actor_mid_interaction(rx, actor, at):
     for sid in (victim, bystander):
         assert isinstance(await _reply_soon(rx, sid, "and next?"), str)
         await _check_store(rx, sid)
+    if actor == "conductor":  # the restarted conductor read the log and ended what the crash cut short
+        report = await rx._conductor.start.remote()
+        expected = {"interrupted"} if at == "rx.query" else {"replayed", "announced"}
+        assert any(killed in report[k] for k in expected), (at, report)
+    log = await rx._bus.replay(victim, after=0, types=["rx.memory.updated", "rx.error"])
+    assert len([e for e in log if e.interaction == killed]) == 1  # the log says how it ended
