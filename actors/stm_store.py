@@ -22,16 +22,20 @@ __all__ = ["STMRegistry", "STMStoreActor", "STMStoreActorImpl"]
 class STMRegistry:
     """Versioned STMs by memory id. A memory never written is version 0: the model's initial STM."""
 
+    # latest versions cached in memory; the least recently used beyond this are read from the store again
+    MAX_CACHED = 4096
+
     def __init__(self, store: STMStore, initial: torch.Tensor) -> None:
         self.store = store
         self.initial = initial.detach().clone()  # (layers, slots, dim)
-        self._current: dict[str, tuple[int, torch.Tensor]] = {}
+        self._current: OrderedDict[str, tuple[int, torch.Tensor]] = OrderedDict()
         self._lock = threading.Lock()
 
     def load(self, memory_id: str) -> tuple[int, torch.Tensor]:
         """``(version, stm)`` of the memory's latest version (cached after the first read)."""
         with self._lock:
             if memory_id in self._current:
+                self._current.move_to_end(memory_id)
                 return self._current[memory_id]
         stored = self.store.load(memory_id)
         if stored is None:
@@ -41,6 +45,7 @@ class STMRegistry:
             current = (stored.version, stored.stm)
         with self._lock:
             self._current.setdefault(memory_id, current)
+            self._bound()
             return self._current[memory_id]
 
     def commit(
@@ -61,12 +66,18 @@ class STMRegistry:
         current = (version, stm.detach().clone())
         with self._lock:
             self._current[memory_id] = current
+            self._current.move_to_end(memory_id)
+            self._bound()
         return current
 
     def fork(self, src: str, dst: str) -> tuple[int, torch.Tensor]:
         """Create memory ``dst`` as a copy of ``src``'s latest STM (the initial one if ``src`` is new)."""
         _, stm = self.load(src)
         return self.commit(dst, 0, stm, None)
+
+    def _bound(self) -> None:
+        while len(self._current) > self.MAX_CACHED:  # under the lock; the newest entry is never dropped
+            self._current.popitem(last=False)
 
     def forget(self, memory_id: str) -> None:
         """Drop the cached version (the next read goes to the store)."""
@@ -88,20 +99,36 @@ class STMStoreActorImpl:
 
     # recent versions stay reachable: live learning rebuilds an example from the STM its answer read
     HISTORY = 16
+    # each kept version pins one STM in Ray's object store: bound them across all memories (the least
+    # recently used memories lose their old versions first), so memory does not grow with the streams
+    MAX_KEPT = 4096
 
     def __init__(self, store_url: str, initial: torch.Tensor) -> None:
         self.registry = STMRegistry(open_store(store_url), initial)
-        self._handles: dict[str, OrderedDict[int, STMHandle]] = {}
+        self._handles: OrderedDict[str, OrderedDict[int, STMHandle]] = OrderedDict()
+        self._kept = 0
 
     def handle(self, memory_id: str) -> STMHandle:
         """The latest version of the memory as a handle."""
         version, stm = self.registry.load(memory_id)
         history = self._handles.setdefault(memory_id, OrderedDict())
+        self._handles.move_to_end(memory_id)
         if version not in history:
             history[version] = STMHandle(memory_id, version, ray.put(stm))
+            self._kept += 1
             while len(history) > self.HISTORY:
                 history.popitem(last=False)
+                self._kept -= 1
+            self._evict()
         return history[version]
+
+    def _evict(self) -> None:
+        while self._kept > self.MAX_KEPT:
+            oldest_memory, history = next(iter(self._handles.items()))
+            history.popitem(last=False)
+            self._kept -= 1
+            if not history:
+                del self._handles[oldest_memory]
 
     def handle_at(self, memory_id: str, version: int) -> STMHandle | None:
         """A recent version of the memory, or None when it is no longer kept."""
