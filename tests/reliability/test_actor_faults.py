@@ -147,7 +147,10 @@ async def test_killing_an_actor_mid_interaction(rx, actor, at):
         await _check_store(rx, sid)
     if actor == "conductor":  # the restarted conductor read the log and ended what the crash cut short
         report = await rx._conductor.start.remote()
-        expected = {"interrupted"} if at == "rx.query" else {"replayed", "announced"}
-        assert any(killed in report[k] for k in expected), (at, report)
+        found = {k for k, ids in report.items() if killed in ids}
+        # empty when the interaction had ended before the kill landed (the log then already says so)
+        allowed = {"interrupted", "replayed", "announced"} if at == "rx.query" else {"replayed", "announced"}
+        assert found <= allowed and len(found) <= 1, (at, report)
+        FIGURES["recovered"] = FIGURES.get("recovered", 0) + len(found)
     log = await rx._bus.replay(victim, after=0, types=["rx.memory.updated", "rx.error"])
     assert len([e for e in log if e.interaction == killed]) == 1  # the log says how it ended
