@@ -197,7 +197,7 @@ def _events(args: argparse.Namespace) -> int:
     from reactor_rt.runtime import default_store, event_log_path
 
     path = event_log_path(args.store or default_store())
-    if path is None:
+    if path == ":memory:":
         print("error: only a sqlite:/// store has a durable event log", file=sys.stderr)
         return 1
     log = EventLog(path)

@@ -64,12 +64,14 @@ def weights_path(store: str) -> str | None:
     return None
 
 
-def event_log_path(store: str) -> str | None:
-    """The durable event log lives beside a SQLite STM store (``x.db`` -> ``x.events.db``)."""
+def event_log_path(store: str) -> str:
+    """The durable event log lives beside a SQLite STM store (``x.db`` -> ``x.events.db``); with any
+    other store it is an in-memory log, so replays (``subscribe(after=...)``) work while the runtime
+    runs."""
     if store.startswith("sqlite:///"):
         path = Path(store[len("sqlite:///"):])
         return str(path.with_name(path.stem + ".events.db"))
-    return None
+    return ":memory:"
 
 
 class Stream:
