@@ -23,8 +23,8 @@ async def main(model: Any = "tiny", store: str = "memory://", steps: int = 4) ->
         a = await rx.stream("dreamer")
         b = await rx.stream("planner")
         loops = [
-            await a.think("My name is Ada. I like chess.", Budget(steps=steps, seconds=120)),
-            await b.think("My city is Rome.", steps, stop="Rome Rome Rome"),
+            await a.think("My name is Tomi.", Budget(steps=steps, seconds=120)),
+            await b.think("My city is Wesmere.", steps, stop="Wesmere Wesmere"),
         ]
         # an external query preempts the loop at the next step boundary
         print("[user -> dreamer] What is my name?")

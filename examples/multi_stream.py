@@ -12,7 +12,8 @@ from typing import Any
 
 from reactor_rt import Reactor
 
-NAMES = ["Ann", "Bob", "Cid", "Dee", "Eve", "Fay", "Gus", "Hal", "Ida", "Jon", "Kai", "Liv"]
+# names of the shape the bundled model was trained on (two syllables from its set): see README
+NAMES = ["Tomi", "Zumi", "Kalo", "Mira", "Suvi", "Neri", "Dabe", "Goha", "Lone", "Beri", "Tori", "Suri"]
 
 
 async def main(model: Any = "tiny", store: str = "memory://", streams: int = 8) -> dict[str, str]:
@@ -23,7 +24,7 @@ async def main(model: Any = "tiny", store: str = "memory://", streams: int = 8) 
         async def converse(i: int) -> tuple[str, str]:
             s = handles[i]
             await s.reply(f"My name is {NAMES[i % len(NAMES)]}.")
-            await s.reply("I like tea.")
+            await s.reply("My number is 4217.")
             return s.id, await s.reply("What is my name?")
 
         started = time.perf_counter()

@@ -17,7 +17,7 @@ async def main(model: Any = "tiny", store: str = "memory://") -> list[str]:
     answers = []
     async with Reactor.start(model=model, store=store) as rx:
         alice = await rx.stream("alice")
-        for text in ("My name is Alice.", "My city is Paris.", "What is my name?"):
+        for text in ("My name is Tomi.", "My city is Wesmere.", "What is my name?"):
             print(f"> {text}")
             async for event in alice.ask(text):
                 if event.type == "rx.response.chunk":

@@ -30,7 +30,7 @@ async def main(model: Any = "tiny", store: str = "memory://") -> list[tuple[str,
         listener = asyncio.create_task(listen())
         for subject in ("carol", "dave"):
             # publishing a Query is all it takes: the runtime answers on the bus
-            await rx.publish(events.Query(subject=subject, source="example", data={"text": "My pet is a cat."}))
+            await rx.publish(events.Query(subject=subject, source="example", data={"text": "My pet is a fluffy cat."}))
             await rx.publish(events.Query(subject=subject, source="example", data={"text": "What is my pet?"}))
         await asyncio.wait_for(listener, timeout=120)
     return seen
