@@ -3,6 +3,11 @@
 Metaspace word boundaries (so decoding restores spaces exactly), punctuation split off, digits split
 one by one (numbers are copied digit by digit, whatever their value), and the whole printable ASCII
 alphabet seeded in, so any ASCII text encodes without [UNK]. Other characters map to [UNK].
+
+An optional ``isolate`` regex splits words further before BPE sees them. The recall recipes use it to
+cut names and cities at their syllable / place-ending boundary, so that a held-out name is tokenized
+like every training name (two pieces both seen in training) instead of in pieces that straddle the
+boundary — which made the model copy unseen names as the nearest whole training name.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import string
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 __all__ = ["SPECIAL_TOKENS", "save_tokenizer", "train_bpe_tokenizer"]
 
@@ -20,16 +25,21 @@ __all__ = ["SPECIAL_TOKENS", "save_tokenizer", "train_bpe_tokenizer"]
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[BOS]", "[EOS]", "[Q]", "[A]", "[R]", "[UNK]", "[MASK]")
 
 
-def train_bpe_tokenizer(lines: Iterable[str], vocab_size: int = 384) -> Tokenizer:
-    """A BPE tokenizer with the RxT special tokens, trained on ``lines`` (deterministic for the same lines)."""
+def train_bpe_tokenizer(lines: Iterable[str], vocab_size: int = 384, isolate: str | None = None) -> Tokenizer:
+    """A BPE tokenizer with the RxT special tokens, trained on ``lines`` (deterministic for the same lines).
+
+    ``isolate``: a regex (Oniguruma) whose matches inside a word (``▁`` marks its start) become pieces of
+    their own, so no token spans their boundary.
+    """
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
-            pre_tokenizers.Punctuation(behavior="isolated"),
-            pre_tokenizers.Digits(individual_digits=True),
-        ]
-    )
+    steps = [
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
+        pre_tokenizers.Punctuation(behavior="isolated"),
+        pre_tokenizers.Digits(individual_digits=True),
+    ]
+    if isolate:
+        steps.append(pre_tokenizers.Split(Regex(isolate), behavior="isolated"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(steps)
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     alphabet = sorted(set(string.printable) - set(string.whitespace) | {"▁"})
     trainer = trainers.BpeTrainer(

@@ -7,7 +7,10 @@ machine is the starting point):
 
 * tokenizer (seconds): BPE, 768 ids, trained on the train split only. A few hundred ids more than the
   bare minimum buy whole-word tokens for the common words, so a value is 2-4 tokens and the memory
-  has fewer pieces to carry.
+  has fewer pieces to carry. Names and cities are cut at their syllable / place-ending boundary
+  (`VALUE_PIECES_PATTERN`): with free BPE merges, training names became tokens that held-out names
+  could not reuse ("Gosu" = G|os|u, "Gozu" = G|o|zu), and most k=0-1 recall errors were held-out names
+  copied as the nearest training name.
 * stages 1-3 (under 1 % together: 20 + 20 + 10 steps at a low learning rate): joint LM pre-training,
   interaction SFT and self-supervised memory-attention pre-training run as brief warm starts, so the
   bundled model really passes through the whole pipeline. They are kept this short on purpose: in
@@ -62,6 +65,7 @@ from reactor_rt.training.stages import (
     run_mrl,
     run_sft,
 )
+from reactor_rt.training.values import VALUE_PIECES_PATTERN
 
 __all__ = ["RECIPES", "TINY_MODEL", "Recipe", "TrainSummary", "get_recipe", "train", "with_steps"]
 
@@ -90,6 +94,7 @@ class Recipe:
     eval_n: int = 200  # held-out dialogues per cell of the final recall table (0 = no evaluation)
     tokenizer_sentences: int = 4000
     tokenizer_dialogues: int = 1500
+    tokenizer_isolate: str | None = VALUE_PIECES_PATTERN  # see bpe.train_bpe_tokenizer
 
     def config(self, vocab_size: int) -> RxTConfig:
         return RxTConfig(vocab_size=vocab_size, **self.model)
@@ -191,7 +196,7 @@ def _tokenizer(recipe: Recipe, out: Path, seed: int) -> HFTokenizer:
         assert isinstance(tok, HFTokenizer)
         return tok
     lines = tokenizer_corpus(recipe.tokenizer_sentences, recipe.tokenizer_dialogues, seed=seed)
-    save_tokenizer(train_bpe_tokenizer(lines, recipe.vocab_size), tok_dir)
+    save_tokenizer(train_bpe_tokenizer(lines, recipe.vocab_size, isolate=recipe.tokenizer_isolate), tok_dir)
     return HFTokenizer.from_file(tok_dir / "tokenizer.json")
 
 

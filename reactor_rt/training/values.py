@@ -14,6 +14,7 @@ from typing import Literal
 
 __all__ = [
     "ATTRIBUTES",
+    "VALUE_PIECES_PATTERN",
     "Split",
     "all_values",
     "is_held_out",
@@ -97,6 +98,14 @@ _MONTHS = (
     "January", "February", "March", "April", "May", "June",
     "July", "August", "September", "October", "November", "December",
 )  # fmt: skip
+
+
+# for the tokenizer (`bpe.train_bpe_tokenizer(isolate=...)`): a word-initial ``▁`` + capitalised first
+# piece of a name (consonant-vowel, then one more consonant-vowel syllable) or of a city (then a place
+# ending); the match becomes a token boundary, so "Gozu" -> "▁Go" "zu" and "Holdale" -> "▁Hol" "dale"
+VALUE_PIECES_PATTERN = (
+    r"^▁[A-Z](?:[aeiou](?=[b-df-hj-np-tv-z][aeiou]$)|[a-z]+?(?=(?:" + "|".join(_CITY_ENDS) + r")$))"
+)
 
 
 def _article(word: str) -> str:

@@ -8,7 +8,7 @@ from reactor_rt.training.bpe import SPECIAL_TOKENS, train_bpe_tokenizer
 from reactor_rt.training.corpus import natural_sentences, tokenizer_corpus
 from reactor_rt.training.dialogues import DialogueGenerator
 from reactor_rt.training.recall import mentioned_values, recall_correct
-from reactor_rt.training.values import ATTRIBUTES, all_values, values
+from reactor_rt.training.values import _CITY_ENDS, ATTRIBUTES, VALUE_PIECES_PATTERN, all_values, values
 
 
 def held_out_mentions(text: str) -> set[str]:
@@ -125,3 +125,24 @@ def test_held_out_values_encode_without_unknown_pieces(tokenizer):
     for a in ATTRIBUTES:
         for v in values(a, "heldout")[:50]:
             assert unk not in tokenizer.encode(f"Your {a} is {v}.", add_special_tokens=False).ids
+
+
+def test_value_pieces_pattern_cuts_names_and_cities_at_their_boundary():
+    tok = train_bpe_tokenizer(
+        tokenizer_corpus(n_sentences=1500, n_dialogues=500), vocab_size=512, isolate=VALUE_PIECES_PATTERN
+    )
+
+    def pieces(value: str) -> list[str]:
+        return tok.encode(f"Your name is {value}.", add_special_tokens=False).tokens[3:-1]
+
+    # no token spans the boundary of a name's two syllables or of a city's start and place ending,
+    # train and held-out alike
+    for a in ("name", "city"):
+        for split in ("train", "heldout"):
+            for v in values(a, split):
+                first = v[:2] if a == "name" else v[: -len(next(e for e in _CITY_ENDS if v.endswith(e)))]
+                ps = pieces(v)
+                assert "▁" + first in {"".join(ps[:j]) for j in range(1, len(ps))}, (v, ps)
+    # lossless for every other text
+    for text in ("Nice to meet Tomi in Wesmere!", "What is my button? 1234", "Bosu, Ab, a."):
+        assert tok.decode(tok.encode(text, add_special_tokens=False).ids) == text
