@@ -609,22 +609,24 @@ class Conductor:
                                               interaction=interaction, data={"text": tail}))
         eos = self.tokenizer.eos_id
         finished = "eos" if answer_ids and answer_ids[-1] == eos else "length"
-        await self._publish(ResponseDone(
+        done = ResponseDone(
             subject=subject, source=self.config.source, interaction=interaction,
             data={"text": "".join(parts), "tokens": len(answer_ids), "stm_version": handle.version,
                   "query_tokens": len(job.prompt), "finish_reason": finished,
                   "first_token_ms": first_token_ms, "generate_ms": (time.perf_counter() - started) * 1000,
                   "weights_version": self._weights_version},
-        ))
+        )
         self._remember(interaction, _Served(lane.memory_id, handle.version, job.text, "".join(parts),
                                             [t for t in answer_ids if t != eos]))
         # the encoder sees a closed interaction, as in training: [BOS][Q] query [A] answer [EOS]
         full = job.prompt + answer_ids + ([eos] if finished != "eos" and eos >= 0 else [])
         # logged before the update runs (write-ahead): a crash before the new version is stored is
-        # recovered by replaying it (see `recover`)
-        await self._publish(MemoryUpdating(subject=subject, source=self.config.source, interaction=interaction,
-                                           data={"memory": lane.memory_id, "from_version": handle.version,
-                                                 "input_ids": full if len(full) <= _MAX_LOGGED_IDS else None}))
+        # recovered by replaying it (see `recover`). One publish with the answer: one log transaction
+        updating = MemoryUpdating(subject=subject, source=self.config.source, interaction=interaction,
+                                  data={"memory": lane.memory_id, "from_version": handle.version,
+                                        "input_ids": full if len(full) <= _MAX_LOGGED_IDS else None})
+        await self.bus.publish_many((done, updating))
+        await asyncio.sleep(0)  # let the bus hand the answer to its subscribers before the update's calls
         update_started = time.perf_counter()
         lane.handle = await self.engine.update(handle, full, interaction)
         await self._publish(MemoryUpdated(

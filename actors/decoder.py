@@ -66,6 +66,10 @@ class DecoderCore:
             apply_serving_state(self.model, state)
         self._memory_cache.clear()
 
+    def warm(self, handle: STMHandle, stm: torch.Tensor) -> None:
+        """Pre-compute (and cache) the memory keys/values of a new STM version before a query needs them."""
+        self._memory_kv(handle, stm)
+
     def has_memory(self, handle: STMHandle) -> bool:
         """Whether the pre-computed memory keys/values of this STM version are cached."""
         return handle.cache_key in self._memory_cache
@@ -153,6 +157,42 @@ class DecoderCore:
         return kv
 
 
+class _Outlet:
+    """One request's tokens on their way out: gathered per token, handed over once per chunk.
+
+    The decode loop calls `push` for every token; the consumer is woken only when a chunk is due (the
+    first token, ``chunk_tokens`` gathered, ``chunk_s`` passed, the end, an error), so a token costs a
+    list append rather than an asyncio wake-up.
+    """
+
+    __slots__ = ("buffer", "chunk_s", "chunk_tokens", "done", "error", "last_sent", "ready", "sent_first")
+
+    def __init__(self, chunk_tokens: int, chunk_s: float) -> None:
+        self.chunk_tokens = chunk_tokens
+        self.chunk_s = chunk_s
+        self.buffer: list[int] = []
+        self.done = False
+        self.error: BaseException | None = None
+        self.sent_first = False
+        self.last_sent = time.perf_counter()
+        self.ready = asyncio.Event()
+
+    def push(self, tokens: list[int], done: bool, error: BaseException | None) -> None:
+        self.buffer.extend(tokens)
+        self.done = self.done or done
+        self.error = self.error or error
+        if (self.done or not self.sent_first or len(self.buffer) >= self.chunk_tokens
+                or time.perf_counter() - self.last_sent >= self.chunk_s):
+            self.ready.set()
+
+    def take(self) -> list[int]:
+        chunk, self.buffer = self.buffer, []
+        self.ready.clear()
+        self.sent_first = True
+        self.last_sent = time.perf_counter()
+        return chunk
+
+
 class DecoderService:
     """Runs a :class:`DecoderCore` on an asyncio loop and streams each request's tokens in chunks.
 
@@ -167,34 +207,25 @@ class DecoderService:
         self.chunk_tokens = chunk_tokens
         self.chunk_s = chunk_ms / 1000
         self._loop_task: asyncio.Task[None] | None = None
+        self._stats = {"steps": 0.0, "step_wall_ms": 0.0, "step_cpu_ms": 0.0}
 
     async def generate(
         self, request: GenerateRequest, load_stm: Callable[[STMHandle], Awaitable[torch.Tensor]]
     ) -> AsyncIterator[list[int]]:
         """Yield the answer's token ids in chunks; the last chunk ends with EOS when one was produced."""
         stm = None if self.core.has_memory(request.handle) else await load_stm(request.handle)
-        queue: asyncio.Queue[tuple[list[int], bool, BaseException | None]] = asyncio.Queue()
-        request_id = self.core.submit(request, stm, lambda *item: queue.put_nowait(item))
+        outlet = _Outlet(self.chunk_tokens, self.chunk_s)
+        request_id = self.core.submit(request, stm, outlet.push)
         self._ensure_loop()
-        buffer: list[int] = []
-        sent_first = False
-        last_sent = time.perf_counter()
         try:
             while True:
-                tokens, done, error = await queue.get()
-                buffer.extend(tokens)
-                while not done and not queue.empty():
-                    more, done, error = queue.get_nowait()
-                    buffer.extend(more)
-                if error is not None:
-                    raise error
-                now = time.perf_counter()
-                if done or not sent_first or len(buffer) >= self.chunk_tokens or now - last_sent >= self.chunk_s:
-                    if buffer or done:
-                        yield buffer
-                    buffer = []
-                    sent_first = True
-                    last_sent = now
+                await outlet.ready.wait()
+                if outlet.error is not None:
+                    raise outlet.error
+                done = outlet.done
+                chunk = outlet.take()
+                if chunk or done:
+                    yield chunk
                 if done:
                     return
         finally:
@@ -204,14 +235,23 @@ class DecoderService:
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.get_running_loop().create_task(self._run())
 
+    def stats(self) -> dict[str, float]:
+        """Decode steps run so far, and their wall and thread-CPU time in ms (operators, benchmarks)."""
+        return dict(self._stats)
+
     async def _run(self) -> None:
+        stats = self._stats
         while self.core.busy:
+            wall, cpu = time.perf_counter(), time.thread_time()
             try:
                 self.core.step()
             except Exception as exc:
                 # a failed batched step fails every request in it; the service keeps serving new ones
                 log.exception("decoder.step_failed")
                 self.core.fail_all(exc)
+            stats["steps"] += 1
+            stats["step_wall_ms"] += 1000 * (time.perf_counter() - wall)
+            stats["step_cpu_ms"] += 1000 * (time.thread_time() - cpu)
             await asyncio.sleep(0)  # let new requests join and consumers drain between steps
 
 
@@ -232,10 +272,21 @@ class DecoderActorImpl:
         async for chunk in self.service.generate(request, load):
             yield chunk
 
+    async def prepare(self, handle: STMHandle, stm: torch.Tensor) -> None:
+        """Warm the memory keys/values of a version just written, so its next query does not wait for
+        the STM to be fetched (``stm`` arrives with the call, resolved by Ray)."""
+        try:
+            self.service.core.warm(handle, stm)
+        except Exception:  # only a lost head start: generate() loads the STM itself
+            log.exception("decoder.prepare_failed", memory=handle.memory_id[:256], version=handle.version)
+
     async def set_weights(self, version: int, state: dict[str, torch.Tensor]) -> int:
         self.service.core.set_weights(state)
         self.weights_version = version
         return version
+
+    async def stats(self) -> dict[str, float]:
+        return self.service.stats()
 
     async def ping(self) -> bool:
         return True

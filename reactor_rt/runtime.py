@@ -1,7 +1,8 @@
 """The `Reactor` facade: starts (or joins) Ray, runs the actors, and hands out stream handles.
 
-Everything here is a convenience over the event bus: ``ask()`` subscribes to the stream's events,
-publishes a ``Query`` and yields that interaction's events; the conductor does the work.
+Everything here is a convenience over the event bus: ``ask()`` publishes a ``Query`` and yields that
+interaction's events, which arrive through the stream's subscription (`reactor_rt.inbox`, opened on
+the stream's first question); the conductor does the work.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from reactor_rt.error_codes import error_for
 from reactor_rt.errors import ConfigError, QueryTooLongError, ReactorError, RuntimeUnavailableError
 from reactor_rt.events import Event, LearningFeedback, Query
 from reactor_rt.ids import validate_id
+from reactor_rt.inbox import Inbox
 from reactor_rt.model import ReactiveTransformer, RxTConfig
 
 __all__ = ["DEFAULT_NAMESPACE", "Budget", "Reactor", "Stream", "Subscription", "Thinking", "default_store",
@@ -29,6 +31,8 @@ log = structlog.get_logger()
 
 DEFAULT_NAMESPACE = "reactor_rt"
 CLIENT_SOURCE = "reactor-rt/client"
+# objects up to this size travel inside Ray's messages (see _ensure_ray)
+INLINE_OBJECT_BYTES = 1 << 20
 # a query's text can never need more characters than this per allowed token (UTF-8 bytes, worst case)
 _MAX_CHARS_PER_TOKEN = 16
 
@@ -96,12 +100,15 @@ class Stream:
         """
         query = self._rx._query(self.id, text, max_new_tokens=max_new_tokens, temperature=temperature,
                                 top_k=top_k, top_p=top_p)
-        sub, (sent,) = await self._rx._bus.subscribe_and_publish([query], subject=self.id)
+        inbox = self._rx._inbox
+        events = await inbox.register(self.id, query.interaction)  # live before the query is published
         try:
+            (sent,) = await self._rx._bus.publish_many([query])
             self._last_query_seq = sent.seq
-            async for event in sub:
-                if event.interaction != query.interaction:
-                    continue
+            while True:
+                event = await events.get()
+                if isinstance(event, BaseException):
+                    raise event
                 if event.type == "rx.response.done":
                     self.stm_version = max(self.stm_version, event.data.stm_version)
                 elif event.type == "rx.memory.updated":
@@ -111,10 +118,8 @@ class Stream:
                     raise error_for(event.data.code, event.data.message)
                 if event.type == "rx.memory.updated":
                     return
-            # the bus ended the subscription (the runtime stopped): say so rather than end quietly
-            raise RuntimeUnavailableError("the event stream ended before the interaction did (the runtime stopped?)")
         finally:
-            await sub.aclose()
+            inbox.release(self.id, query.interaction)
 
     async def reply(self, text: str, **sampling: Any) -> str:
         """The answer's text, returned at ``rx.response.done`` (the memory update continues)."""
@@ -187,6 +192,7 @@ class Stream:
     async def close(self) -> None:
         """Close the stream: later queries on it get ``rx.error`` (`StreamClosedError`)."""
         await self._rx._call(self._rx._conductor.close_stream.remote(self.id))
+        await self._rx._inbox.close_subject(self.id)
 
 
 class Thinking:
@@ -297,6 +303,7 @@ class Reactor:
         self.tokenizer = tokenizer
         self._started_ray = started_ray
         self._closed = False
+        self._inbox = Inbox(bus)  # one subscription per stream for ask(), opened on its first question
 
     @classmethod
     def start(cls, model: str | os.PathLike[str] | ReactiveTransformer | None = None,
@@ -386,6 +393,7 @@ class Reactor:
         from reactor_rt.actors.launch import stop_actors
 
         try:
+            await self._inbox.close()
             await stop_actors(self._actors, self._bus)
         finally:
             if self._started_ray:
@@ -436,7 +444,11 @@ def _ensure_ray(address: str | None) -> bool:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind to 127.0.0.1 only
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address is None:
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # STMs and encoded interactions are 10-200 KiB: passed inline with the call that needs them
+        # rather than through the shared-memory object store (Ray's cut-off is 100 KiB), which saved
+        # a few ms per memory update here
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 _system_config={"max_direct_call_object_size": INLINE_OBJECT_BYTES})
     else:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     return True

@@ -116,3 +116,21 @@ async def test_service_flushes_by_time(model):
 
     chunks = [c async for c in service.generate(GenerateRequest(_prompt(3, 5), STMHandle("m", 0, None), 6), load)]
     assert [len(c) for c in chunks] == [1] * 6  # every step is past the (zero) interval
+
+
+@pytest.mark.anyio
+async def test_a_warmed_version_needs_no_stm_load_and_steps_are_counted(model):
+    service = DecoderService(DecoderCore(model, capacity=2))
+    stm = _stm(model, 4)
+    prompt = _prompt(4, 6)
+    handle = STMHandle("m", 3, None)
+    service.core.warm(handle, stm)  # what the decoder actor's prepare() does after a memory update
+    assert service.core.has_memory(handle)
+
+    async def load(handle):
+        raise AssertionError("a warmed version must not be loaded again")
+
+    tokens = [t async for c in service.generate(GenerateRequest(prompt, handle, 8), load) for t in c]
+    assert tokens == _alone(model, prompt, stm, 8)
+    stats = service.stats()
+    assert stats["steps"] == len(tokens) and stats["step_cpu_ms"] > 0 and stats["step_wall_ms"] > 0

@@ -3,6 +3,7 @@ deadline, application errors are not, and what finally fails is a ReactorError, 
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import pytest
@@ -94,7 +95,8 @@ async def test_the_update_retries_with_a_fresh_handle_and_is_idempotent():
     encoder = SimpleNamespace(encode=Method("encoded"))
     memory = SimpleNamespace(update=Method("new-stm"))
     stm = SimpleNamespace(handle=Method(fresh), commit=Method(committed, [rex.ObjectLostError("x", None, "")]))
-    eng = RayEngine(ActorSet(decoder=None, encoder=encoder, memory=memory, stm=stm), retry=FAST)
+    decoder = SimpleNamespace(prepare=Method(None))
+    eng = RayEngine(ActorSet(decoder=decoder, encoder=encoder, memory=memory, stm=stm), retry=FAST)
     assert await eng.update(old, [1, 2, 3], "i-1") is committed
     assert stm.commit.calls == 2 and stm.handle.calls == 1  # refreshed once, then committed
     assert [args[0] for args in memory.update.args] == ["lost-ref", "fresh-ref"]  # recomputed from the fresh ref
@@ -111,6 +113,27 @@ async def test_the_update_after_a_lost_acknowledgement_only_asks_the_store():
     eng = RayEngine(ActorSet(decoder=None, encoder=encoder, memory=memory, stm=stm), retry=FAST)
     assert await eng.update(old, [1], "i-1") is moved_on
     assert memory.update.calls == 1  # the retry did not recompute: the store answers for the interaction
+
+
+async def test_the_next_update_starts_from_the_stm_this_engine_computed_and_the_decoder_is_prepared():
+    start = STMHandle("m", 2, "store-ref")
+    v3, v4 = STMHandle("m", 3, "store-ref-3"), STMHandle("m", 4, "store-ref-4")
+    encoder = SimpleNamespace(encode=Method("encoded"))
+    memory = SimpleNamespace(update=Method("new"))
+    stm = SimpleNamespace(commit=Method(lambda *args: v3 if args[1] == 2 else v4))
+    decoder = SimpleNamespace(prepare=Method(None))
+    eng = RayEngine(ActorSet(decoder=decoder, encoder=encoder, memory=memory, stm=stm), retry=FAST)
+    assert await eng.update(start, [1], "i-1") is v3
+    assert await eng.update(v3, [2], "i-2") is v4
+    await asyncio.sleep(0)  # the prepare calls are sent without waiting
+    first_result = stm.commit.args[0][2]  # the memory updater's result, as the commit received it
+    assert memory.update.args[0][0] == "store-ref"  # nothing computed here yet: the store's copy
+    assert memory.update.args[1][0] is first_result  # then our own result, not "store-ref-3"
+    assert [args[0] for args in decoder.prepare.args] == [v3, v4]
+    assert decoder.prepare.args[0][1] is first_result
+    # a version this engine did not write (e.g. after an import) is read from the store again
+    await eng.put("m", "imported", 4)
+    assert eng._stm_ref(v4, retried=False) == "store-ref-4"
 
 
 class Streaming:

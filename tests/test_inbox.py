@@ -1,0 +1,93 @@
+"""The client inbox: one subscription per stream, events routed to the question they belong to."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from reactor_rt.errors import RuntimeUnavailableError
+from reactor_rt.events import InProcessBus, Query, ResponseDone
+from reactor_rt.inbox import Inbox
+
+pytestmark = pytest.mark.anyio
+
+
+class CountingBus(InProcessBus):
+    def __init__(self) -> None:
+        super().__init__()
+        self.subscribes = 0
+
+    async def subscribe(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.subscribes += 1
+        return await super().subscribe(*args, **kwargs)
+
+
+def done(subject: str, interaction: str, text: str) -> ResponseDone:
+    return ResponseDone(subject=subject, source="t", interaction=interaction,
+                        data={"text": text, "tokens": 1, "stm_version": 0})
+
+
+async def next_item(queue: asyncio.Queue):  # type: ignore[type-arg]
+    return await asyncio.wait_for(queue.get(), timeout=5)
+
+
+async def test_events_reach_their_own_question_and_one_subscription_serves_the_stream():
+    bus = CountingBus()
+    inbox = Inbox(bus)
+    a, b = await asyncio.gather(inbox.register("s", "i-a"), inbox.register("s", "i-b"))
+    await bus.publish(done("s", "i-b", "for b"))
+    await bus.publish(done("s", "someone-else", "not routed"))
+    await bus.publish(done("s", "i-a", "for a"))
+    assert (await next_item(a)).data.text == "for a"
+    assert (await next_item(b)).data.text == "for b"
+    assert a.empty() and b.empty()  # the unknown interaction was dropped
+    await inbox.register("s", "i-c")
+    assert bus.subscribes == 1
+    await inbox.register("other", "i-d")
+    assert bus.subscribes == 2
+    await inbox.close()
+
+
+async def test_a_released_question_gets_nothing_more():
+    bus = InProcessBus()
+    inbox = Inbox(bus)
+    q = await inbox.register("s", "i-1")
+    inbox.release("s", "i-1")
+    await bus.publish(done("s", "i-1", "late"))
+    await asyncio.sleep(0.05)
+    assert q.empty()
+    await inbox.close()
+
+
+async def test_when_the_stream_ends_waiting_questions_get_an_error_and_the_next_one_resubscribes():
+    bus = CountingBus()
+    inbox = Inbox(bus)
+    q = await inbox.register("s", "i-1")
+    await bus.close()  # ends every subscription, as a stopped runtime does
+    item = await next_item(q)
+    assert isinstance(item, RuntimeUnavailableError)
+    await asyncio.sleep(0)
+    bus2 = CountingBus()
+    inbox._bus = bus2  # the runtime came back (a restarted bus host)
+    q2 = await inbox.register("s", "i-2")
+    await bus2.publish(Query(subject="s", source="t", interaction="i-2", data={"text": "hi"}))
+    assert (await next_item(q2)).type == "rx.query"
+    assert bus2.subscribes == 1
+    await inbox.close()
+
+
+async def test_closing_fails_waiting_questions_and_idle_subscriptions_are_bounded():
+    bus = CountingBus()
+    inbox = Inbox(bus, max_idle=2)
+    waiting = await inbox.register("busy", "i-1")
+    for i in range(4):
+        await inbox.register(f"idle-{i}", "x")
+        inbox.release(f"idle-{i}", "x")
+    await inbox.register("last", "y")
+    assert "busy" in inbox._feeds  # a stream with a question in flight is never closed for being idle
+    assert len([s for s, f in inbox._feeds.items() if not f.routes]) <= 2
+    await inbox.close_subject("busy")
+    assert isinstance(await next_item(waiting), Exception)
+    await inbox.close()
+    assert not inbox._feeds
