@@ -176,6 +176,7 @@ class Conductor:
         await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
         if self._subscription is not None:  # after the pump has stopped reading it
             await self._subscription.aclose()
+        await self.engine.close()
 
     async def _pump(self) -> None:
         async for event in self._subscription:

@@ -19,6 +19,7 @@ import structlog
 import torch
 
 from reactor_rt.actors.handles import GenerateRequest, STMHandle
+from reactor_rt.actors.outlets import Channel, ChunkItem, Outlet
 from reactor_rt.learning import apply_serving_state
 from reactor_rt.model import DecodeBatch, ReactiveTransformer, Sampler
 
@@ -157,42 +158,6 @@ class DecoderCore:
         return kv
 
 
-class _Outlet:
-    """One request's tokens on their way out: gathered per token, handed over once per chunk.
-
-    The decode loop calls `push` for every token; the consumer is woken only when a chunk is due (the
-    first token, ``chunk_tokens`` gathered, ``chunk_s`` passed, the end, an error), so a token costs a
-    list append rather than an asyncio wake-up.
-    """
-
-    __slots__ = ("buffer", "chunk_s", "chunk_tokens", "done", "error", "last_sent", "ready", "sent_first")
-
-    def __init__(self, chunk_tokens: int, chunk_s: float) -> None:
-        self.chunk_tokens = chunk_tokens
-        self.chunk_s = chunk_s
-        self.buffer: list[int] = []
-        self.done = False
-        self.error: BaseException | None = None
-        self.sent_first = False
-        self.last_sent = time.perf_counter()
-        self.ready = asyncio.Event()
-
-    def push(self, tokens: list[int], done: bool, error: BaseException | None) -> None:
-        self.buffer.extend(tokens)
-        self.done = self.done or done
-        self.error = self.error or error
-        if (self.done or not self.sent_first or len(self.buffer) >= self.chunk_tokens
-                or time.perf_counter() - self.last_sent >= self.chunk_s):
-            self.ready.set()
-
-    def take(self) -> list[int]:
-        chunk, self.buffer = self.buffer, []
-        self.ready.clear()
-        self.sent_first = True
-        self.last_sent = time.perf_counter()
-        return chunk
-
-
 class DecoderService:
     """Runs a :class:`DecoderCore` on an asyncio loop and streams each request's tokens in chunks.
 
@@ -208,18 +173,21 @@ class DecoderService:
         self.chunk_s = chunk_ms / 1000
         self._loop_task: asyncio.Task[None] | None = None
         self._stats = {"steps": 0.0, "step_wall_ms": 0.0, "step_cpu_ms": 0.0}
+        self._requests: dict[tuple[int, int], int] = {}  # (channel, key) -> core request id
 
     async def generate(
         self, request: GenerateRequest, load_stm: Callable[[STMHandle], Awaitable[torch.Tensor]]
     ) -> AsyncIterator[list[int]]:
         """Yield the answer's token ids in chunks; the last chunk ends with EOS when one was produced."""
         stm = None if self.core.has_memory(request.handle) else await load_stm(request.handle)
-        outlet = _Outlet(self.chunk_tokens, self.chunk_s)
+        ready = asyncio.Event()
+        outlet = Outlet(self.chunk_tokens, self.chunk_s, ready.set)
         request_id = self.core.submit(request, stm, outlet.push)
         self._ensure_loop()
         try:
             while True:
-                await outlet.ready.wait()
+                await ready.wait()
+                ready.clear()
                 if outlet.error is not None:
                     raise outlet.error
                 done = outlet.done
@@ -229,6 +197,36 @@ class DecoderService:
                 if done:
                     return
         finally:
+            self.core.cancel(request_id)
+
+    def open_channel(self) -> Channel:
+        """A channel for one consumer's requests (see `submit_to`)."""
+        return Channel(self.chunk_tokens, self.chunk_s)
+
+    async def submit_to(self, channel: Channel, key: int, request: GenerateRequest,
+                        load_stm: Callable[[STMHandle], Awaitable[torch.Tensor]]) -> None:
+        """Start ``request``; its chunks arrive in ``channel``'s batches under ``key``. A request that
+        cannot start ends there with its error."""
+        try:
+            stm = None if self.core.has_memory(request.handle) else await load_stm(request.handle)
+            outlet = channel.outlet(key)
+
+            def sink(tokens: list[int], done: bool, error: BaseException | None) -> None:
+                outlet.push(tokens, done, error)
+                if done:
+                    self._requests.pop((id(channel), key), None)
+
+            self._requests[(id(channel), key)] = self.core.submit(request, stm, sink)
+        except Exception as exc:
+            channel.fail(key, exc)
+            return
+        self._ensure_loop()
+
+    def cancel_in(self, channel: Channel, key: int) -> None:
+        """Stop request ``key`` of ``channel`` (its consumer went away)."""
+        channel.drop(key)
+        request_id = self._requests.pop((id(channel), key), None)
+        if request_id is not None:
             self.core.cancel(request_id)
 
     def _ensure_loop(self) -> None:
@@ -264,6 +262,7 @@ class DecoderActorImpl:
         self.service = DecoderService(DecoderCore(model, capacity=capacity), chunk_tokens=chunk_tokens,
                                       chunk_ms=chunk_ms)
         self.weights_version = 0
+        self._channels: dict[str, Channel] = {}
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[list[int]]:
         async def load(handle: STMHandle) -> torch.Tensor:
@@ -271,6 +270,37 @@ class DecoderActorImpl:
 
         async for chunk in self.service.generate(request, load):
             yield chunk
+
+    @ray.method(num_returns="streaming")
+    async def channel(self, channel_id: str) -> AsyncIterator[list[ChunkItem]]:
+        """The stream of chunk batches for the requests `submit` starts under ``channel_id``; one per
+        consumer (the conductor), open as long as it reads."""
+        channel = self._channels.get(channel_id)
+        if channel is None:
+            channel = self._channels[channel_id] = self.service.open_channel()
+        try:
+            async for batch in channel.batches():
+                yield batch
+        finally:
+            channel.close()
+            if self._channels.get(channel_id) is channel:
+                del self._channels[channel_id]
+
+    async def submit(self, channel_id: str, key: int, request: GenerateRequest) -> None:
+        """Start a request; its tokens arrive on the channel (errors too). Returns once it is queued."""
+        channel = self._channels.get(channel_id)
+        if channel is None:  # the submit overtook the channel's opening
+            channel = self._channels[channel_id] = self.service.open_channel()
+
+        async def load(handle: STMHandle) -> torch.Tensor:
+            return await handle.stm
+
+        await self.service.submit_to(channel, key, request, load)
+
+    async def cancel(self, channel_id: str, key: int) -> None:
+        channel = self._channels.get(channel_id)
+        if channel is not None:
+            self.service.cancel_in(channel, key)
 
     async def prepare(self, handle: STMHandle, stm: torch.Tensor) -> None:
         """Warm the memory keys/values of a version just written, so its next query does not wait for

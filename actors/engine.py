@@ -21,6 +21,7 @@ import structlog
 import torch
 
 from reactor_rt.actors.decoder import DecoderCore, DecoderService
+from reactor_rt.actors.decoder_client import ChannelClosedError, DecoderChannelClient
 from reactor_rt.actors.encoder import EncoderCore
 from reactor_rt.actors.handles import GenerateRequest, STMHandle
 from reactor_rt.actors.learner import LearnerCore
@@ -77,6 +78,10 @@ class InteractionEngine(Protocol):
 
         The caller guarantees that no interaction is in flight.
         """
+        ...
+
+    async def close(self) -> None:
+        """Release what the engine holds open (the conductor stops)."""
         ...
 
 
@@ -153,6 +158,9 @@ class LocalEngine:
             self.weights_version = version
         return self.weights_version
 
+    async def close(self) -> None:
+        """Nothing to release: everything runs in this process."""
+
 
 @dataclass(frozen=True)
 class ActorSet:
@@ -224,6 +232,7 @@ class RayEngine:
         # of the receiver fetching the STM store's copy: one round trip fewer per turn
         self._latest: OrderedDict[str, tuple[int, Any]] = OrderedDict()
         self._background: set[Any] = set()
+        self._decoder = DecoderChannelClient(actors.decoder)  # one chunk stream for every answer
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]],
                         on_retry: Callable[[], Awaitable[None]] | None = None) -> T:
@@ -262,15 +271,14 @@ class RayEngine:
             try:
                 if retried:
                     await self._resync_weights()
-                stream = self.actors.decoder.generate.options(num_returns="streaming").remote(request)
-                async for ref in stream:
-                    chunk = await ref
+                async for chunk in self._decoder.stream(request):
                     started = True
                     yield chunk
                 return
-            except ray.exceptions.RayError as exc:
+            except (ray.exceptions.RayError, ChannelClosedError) as exc:
                 # nothing streamed yet: the request can start again; after a chunk the answer is lost
-                if started or not _transient(exc) or time.monotonic() + delay > deadline:
+                transient = isinstance(exc, ChannelClosedError) or _transient(exc)
+                if started or not transient or time.monotonic() + delay > deadline:
                     raise _reactor_error(exc, "generating the answer") from None
                 self.retries += 1
                 log.warning("engine.retry", call="generate", error=type(_unwrap(exc)).__name__, delay_s=delay)
@@ -352,6 +360,12 @@ class RayEngine:
             await ref
         except ray.exceptions.RayError as exc:
             log.debug("engine.prepare_failed", error=type(_unwrap(exc)).__name__)
+
+    async def close(self) -> None:
+        """Stop the decoder channel's reader and the calls sent without waiting."""
+        await self._decoder.close()
+        for task in list(self._background):
+            task.cancel()
 
     async def tensor(self, memory_id: str) -> tuple[int, torch.Tensor]:
         return await self._retrying("reading the STM", lambda: self.actors.stm.tensor.remote(memory_id))

@@ -136,22 +136,26 @@ async def test_the_next_update_starts_from_the_stm_this_engine_computed_and_the_
     assert eng._stm_ref(v4, retried=False) == "store-ref-4"
 
 
-class Streaming:
-    """Stands in for ``decoder.generate.options(...).remote(request)``: an async iterator of awaitables."""
+class FakeDecoder:
+    """Stands in for the decoder actor's channel: each ``submit`` plays its script on the channel's
+    stream — chunks (the last one ends the answer) or an exception that breaks the channel."""
 
     def __init__(self, scripts):
-        self.scripts = list(scripts)  # each: a list of chunks, ending with an exception or not
-        self.calls = 0
+        self.scripts = list(scripts)
+        self.submits = 0
+        self.channels = 0
+        self.channel = SimpleNamespace(remote=self._open)
+        self.submit = SimpleNamespace(remote=self._submit)
+        self.cancel = Method(None)
+        self.prepare = Method(None)
 
-    def options(self, **_):
-        return self
+    def _open(self, channel_id):
+        self.channels += 1
+        self.queue = asyncio.Queue()
 
-    def remote(self, request):
-        self.calls += 1
-        script = self.scripts.pop(0)
-
-        async def gen():
-            for item in script:
+        async def batches():
+            while True:
+                item = await self.queue.get()
                 if isinstance(item, BaseException):
                     raise item
 
@@ -160,20 +164,54 @@ class Streaming:
 
                 yield value()
 
-        return gen()
+        return batches()
+
+    def _submit(self, channel_id, key, request):
+        self.submits += 1
+        script = self.scripts.pop(0)
+        for i, item in enumerate(script):
+            last = i == len(script) - 1
+            self.queue.put_nowait(item if isinstance(item, BaseException) else [(key, item, last, None)])
+        return Method(None).remote()
+
+
+def decoder_engine(decoder, stm) -> RayEngine:
+    return RayEngine(ActorSet(decoder=decoder, encoder=None, memory=None, stm=stm), retry=FAST)
 
 
 async def test_generation_is_retried_only_before_its_first_chunk():
     request = GenerateRequest(prompt=[1], handle=STMHandle("m", 1, "ref"), max_new_tokens=4)
     stm = SimpleNamespace(handle=Method(STMHandle("m", 1, "fresh")))
-    decoder = SimpleNamespace(generate=Streaming([[unavailable()], [[5], [6, 7]]]))
-    eng = RayEngine(ActorSet(decoder=decoder, encoder=None, memory=None, stm=stm), retry=FAST)
+    decoder = FakeDecoder([[unavailable()], [[5], [6, 7]]])
+    eng = decoder_engine(decoder, stm)
     assert [c async for c in eng.generate(request)] == [[5], [6, 7]]
+    assert decoder.channels == 2  # the broken channel was reopened for the retry
+    await eng.close()
 
-    decoder = SimpleNamespace(generate=Streaming([[[5], rex.ActorDiedError()], [[9]]]))
-    eng = RayEngine(ActorSet(decoder=decoder, encoder=None, memory=None, stm=stm), retry=FAST)
+    decoder = FakeDecoder([[[5], rex.ActorDiedError()], [[9]]])
+    eng = decoder_engine(decoder, stm)
     got = []
     with pytest.raises(RuntimeUnavailableError):
         async for chunk in eng.generate(request):
             got.append(chunk)
-    assert got == [[5]] and decoder.generate.calls == 1  # half an answer is never restarted
+    assert got == [[5]] and decoder.submits == 1  # half an answer is never restarted
+    await eng.close()
+
+
+async def test_answers_share_one_channel_and_a_refused_request_raises_its_own_error():
+    request = GenerateRequest(prompt=[1], handle=STMHandle("m", 1, "ref"), max_new_tokens=4)
+    decoder = FakeDecoder([[[1], [2]], [[3]]])
+    eng = decoder_engine(decoder, SimpleNamespace())
+    assert [c async for c in eng.generate(request)] == [[1], [2]]
+    assert [c async for c in eng.generate(request)] == [[3]]
+    assert decoder.channels == 1 and decoder.submits == 2
+
+    decoder.scripts.append([])
+    gen = eng.generate(request)
+    task = asyncio.ensure_future(gen.__anext__())
+    await asyncio.sleep(0.01)
+    decoder.queue.put_nowait([(3, [], True, ValueError("the prompt is empty"))])  # key 3: the third answer
+    with pytest.raises(ValueError, match="empty"):
+        await task
+    await gen.aclose()
+    await eng.close()

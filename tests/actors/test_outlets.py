@@ -1,0 +1,78 @@
+"""Token outlets and channels: chunking rules, and many requests' chunks batched over one stream."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from reactor_rt.actors.decoder import DecoderCore, DecoderService
+from reactor_rt.actors.handles import GenerateRequest, STMHandle
+from reactor_rt.actors.outlets import Channel, Outlet
+
+pytestmark = pytest.mark.anyio
+
+
+def test_outlet_sends_the_first_token_alone_then_by_count_and_at_the_end():
+    due = []
+    outlet = Outlet(chunk_tokens=3, chunk_s=1e9, notify=lambda: due.append(True))
+    outlet.push([1], False, None)
+    assert len(due) == 1 and outlet.take() == [1]
+    outlet.push([2], False, None)
+    outlet.push([3], False, None)
+    assert len(due) == 1  # two tokens: not yet
+    outlet.push([4], False, None)
+    assert len(due) == 2 and outlet.take() == [2, 3, 4]
+    outlet.push([5], True, None)
+    assert len(due) == 3 and outlet.done and outlet.take() == [5]
+
+
+async def test_channel_batches_every_due_chunk_and_forgets_finished_requests():
+    channel = Channel(chunk_tokens=2, chunk_s=1e9)
+    a, b = channel.outlet(1), channel.outlet(2)
+    a.push([10], False, None)
+    b.push([20], False, None)
+    batches = channel.batches()
+    assert await batches.__anext__() == [(1, [10], False, None), (2, [20], False, None)]
+    a.push([11], False, None)  # not due: one token since the last chunk
+    b.push([21], True, None)
+    assert await batches.__anext__() == [(2, [21], True, None)]
+    channel.fail(3, ValueError("bad"))
+    (item,) = await batches.__anext__()
+    assert item[0] == 3 and item[2] is True and isinstance(item[3], ValueError)
+    channel.drop(1)
+    a.push([12], True, None)  # dropped: nothing more of it goes out
+    channel.close()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(batches.__anext__(), timeout=5)
+
+
+async def test_service_channel_gives_each_request_its_own_tokens(model):
+    service = DecoderService(DecoderCore(model, capacity=4), chunk_tokens=4, chunk_ms=1e9)
+    stms = {i: model.init_stm(1)[0] + 0.2 * i for i in range(3)}
+
+    async def load(handle):
+        return stms[int(handle.memory_id)]
+
+    channel = service.open_channel()
+    prompts = {i: [5 + i, 6, 7 + i] for i in range(3)}
+    for i in range(3):
+        await service.submit_to(channel, i, GenerateRequest(prompts[i], STMHandle(str(i), 0, None), 6), load)
+    await service.submit_to(channel, 9, GenerateRequest([], STMHandle("0", 0, None), 6), load)  # refused
+    got: dict[int, list[int]] = {i: [] for i in range(3)}
+    ended: dict[int, BaseException | None] = {}
+    async for batch in channel.batches():
+        for key, tokens, done, error in batch:
+            if key in got:
+                got[key] += tokens
+            if done:
+                ended[key] = error
+        if len(ended) == 4:
+            break
+    assert isinstance(ended.pop(9), ValueError) and all(e is None for e in ended.values())
+    for i in range(3):
+        with torch.no_grad():
+            alone = model.generate(torch.tensor(prompts[i])[None], stms[i][None], max_new_tokens=6)[0].tolist()
+        assert got[i] == [t for t in alone if t != model.tokenizer.pad_id], i
+    assert not service._requests  # finished requests leave no trace
