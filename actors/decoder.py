@@ -164,10 +164,11 @@ class DecoderService:
     The first token is sent alone (time to first token); later ones go out when ``chunk_ms`` have
     passed since the last chunk or ``chunk_tokens`` have gathered, and whatever is left at the end.
     Every chunk is a message through the conductor and the bus to each subscriber, and costs more CPU
-    than a decode step: ~25 ms chunks stream faster than anyone reads, with a few messages per answer.
+    than a decode step: 50 ms chunks (20 a second) stream faster than anyone reads, with a few
+    messages per answer (the decode loop and the messages share two cores here).
     """
 
-    def __init__(self, core: DecoderCore, chunk_tokens: int = 32, chunk_ms: float = 25.0) -> None:
+    def __init__(self, core: DecoderCore, chunk_tokens: int = 32, chunk_ms: float = 50.0) -> None:
         self.core = core
         self.chunk_tokens = chunk_tokens
         self.chunk_s = chunk_ms / 1000
@@ -257,7 +258,7 @@ class DecoderActorImpl:
     """Ray actor named ``decoder``: one process generating for every stream."""
 
     def __init__(self, model: ReactiveTransformer, capacity: int = 16, threads: int = 1,
-                 chunk_tokens: int = 32, chunk_ms: float = 25.0) -> None:
+                 chunk_tokens: int = 32, chunk_ms: float = 50.0) -> None:
         torch.set_num_threads(threads)
         self.service = DecoderService(DecoderCore(model, capacity=capacity), chunk_tokens=chunk_tokens,
                                       chunk_ms=chunk_ms)
@@ -309,6 +310,12 @@ class DecoderActorImpl:
             self.service.core.warm(handle, stm)
         except Exception:  # only a lost head start: generate() loads the STM itself
             log.exception("decoder.prepare_failed", memory=handle.memory_id[:256], version=handle.version)
+
+    async def prepare_many(self, handles: list[STMHandle | None], stms: list[torch.Tensor]) -> None:
+        """`prepare` for the versions one batched update wrote (None: that item was not written)."""
+        for handle, stm in zip(handles, stms, strict=True):
+            if handle is not None:
+                await self.prepare(handle, stm)
 
     async def set_weights(self, version: int, state: dict[str, torch.Tensor]) -> int:
         self.service.core.set_weights(state)

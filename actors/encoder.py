@@ -23,6 +23,18 @@ class EncoderCore:
         ids = torch.tensor(interaction_ids, dtype=torch.long).unsqueeze(0)  # (1, T)
         return self.model.encode(ids)[:, 0].contiguous()  # (L, 1, T, D) -> (L, T, D)
 
+    @torch.inference_mode()
+    def encode_many(self, interactions: list[list[int]]) -> list[torch.Tensor]:
+        """`encode` for several interactions in one padded forward (padding masked out)."""
+        width = max(len(ids) for ids in interactions)
+        ids = torch.full((len(interactions), width), self.model.tokenizer.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(interactions), width), dtype=torch.bool)
+        for i, row in enumerate(interactions):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = True
+        encoded = self.model.encode(ids, attention_mask=mask)  # (L, B, T, D)
+        return [encoded[:, i, : len(row)].contiguous() for i, row in enumerate(interactions)]
+
 
 class EncoderActorImpl:
     """Ray actor named ``encoder``. Its result stays in Ray's object store and goes straight to the
@@ -34,6 +46,9 @@ class EncoderActorImpl:
 
     def encode(self, interaction_ids: list[int]) -> torch.Tensor:
         return self.core.encode(interaction_ids)
+
+    def encode_many(self, interactions: list[list[int]]) -> list[torch.Tensor]:
+        return self.core.encode_many(interactions)
 
     def set_weights(self, version: int, state: dict[str, torch.Tensor]) -> int:
         """Load learned parameters in place (the conductor swaps only between interactions)."""

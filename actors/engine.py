@@ -27,6 +27,7 @@ from reactor_rt.actors.handles import GenerateRequest, STMHandle
 from reactor_rt.actors.learner import LearnerCore
 from reactor_rt.actors.memory_updater import MemoryUpdaterCore
 from reactor_rt.actors.stm_store import STMRegistry
+from reactor_rt.actors.update_batcher import UpdateBatcher
 from reactor_rt.errors import ReactorError, RuntimeUnavailableError
 from reactor_rt.learning import LearningExample, LearningResult
 from reactor_rt.model import ReactiveTransformer
@@ -36,6 +37,7 @@ __all__ = ["ActorSet", "InteractionEngine", "LocalEngine", "RayEngine", "RetryPo
 
 log = structlog.get_logger()
 T = TypeVar("T")
+_Update = tuple[STMHandle, list[int], str]  # (the version it starts from, the interaction's ids, its id)
 
 
 class InteractionEngine(Protocol):
@@ -227,10 +229,11 @@ class RayEngine:
         self.weights_version = weights_version
         self.retry = retry or RetryPolicy()
         self.retries = 0  # transient failures retried so far (for operators and tests)
-        # memory id -> (version, ref): the memory updater's result for that version. This process owns
-        # the object, so Ray sends it along with the next update (and the decoder's prepare) instead
-        # of the receiver fetching the STM store's copy: one round trip fewer per turn
-        self._latest: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+        # memory id -> (version, ref, index): the memory updater's batch result holding that version's
+        # STM at ``index``. This process owns the object, so Ray sends it along with the next update
+        # (and the decoder's prepare) instead of the receiver fetching the store's copy
+        self._latest: OrderedDict[str, tuple[int, Any, int]] = OrderedDict()
+        self._updates: UpdateBatcher[_Update, STMHandle] = UpdateBatcher(self._update_batch)
         self._background: set[Any] = set()
         self._decoder = DecoderChannelClient(actors.decoder)  # one chunk stream for every answer
 
@@ -274,6 +277,7 @@ class RayEngine:
                 async for chunk in self._decoder.stream(request):
                     started = True
                     yield chunk
+                self._updates.expect()  # its memory update follows: batch it with others ending now
                 return
             except (ray.exceptions.RayError, ChannelClosedError) as exc:
                 # nothing streamed yet: the request can start again; after a chunk the answer is lost
@@ -305,6 +309,45 @@ class RayEngine:
         return dataclasses.replace(request, handle=fresh) if fresh.version == request.handle.version else request
 
     async def update(self, handle: STMHandle, interaction_ids: list[int], interaction: str) -> STMHandle:
+        return await self._updates.submit((handle, interaction_ids, interaction))
+
+    async def _update_batch(self, items: list[_Update]) -> list[STMHandle | BaseException]:
+        """One encoder, one memory-updater and one store call for every update gathered together.
+        A Ray failure sends each item through `_update_retrying` (commits are idempotent)."""
+        sources: list[Any] = []
+        where: dict[int, int] = {}
+        picks: list[tuple[int, int | None]] = []
+        for handle, _, _ in items:
+            ref, index = self._stm_source(handle)
+            picks.append((where.setdefault(id(ref), len(sources)), index))
+            if len(sources) < len(where):
+                sources.append(ref)
+        try:
+            encoded = self.actors.encoder.encode_many.remote([ids for _, ids, _ in items])
+            new = self.actors.memory.update_many.remote(encoded, picks, *sources)
+            results = await self.actors.stm.commit_many.remote(
+                [(handle.memory_id, handle.version, interaction) for handle, _, interaction in items], new)
+        except ray.exceptions.RayError as exc:
+            log.warning("engine.batch_update_failed", items=len(items), error=type(_unwrap(exc)).__name__)
+            return await asyncio.gather(*(self._update_retrying(*item) for item in items), return_exceptions=True)
+        out: list[STMHandle | BaseException] = []
+        written: list[STMHandle | None] = []
+        for i, ((handle, _, _), result) in enumerate(zip(items, results, strict=True)):
+            fresh = isinstance(result, STMHandle) and result.version == handle.version + 1
+            if fresh:  # this update's result is what the store now holds
+                self._remember(result, new, i)
+            else:
+                self._latest.pop(handle.memory_id, None)
+            written.append(result if fresh else None)
+            out.append(result if isinstance(result, STMHandle) else _reactor_error(result, "updating the memory"))
+        if any(h is not None for h in written):
+            # the decoder pre-computes the new versions' memory keys/values now, off the next query's path
+            self._fire(self.actors.decoder.prepare_many.remote(written, new))
+        return out
+
+    async def _update_retrying(self, handle: STMHandle, interaction_ids: list[int], interaction: str) -> STMHandle:
+        """One update with retries while actors restart, from the store's copy of the STM."""
+        self._latest.pop(handle.memory_id, None)
         current = handle
         retried = False
 
@@ -316,37 +359,29 @@ class RayEngine:
                 # then returns that version) or another write won (StaleVersionError)
                 return await self.actors.stm.commit.remote(handle.memory_id, handle.version, current.stm, interaction)
             encoded = self.actors.encoder.encode.remote(interaction_ids)
-            new_stm = self.actors.memory.update.remote(self._stm_ref(current, retried), encoded)
-            new = await self.actors.stm.commit.remote(handle.memory_id, handle.version, new_stm, interaction)
-            if new.version == handle.version + 1:  # this update's result is what the store now holds
-                self._remember(new, new_stm)
-            return new
+            new_stm = self.actors.memory.update.remote(current.stm, encoded)
+            return await self.actors.stm.commit.remote(handle.memory_id, handle.version, new_stm, interaction)
 
         async def refresh() -> None:
             nonlocal current, retried
             retried = True
             current = await self.actors.stm.handle.remote(handle.memory_id)
 
-        try:
-            return await self._retrying("updating the memory", attempt, refresh)
-        except BaseException:
-            self._latest.pop(handle.memory_id, None)
-            raise
+        return await self._retrying("updating the memory", attempt, refresh)
 
-    def _stm_ref(self, handle: STMHandle, retried: bool) -> Any:
-        """The STM of ``handle`` as an update argument: our own copy when we computed that version."""
+    def _stm_source(self, handle: STMHandle) -> tuple[Any, int | None]:
+        """Where the STM of ``handle`` is: our own batch result when we computed that version (sent
+        along with the call: no fetch), else the STM store's object."""
         latest = self._latest.get(handle.memory_id)
-        if not retried and latest is not None and latest[0] == handle.version:
-            return latest[1]
-        return handle.stm
+        if latest is not None and latest[0] == handle.version:
+            return latest[1], latest[2]
+        return handle.stm, None
 
-    def _remember(self, handle: STMHandle, ref: Any) -> None:
-        self._latest[handle.memory_id] = (handle.version, ref)
+    def _remember(self, handle: STMHandle, ref: Any, index: int) -> None:
+        self._latest[handle.memory_id] = (handle.version, ref, index)
         self._latest.move_to_end(handle.memory_id)
         while len(self._latest) > self.LATEST:
             self._latest.popitem(last=False)
-        # the decoder pre-computes the new version's memory keys/values now, off the next query's path
-        self._fire(self.actors.decoder.prepare.remote(handle, ref))
 
     def _fire(self, ref: Any) -> None:
         """Send without waiting; a failure costs only the head start, and is logged."""

@@ -23,6 +23,19 @@ class MemoryUpdaterCore:
         new = self.model.update_memory(stm.unsqueeze(0), encoded.unsqueeze(1))  # (1, L, S, D)
         return new[0].contiguous()
 
+    @torch.inference_mode()
+    def update_many(self, stms: list[torch.Tensor], encoded: list[torch.Tensor]) -> list[torch.Tensor]:
+        """`update` for several memories in one padded forward (padding masked out)."""
+        width = max(e.shape[1] for e in encoded)
+        layers, _, dim = encoded[0].shape
+        batch = torch.zeros((layers, len(encoded), width, dim), dtype=encoded[0].dtype)
+        mask = torch.zeros((len(encoded), width), dtype=torch.bool)
+        for i, e in enumerate(encoded):
+            batch[:, i, : e.shape[1]] = e
+            mask[i, : e.shape[1]] = True
+        new = self.model.update_memory(torch.stack(stms), batch, attention_mask=mask)  # (B, L, S, D)
+        return [row.contiguous() for row in new]
+
 
 class MemoryUpdaterActorImpl:
     """Ray actor named ``memory``; both arguments arrive resolved from Ray's object store."""
@@ -33,6 +46,13 @@ class MemoryUpdaterActorImpl:
 
     def update(self, stm: torch.Tensor, encoded: torch.Tensor) -> torch.Tensor:
         return self.core.update(stm, encoded)
+
+    def update_many(self, encoded: list[torch.Tensor], picks: list[tuple[int, int | None]],
+                    *sources: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+        """Several updates at once. ``sources`` arrive resolved by Ray: STM tensors, or lists of them
+        (an earlier `update_many` result); ``picks[i] = (source, index or None)`` is memory i's STM."""
+        stms = [sources[s] if i is None else sources[s][i] for s, i in picks]  # type: ignore[index]
+        return self.core.update_many(stms, encoded)
 
     def set_weights(self, version: int, state: dict[str, torch.Tensor]) -> int:
         """Load learned parameters in place (the conductor swaps only between interactions)."""

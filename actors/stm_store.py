@@ -139,6 +139,18 @@ class STMStoreActorImpl:
         self.registry.commit(memory_id, expected_version, stm, interaction)
         return self.handle(memory_id)
 
+    def commit_many(self, items: list[tuple[str, int, str | None]],
+                    stms: list[torch.Tensor]) -> list[STMHandle | Exception]:
+        """`commit` for several memories: each ``(memory_id, expected_version, interaction)`` with its
+        STM; an item that fails gets its exception in its place, the others are still committed."""
+        out: list[STMHandle | Exception] = []
+        for (memory_id, expected, interaction), stm in zip(items, stms, strict=True):
+            try:
+                out.append(self.commit(memory_id, expected, stm, interaction))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
     def fork(self, src: str, dst: str) -> STMHandle:
         self.registry.fork(src, dst)
         return self.handle(dst)

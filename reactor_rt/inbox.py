@@ -19,11 +19,15 @@ from typing import Any
 import structlog
 
 from reactor_rt.errors import ReactorError, RuntimeUnavailableError
-from reactor_rt.events import Event
+from reactor_rt.events import EVENT_TYPES, Event
 
 __all__ = ["Inbox", "InboxItem"]
 
 log = structlog.get_logger()
+
+# everything but the queries: a question already holds its own (stamped by the publish), and another
+# client's queries are not for it; leaving them out saves a delivery per turn
+_ROUTED_TYPES = tuple(t for t in EVENT_TYPES if t != "rx.query")
 
 # what a question's queue holds: its events, then (only if the subscription broke) the error
 InboxItem = Event | BaseException
@@ -92,7 +96,7 @@ class Inbox:
         async with lock:  # concurrent first questions on one stream share one subscription
             feed = self._feeds.get(subject)
             if feed is None or feed.closed:
-                subscription = await self._bus.subscribe(subject=subject)
+                subscription = await self._bus.subscribe(types=_ROUTED_TYPES, subject=subject)
                 feed = _Feed(subscription)
                 feed.task = asyncio.get_running_loop().create_task(self._pump(subject, feed))
                 self._feeds[subject] = feed

@@ -105,6 +105,7 @@ class Stream:
         try:
             (sent,) = await self._rx._bus.publish_many([query])
             self._last_query_seq = sent.seq
+            yield sent  # the query as the bus stamped it (the inbox does not route queries)
             while True:
                 event = await events.get()
                 if isinstance(event, BaseException):

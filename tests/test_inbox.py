@@ -72,7 +72,8 @@ async def test_when_the_stream_ends_waiting_questions_get_an_error_and_the_next_
     inbox._bus = bus2  # the runtime came back (a restarted bus host)
     q2 = await inbox.register("s", "i-2")
     await bus2.publish(Query(subject="s", source="t", interaction="i-2", data={"text": "hi"}))
-    assert (await next_item(q2)).type == "rx.query"
+    await bus2.publish(done("s", "i-2", "answer"))
+    assert (await next_item(q2)).type == "rx.response.done"  # queries are not routed: ask() has its own
     assert bus2.subscribes == 1
     await inbox.close()
 

@@ -88,16 +88,27 @@ async def test_an_unexpected_actor_exception_is_not_retried_and_not_raw():
     assert method.calls == 1
 
 
+def lost():
+    return rex.ObjectLostError("x", None, "")
+
+
+def batch_methods_failing():
+    """The batched update's calls, failing transiently: the engine falls back to one update at a time."""
+    return dict(encode_many=Method("encoded"), update_many=Method("new"), commit_many=Method(None, [lost()]))
+
+
 async def test_the_update_retries_with_a_fresh_handle_and_is_idempotent():
     old = STMHandle("m", 2, "lost-ref")
     fresh = STMHandle("m", 2, "fresh-ref")
     committed = STMHandle("m", 3, "new-ref")
-    encoder = SimpleNamespace(encode=Method("encoded"))
-    memory = SimpleNamespace(update=Method("new-stm"))
-    stm = SimpleNamespace(handle=Method(fresh), commit=Method(committed, [rex.ObjectLostError("x", None, "")]))
-    decoder = SimpleNamespace(prepare=Method(None))
+    batch = batch_methods_failing()
+    encoder = SimpleNamespace(encode=Method("encoded"), encode_many=batch["encode_many"])
+    memory = SimpleNamespace(update=Method("new-stm"), update_many=batch["update_many"])
+    stm = SimpleNamespace(handle=Method(fresh), commit=Method(committed, [lost()]), commit_many=batch["commit_many"])
+    decoder = SimpleNamespace(prepare=Method(None), prepare_many=Method(None))
     eng = RayEngine(ActorSet(decoder=decoder, encoder=encoder, memory=memory, stm=stm), retry=FAST)
     assert await eng.update(old, [1, 2, 3], "i-1") is committed
+    assert stm.commit_many.calls == 1  # the batched try failed, then one at a time:
     assert stm.commit.calls == 2 and stm.handle.calls == 1  # refreshed once, then committed
     assert [args[0] for args in memory.update.args] == ["lost-ref", "fresh-ref"]  # recomputed from the fresh ref
     assert [args[:2] for args in stm.commit.args] == [("m", 2), ("m", 2)]  # same expected version, same id
@@ -106,34 +117,56 @@ async def test_the_update_retries_with_a_fresh_handle_and_is_idempotent():
 async def test_the_update_after_a_lost_acknowledgement_only_asks_the_store():
     old = STMHandle("m", 2, "ref")
     moved_on = STMHandle("m", 3, "ref3")  # the first commit landed before the failure
-    encoder = SimpleNamespace(encode=Method("encoded"))
-    memory = SimpleNamespace(update=Method("new"))
+    batch = batch_methods_failing()
+    encoder = SimpleNamespace(encode=Method("encoded"), encode_many=batch["encode_many"])
+    memory = SimpleNamespace(update=Method("new"), update_many=batch["update_many"])
     commit = Method(lambda *args: (moved_on if args[1] == 2 else None), [unavailable()])
-    stm = SimpleNamespace(handle=Method(moved_on), commit=commit)
+    stm = SimpleNamespace(handle=Method(moved_on), commit=commit, commit_many=batch["commit_many"])
     eng = RayEngine(ActorSet(decoder=None, encoder=encoder, memory=memory, stm=stm), retry=FAST)
     assert await eng.update(old, [1], "i-1") is moved_on
     assert memory.update.calls == 1  # the retry did not recompute: the store answers for the interaction
 
 
+def batching_engine(commits):
+    encoder = SimpleNamespace(encode_many=Method(lambda interactions: ["enc"] * len(interactions)))
+    memory = SimpleNamespace(update_many=Method("new"))
+    stm = SimpleNamespace(commit_many=Method(lambda items, stms: [commits[(m, v)] for m, v, _ in items]))
+    decoder = SimpleNamespace(prepare_many=Method(None))
+    eng = RayEngine(ActorSet(decoder=decoder, encoder=encoder, memory=memory, stm=stm), retry=FAST)
+    return eng, encoder, memory, stm, decoder
+
+
 async def test_the_next_update_starts_from_the_stm_this_engine_computed_and_the_decoder_is_prepared():
     start = STMHandle("m", 2, "store-ref")
     v3, v4 = STMHandle("m", 3, "store-ref-3"), STMHandle("m", 4, "store-ref-4")
-    encoder = SimpleNamespace(encode=Method("encoded"))
-    memory = SimpleNamespace(update=Method("new"))
-    stm = SimpleNamespace(commit=Method(lambda *args: v3 if args[1] == 2 else v4))
-    decoder = SimpleNamespace(prepare=Method(None))
-    eng = RayEngine(ActorSet(decoder=decoder, encoder=encoder, memory=memory, stm=stm), retry=FAST)
+    eng, _, memory, _, decoder = batching_engine({("m", 2): v3, ("m", 3): v4})
     assert await eng.update(start, [1], "i-1") is v3
     assert await eng.update(v3, [2], "i-2") is v4
     await asyncio.sleep(0)  # the prepare calls are sent without waiting
-    first_result = stm.commit.args[0][2]  # the memory updater's result, as the commit received it
-    assert memory.update.args[0][0] == "store-ref"  # nothing computed here yet: the store's copy
-    assert memory.update.args[1][0] is first_result  # then our own result, not "store-ref-3"
-    assert [args[0] for args in decoder.prepare.args] == [v3, v4]
-    assert decoder.prepare.args[0][1] is first_result
+    (_, picks1, *sources1), (_, picks2, *sources2) = memory.update_many.args
+    assert picks1 == [(0, None)] and sources1 == ["store-ref"]  # nothing computed here yet: the store's copy
+    first_result = decoder.prepare_many.args[0][1]  # the memory updater's result, as the decoder got it
+    assert picks2 == [(0, 0)] and sources2 == [first_result]  # then our own result, not "store-ref-3"
+    assert [args[0] for args in decoder.prepare_many.args] == [[v3], [v4]]
     # a version this engine did not write (e.g. after an import) is read from the store again
+    eng.actors.stm.commit = Method(v4)
     await eng.put("m", "imported", 4)
-    assert eng._stm_ref(v4, retried=False) == "store-ref-4"
+    assert eng._stm_source(v4) == ("store-ref-4", None)
+
+
+async def test_updates_due_together_go_out_as_one_batch_and_a_failed_item_fails_alone():
+    handles = [STMHandle(f"m{i}", 1, f"ref{i}") for i in range(3)]
+    stale = StaleVersionError("another write won")
+    commits = {("m0", 1): STMHandle("m0", 2, "a"), ("m1", 1): stale, ("m2", 1): STMHandle("m2", 2, "c")}
+    eng, encoder, memory, stm, decoder = batching_engine(commits)
+    for _ in handles:
+        eng._updates.expect()  # three answers just ended
+    results = await asyncio.gather(*(eng.update(h, [i], f"i{i}") for i, h in enumerate(handles)),
+                                   return_exceptions=True)
+    assert stm.commit_many.calls == 1 and encoder.encode_many.calls == 1 and memory.update_many.calls == 1
+    assert results[0].version == 2 and results[2].version == 2 and results[1] is stale
+    await asyncio.sleep(0)
+    assert decoder.prepare_many.args[0][0] == [results[0], None, results[2]]
 
 
 class FakeDecoder:
