@@ -72,7 +72,11 @@ class EventBus(Protocol):
         after: int | None = None,
         limit: int | None = None,
     ) -> Subscription:
-        """Registered when the await returns; `after` replays the log past that seq first."""
+        """Registered when the await returns; `after` replays the log past that seq first.
+
+        The three buses also take ``watch=True``: a subscription that follows a list of subjects,
+        changed with ``await subscription.watch(subjects, add=True)``.
+        """
         ...
 
     async def replay(
@@ -129,6 +133,10 @@ class InProcessSubscription(Subscription):
         self._sub.taken(len(batch))
         self._batch, self._pos = batch, 1
         return batch[0]
+
+    async def watch(self, subjects: Iterable[str], add: bool = True) -> None:
+        """Follow these subjects too (or no longer); a ``watch=True`` subscription."""
+        self._hub.watch(self._sub, subjects, add)
 
     async def aclose(self) -> None:
         self._hub.unsubscribe(self._sub)
@@ -201,12 +209,14 @@ class InProcessBus(HandlerRegistry):
         *,
         buffer: int | None = None,
         overflow: OverflowPolicy | None = None,
+        watch: bool = False,
     ) -> InProcessSubscription:
         """Subscribe to events by type (exact or "prefix.") and subject; see `EventBus.subscribe`.
 
-        `buffer` and `overflow` override the bus defaults for this subscriber.
+        `buffer` and `overflow` override the bus defaults for this subscriber. ``watch=True``: follow a
+        list of subjects, empty at first (`InProcessSubscription.watch`).
         """
-        sub = await self._hub.subscribe(types, subject, after, limit, buffer=buffer, overflow=overflow)
+        sub = await self._hub.subscribe(types, subject, after, limit, buffer=buffer, overflow=overflow, watch=watch)
         return InProcessSubscription(self._hub, sub)
 
     async def replay(

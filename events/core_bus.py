@@ -60,6 +60,10 @@ class CoreSubscription(Subscription):
         self._core.unsubscribe(self._sid)
         await self._batches.aclose()  # type: ignore[attr-defined]
 
+    async def watch(self, subjects: Iterable[str], add: bool = True) -> None:
+        """Follow these subjects too (or no longer); a ``watch=True`` subscription."""
+        self._core.watch(self._sid, list(subjects), add)
+
     @property
     def dropped(self) -> int:
         return self._dropped
@@ -83,8 +87,8 @@ class CoreBus:
 
     async def subscribe(self, types: Iterable[str] | None = None, subject: str | None = None,
                         after: int | None = None, limit: int | None = None, *, buffer: int | None = None,
-                        overflow: OverflowPolicy | None = None) -> CoreSubscription:
-        sid = await self.core.subscribe(_types(types), subject, after, limit, buffer, overflow)
+                        overflow: OverflowPolicy | None = None, watch: bool = False) -> CoreSubscription:
+        sid = await self.core.subscribe(_types(types), subject, after, limit, buffer, overflow, watch)
         return CoreSubscription(self.core, sid)
 
     async def replay(self, subject: str, after: int = 0, types: Iterable[str] | None = None,
@@ -114,8 +118,11 @@ class BusHost:
 
     async def subscribe(self, types: list[str] | None = None, subject: str | None = None, after: int | None = None,
                         limit: int | None = None, buffer: int | None = None,
-                        overflow: OverflowPolicy | None = None) -> str:
-        return await self.bus_core.subscribe(types, subject, after, limit, buffer, overflow)
+                        overflow: OverflowPolicy | None = None, watch: bool = False) -> str:
+        return await self.bus_core.subscribe(types, subject, after, limit, buffer, overflow, watch)
+
+    async def watch(self, sid: str, subjects: list[str], add: bool = True) -> None:
+        self.bus_core.watch(sid, subjects, add)
 
     @ray.method(num_returns="streaming", _generator_backpressure_num_objects=4)
     async def stream(self, sid: str, max_batch: int = 256) -> AsyncIterator[tuple[list[bytes], int, str | None]]:

@@ -54,6 +54,7 @@ class HubSubscriber(Generic[P]):
     remaining: int | None  # events left before `limit` ends the subscription; None = no limit
     replay: list[P] = field(default_factory=list)  # logged events to deliver before the live ones
     skip_upto: int = 0  # live events on `subject` with seq <= this were already replayed
+    subjects: set[str] | None = None  # a watch list: only these subjects (see `Hub.watch`)
     queued: int = 0  # events sent and not yet taken by the consumer
     dropped: int = 0  # chunks dropped by the drop-chunks policy
     overflowed: bool = False  # disconnected for falling behind
@@ -61,7 +62,8 @@ class HubSubscriber(Generic[P]):
     _room: anyio.Event | None = None  # set when the consumer takes events while a publisher waits
 
     def matches(self, subject: str, type_: str) -> bool:
-        return (self.subject is None or self.subject == subject) and self.types(type_)
+        return ((self.subject is None or self.subject == subject)
+                and (self.subjects is None or subject in self.subjects) and self.types(type_))
 
     def taken(self, n: int) -> None:
         """The consumer took `n` events off the stream: free their room."""
@@ -262,10 +264,17 @@ class Hub(Generic[P]):
         *,
         buffer: int | None = None,
         overflow: OverflowPolicy | None = None,
+        watch: bool = False,
     ) -> HubSubscriber[P]:
-        """Register a subscriber; with `after`, its replay holds the logged events past that seq."""
+        """Register a subscriber; with `after`, its replay holds the logged events past that seq.
+
+        ``watch=True``: the subscriber starts with an empty watch list of subjects, extended and
+        shrunk with `watch` / `unwatch` (one subscription following many streams).
+        """
         if after is not None and subject is None:
             raise ValueError("after= resumes one subject's sequence: give subject= too")
+        if watch and (subject is not None or after is not None):
+            raise ValueError("watch= follows a list of subjects: not with subject= or after=")
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         if after is not None and after < 0:
@@ -290,6 +299,7 @@ class Hub(Generic[P]):
                 capacity=size,
                 chunk_high_water=max(1, math.ceil(size * 3 / 4)),  # room kept for non-chunk events
                 remaining=limit,
+                subjects=set() if watch else None,
             )
             if after is not None and subject is not None:
                 upto = self.last_seq(subject)
@@ -305,6 +315,17 @@ class Hub(Generic[P]):
                         return sub
             self._subs.append(sub)
             return sub
+
+    @staticmethod
+    def watch(sub: HubSubscriber[P], subjects: Iterable[str], add: bool = True) -> None:
+        """Add subjects to (or, with ``add=False``, remove them from) a watching subscriber's list;
+        events published after this returns follow the new list."""
+        if sub.subjects is None:
+            raise ValueError("this subscription follows a fixed filter; subscribe with watch=True")
+        if add:
+            sub.subjects.update(subjects)
+        else:
+            sub.subjects.difference_update(subjects)
 
     def unsubscribe(self, sub: HubSubscriber[P]) -> None:
         """Stop delivering to `sub` (idempotent)."""

@@ -93,12 +93,20 @@ class EventBusCore:
         limit: int | None = None,
         buffer: int | None = None,
         overflow: OverflowPolicy | None = None,
+        watch: bool = False,
     ) -> str:
         """Register a subscriber; returns its id for `stream` and `unsubscribe`."""
-        sub = await self.hub.subscribe(types, subject, after, limit, buffer=buffer, overflow=overflow)
+        sub = await self.hub.subscribe(types, subject, after, limit, buffer=buffer, overflow=overflow, watch=watch)
         sid = uuid.uuid4().hex
         self._subs[sid] = sub
         return sid
+
+    def watch(self, sid: str, subjects: Sequence[str], add: bool = True) -> None:
+        """Change a watching subscriber's list of subjects (see `Hub.watch`)."""
+        sub = self._subs.get(sid)
+        if sub is None:
+            raise ValueError(f"no subscriber {sid!r}")
+        self.hub.watch(sub, subjects, add)
 
     async def stream(self, sid: str, max_batch: int = 1024) -> AsyncIterator[tuple[list[bytes], int, str | None]]:
         """Yield `(frames, dropped, end)` batches for subscriber `sid`: the replay first, then live events
@@ -194,8 +202,12 @@ class EventBusActor:
         limit: int | None = None,
         buffer: int | None = None,
         overflow: OverflowPolicy | None = None,
+        watch: bool = False,
     ) -> str:
-        return await self.core.subscribe(types, subject, after, limit, buffer, overflow)
+        return await self.core.subscribe(types, subject, after, limit, buffer, overflow, watch)
+
+    async def watch(self, sid: str, subjects: list[str], add: bool = True) -> None:
+        self.core.watch(sid, subjects, add)
 
     # backpressure: at most 4 unconsumed batches per subscriber; past that the actor-side buffer fills
     # and the slow-subscriber policy applies instead of objects piling up in the object store
@@ -319,6 +331,10 @@ class RaySubscription(Subscription):
             with contextlib.suppress(Exception):  # e.g. Ray already shut down
                 self._bus.actor.unsubscribe.remote(self._sid)
 
+    async def watch(self, subjects: Iterable[str], add: bool = True) -> None:
+        """Follow these subjects too (or, with ``add=False``, no longer); a ``watch=True`` subscription."""
+        await _call(self._bus.actor.watch.remote(self._sid, list(subjects), add))
+
     @property
     def dropped(self) -> int:
         return self._dropped
@@ -408,10 +424,12 @@ class RayBus(HandlerRegistry):
         *,
         buffer: int | None = None,
         overflow: OverflowPolicy | None = None,
+        watch: bool = False,
     ) -> RaySubscription:
-        """Subscribe; registered in the actor when this returns. See `EventBus.subscribe`."""
+        """Subscribe; registered in the actor when this returns. See `EventBus.subscribe`;
+        ``watch=True`` starts an empty list of subjects to follow (`RaySubscription.watch`)."""
         sid = await _call(
-            self.actor.subscribe.remote(_types_arg(types), subject, after, limit, buffer, overflow)
+            self.actor.subscribe.remote(_types_arg(types), subject, after, limit, buffer, overflow, watch)
         )
         gen = self.actor.stream.remote(sid, self.max_batch)
         return RaySubscription(self, sid, gen)

@@ -1,11 +1,12 @@
-"""One long-lived bus subscription per stream, shared by every `Stream.ask` on it.
+"""One long-lived bus subscription for every `Stream.ask` of a client.
 
 Subscribing costs round trips to the bus and a new delivery stream; doing it for every question put
-them on every turn's path. The inbox subscribes once per stream id (on its first question) and routes
-each arriving event to the question it belongs to, by interaction id; events of interactions nobody
-here asked about (another client's queries on the same stream) are dropped. When the subscription
-ends — the runtime stopped or restarted — every waiting question gets the error, and the next one
-subscribes again.
+them on every turn's path, and one subscription per stream meant one message per stream for events
+published together. The inbox subscribes once (``watch=True``), adds each stream to the subscription's
+watch list on its first question, and routes each arriving event to the question it belongs to, by
+interaction id; events of interactions nobody here asked about (another client's queries on the same
+stream) are dropped. When the subscription ends — the runtime stopped or restarted — every waiting
+question gets the error, and the next one subscribes again.
 """
 
 from __future__ import annotations
@@ -36,76 +37,68 @@ InboxItem = Event | BaseException
 @dataclass
 class _Feed:
     subscription: Any
-    routes: dict[str, asyncio.Queue[InboxItem]] = field(default_factory=dict)
+    loop: asyncio.AbstractEventLoop
+    routes: dict[str, asyncio.Queue[InboxItem]] = field(default_factory=dict)  # interaction -> queue
+    watched: OrderedDict[str, int] = field(default_factory=OrderedDict)  # subject -> questions in flight
     task: asyncio.Task[None] | None = None
     closed: bool = False
 
 
 class Inbox:
-    """Routes one subscription per stream id to the questions waiting on it (see the module doc).
+    """Routes one watching subscription to the questions waiting on it (see the module doc).
 
-    ``max_idle``: subscriptions of streams with no question in flight kept open; the least recently
-    used beyond that are closed (a later question reopens them).
+    ``max_idle``: streams with no question in flight that stay on the watch list; the least recently
+    used beyond that are dropped from it (a later question adds them again).
     """
 
-    def __init__(self, bus: Any, max_idle: int = 256) -> None:
+    def __init__(self, bus: Any, max_idle: int = 1024) -> None:
         self._bus = bus
         self._max_idle = max_idle
-        self._feeds: OrderedDict[str, _Feed] = OrderedDict()
-        self._opening: dict[str, asyncio.Lock] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._feed: _Feed | None = None
+        self._opening = asyncio.Lock()
 
     async def register(self, subject: str, interaction: str) -> asyncio.Queue[InboxItem]:
         """A queue that receives ``interaction``'s events on ``subject``; live when this returns, so
         publish the query after it."""
-        feed = await self._feed(subject)
+        feed = await self._open()
+        if subject not in feed.watched:
+            await feed.subscription.watch([subject])
+            feed.watched[subject] = 0
+            await self._trim(feed)
+        feed.watched[subject] += 1
+        feed.watched.move_to_end(subject)
         queue: asyncio.Queue[InboxItem] = asyncio.Queue()
         feed.routes[interaction] = queue
         return queue
 
     def release(self, subject: str, interaction: str) -> None:
         """Stop routing ``interaction`` (its question ended or was abandoned)."""
-        feed = self._feeds.get(subject)
-        if feed is not None:
-            feed.routes.pop(interaction, None)
-
-    async def close_subject(self, subject: str) -> None:
-        """Close the subscription of one stream (its waiting questions get an error)."""
-        feed = self._feeds.pop(subject, None)
-        if feed is not None:
-            await self._close(feed, ReactorError(f"stream {subject!r} was closed by this client"))
+        feed = self._feed
+        if feed is not None and feed.routes.pop(interaction, None) is not None and subject in feed.watched:
+            feed.watched[subject] = max(0, feed.watched[subject] - 1)
 
     async def close(self) -> None:
-        """Close every subscription; waiting questions get `RuntimeUnavailableError`."""
-        feeds = list(self._feeds.values())
-        self._feeds.clear()
-        for feed in feeds:
+        """Close the subscription; waiting questions get `RuntimeUnavailableError`."""
+        feed, self._feed = self._feed, None
+        if feed is not None:
             await self._close(feed, RuntimeUnavailableError("the client closed the runtime"))
 
-    async def _feed(self, subject: str) -> _Feed:
+    async def _open(self) -> _Feed:
+        feed = self._feed
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # used from a new event loop: the old loop's tasks cannot serve it
-            self._feeds.clear()
-            self._opening.clear()
-            self._loop = loop
-        feed = self._feeds.get(subject)
-        if feed is not None and not feed.closed:
-            self._feeds.move_to_end(subject)
+        if feed is not None and not feed.closed and feed.loop is loop:
             return feed
-        lock = self._opening.setdefault(subject, asyncio.Lock())
-        async with lock:  # concurrent first questions on one stream share one subscription
-            feed = self._feeds.get(subject)
+        if feed is not None and feed.loop is not loop:  # a new event loop: the old one's tasks are gone
+            self._feed, self._opening = None, asyncio.Lock()
+        async with self._opening:  # concurrent first questions share one subscription
+            feed = self._feed
             if feed is None or feed.closed:
-                subscription = await self._bus.subscribe(types=_ROUTED_TYPES, subject=subject)
-                feed = _Feed(subscription)
-                feed.task = asyncio.get_running_loop().create_task(self._pump(subject, feed))
-                self._feeds[subject] = feed
-            self._feeds.move_to_end(subject)
-        self._opening.pop(subject, None)
-        await self._trim()
-        return feed
+                subscription = await self._bus.subscribe(types=_ROUTED_TYPES, watch=True)
+                feed = self._feed = _Feed(subscription, loop)
+                feed.task = loop.create_task(self._pump(feed))
+            return feed
 
-    async def _pump(self, subject: str, feed: _Feed) -> None:
+    async def _pump(self, feed: _Feed) -> None:
         error: BaseException
         try:
             async for event in feed.subscription:
@@ -118,17 +111,20 @@ class Inbox:
         except ReactorError as exc:
             error = exc
         except Exception as exc:  # whatever broke the stream, the waiting questions must hear of it
-            log.warning("inbox.stream_failed", subject=subject[:256], error=type(exc).__name__)
+            log.warning("inbox.stream_failed", error=type(exc).__name__)
             error = RuntimeUnavailableError(f"the event stream failed: {type(exc).__name__}: {exc}")
         feed.closed = True
-        if self._feeds.get(subject) is feed:
-            del self._feeds[subject]
+        if self._feed is feed:
+            self._feed = None
         self._fail(feed, error)
 
-    async def _trim(self) -> None:
-        idle = [s for s, f in self._feeds.items() if not f.routes]
-        for subject in idle[: max(0, len(idle) - self._max_idle)]:
-            await self._close(self._feeds.pop(subject), RuntimeUnavailableError("unused subscription closed"))
+    async def _trim(self, feed: _Feed) -> None:
+        idle = [s for s, n in feed.watched.items() if n == 0]
+        drop = idle[: max(0, len(idle) - self._max_idle)]
+        if drop:
+            for subject in drop:
+                del feed.watched[subject]
+            await feed.subscription.watch(drop, add=False)
 
     async def _close(self, feed: _Feed, error: BaseException) -> None:
         feed.closed = True

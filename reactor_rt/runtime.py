@@ -193,7 +193,6 @@ class Stream:
     async def close(self) -> None:
         """Close the stream: later queries on it get ``rx.error`` (`StreamClosedError`)."""
         await self._rx._call(self._rx._conductor.close_stream.remote(self.id))
-        await self._rx._inbox.close_subject(self.id)
 
 
 class Thinking:

@@ -164,6 +164,20 @@ class TestBusContract:
         for sub in (exact, prefix, memory, everything):
             await sub.aclose()
 
+    async def test_a_watching_subscription_follows_the_subjects_it_is_given(self, bus):
+        a, b, c = fresh_subject(), fresh_subject(), fresh_subject()
+        sub = await bus.subscribe(types=["rx.response."], watch=True)
+        await bus.publish(done(a, "before watching"))
+        await sub.watch([a, b])
+        await bus.publish_many([done(a, "a1"), done(c, "never watched"), query(b), chunk(b, "b1")])
+        await sub.watch([a], add=False)
+        await bus.publish_many([done(a, "after unwatching"), done(b, "b2")])
+        got = await take(sub, 3)
+        assert [(e.subject, e.data.text) for e in got] == [(a, "a1"), (b, "b1"), (b, "b2")]
+        await sub.aclose()
+        with pytest.raises(ValueError):
+            await bus.subscribe(subject=a, watch=True)
+
     async def test_limit_ends_the_subscription(self, bus):
         s = fresh_subject()
         sub = await bus.subscribe(subject=s, limit=3)
