@@ -6,8 +6,8 @@ in-process model calls, side by side in one run; then aggregate tokens/s for con
 Per turn = query -> full answer -> memory update written (what one interaction costs); time to first
 token = query sent -> first answer token in hand. The model is the untrained `tiny` preset with [EOS]
 disabled, so every answer has exactly --tokens tokens and both paths do identical work (greedy).
-Medians after a warm-up. Goals (issue 4): <= 15 % per-turn overhead, <= 5 ms extra time to first token,
-16 streams >= 4x the tokens/s of one stream.
+Medians after a warm-up. Goals: <= 15 % per-turn overhead, <= 5 ms extra time to first token, 16
+streams >= 4x the tokens/s of one stream (issue 4); <= 10 % per turn and 16 streams >= 6x (issue 7).
 """
 
 from __future__ import annotations
@@ -114,8 +114,13 @@ async def measure(quick: bool = False, tokens: int = 64) -> dict[str, object]:
         r_turn, r_ttft, _ = await reactor_turns(rx, "measure", turns, tokens, r_answer)
         d_turn2, d_ttft2, d_answer2 = direct_turns(model, turns, tokens)  # again: the machine may drift
         d_turn, d_ttft, d_answer = d_turn + d_turn2, d_ttft + d_ttft2, d_answer + d_answer2
-        levels = [1, 4, 16] if quick else [1, 4, 16, 64]
-        tps = {n: await throughput(rx, n, 2 if quick else 3, tokens, "tput") for n in levels}
+        # every level in each round, rounds repeated: load swings hit all levels alike; medians
+        levels = [1, 4, 16, 64]
+        samples: dict[int, list[float]] = {n: [] for n in levels}
+        for rnd in range(2 if quick else 3):
+            for n in levels:
+                samples[n].append(await throughput(rx, n, 2 if quick else 3, tokens, f"tput{rnd}"))
+        tps = {n: statistics.median(v) for n, v in samples.items()}
     med = statistics.median
     return {
         "tokens": tokens, "turns": turns,
@@ -141,14 +146,16 @@ def report(r: dict[str, object]) -> str:
         f"{r['answer_overhead']:13.3f}x",
         f"{'time to first token, ms':32s} {r['direct_ttft_ms']:10.2f} {r['reactor_ttft_ms']:10.2f} "
         f"{r['extra_ttft_ms']:+13.2f}ms",
-        f"  goal per-turn overhead <= 15 %: {'met' if r['overhead'] <= 1.15 else 'NOT met'} "  # type: ignore[operator]
-        f"({100 * (r['overhead'] - 1):+.1f} %)",  # type: ignore[operator]
+        f"  goal per-turn overhead <= 15 % / <= 10 %: {'met' if r['overhead'] <= 1.15 else 'NOT met'} / "  # type: ignore[operator]
+        f"{'met' if r['overhead'] <= 1.10 else 'NOT met'} ({100 * (r['overhead'] - 1):+.1f} %)",  # type: ignore[operator]
         f"  goal extra TTFT <= 5 ms: {'met' if r['extra_ttft_ms'] <= 5 else 'NOT met'}",  # type: ignore[operator]
         "",
         f"{'concurrent streams':20s} {'tokens/s':>10s} {'vs 1 stream':>12s}",
     ]
     lines += [f"{n:<20d} {v:10.1f} {v / tps[1]:11.2f}x" for n, v in tps.items()]
-    lines.append(f"  goal 16 streams >= 4x one stream: {'met' if tps[16] / tps[1] >= 4 else 'NOT met'}")
+    ratio = tps[16] / tps[1]
+    lines.append(f"  goal 16 streams >= 4x / >= 6x one stream: {'met' if ratio >= 4 else 'NOT met'} / "
+                 f"{'met' if ratio >= 6 else 'NOT met'}")
     return "\n".join(lines)
 
 

@@ -77,3 +77,15 @@ def test_suite_writes_results(tmp_path):
     text = out.read_text()
     assert "## Goals" in text and "STM vs KV cache" in text and "torch" in text
     assert (tmp_path / "memory_footprint.png").exists()
+
+
+def test_runtime_overhead_report_states_both_issues_goals():
+    from benchmarks.runtime_overhead import report
+
+    r = {"tokens": 64, "turns": 6, "direct_turn_ms": 100.0, "reactor_turn_ms": 112.0, "direct_ttft_ms": 3.0,
+         "reactor_ttft_ms": 7.0, "direct_answer_ms": 95.0, "reactor_answer_ms": 99.0, "answer_overhead": 99 / 95,
+         "overhead": 1.12, "extra_ttft_ms": 4.0, "tokens_per_s": {1: 100.0, 4: 300.0, 16: 500.0, 64: 700.0}}
+    text = report(r)
+    assert "<= 15 % / <= 10 %: met / NOT met (+12.0 %)" in text
+    assert "extra TTFT <= 5 ms: met" in text
+    assert "16 streams >= 4x / >= 6x one stream: met / NOT met" in text and "64" in text
