@@ -22,9 +22,13 @@ async def main(model: Any = "tiny", store: str = "memory://", steps: int = 4) ->
     async with Reactor.start(model=model, store=store, max_new_tokens=32) as rx:
         a = await rx.stream("dreamer")
         b = await rx.stream("planner")
+        print("[user -> dreamer] My name is Tomi.")
+        print("[dreamer answers]", await a.reply("My name is Tomi."))
+        # seeds the small model can keep talking about (an acknowledgement as a query gets an empty
+        # answer, which ends a loop)
         loops = [
-            await a.think("My name is Tomi.", Budget(steps=steps, seconds=120)),
-            await b.think("My city is Wesmere.", steps, stop="Wesmere Wesmere"),
+            await a.think("How are you?", Budget(steps=steps, seconds=120)),
+            await b.think("Hello!", steps, stop="See you soon."),
         ]
         # an external query preempts the loop at the next step boundary
         print("[user -> dreamer] What is my name?")
