@@ -47,30 +47,49 @@ def build_model() -> ReactiveTransformer:
     return ReactiveTransformer(RxTConfig.preset("tiny"), BenchTokenizer()).eval()
 
 
-@torch.inference_mode()
-def direct_turns(model: ReactiveTransformer, turns: int, tokens: int) -> tuple[list[float], list[float], list[float]]:
-    """(per-turn ms, time-to-first-token ms, answer ms) of in-process calls: decode with the batch engine,
-    encode, update memory — what the actors do, minus the runtime."""
-    db = DecodeBatch(model, capacity=1)
-    stm = model.init_stm(1)
-    per_turn, ttft, answered = [], [], []
-    for i in range(turns):
-        prompt = build_prompt(model.tokenizer, PROMPTS[i % len(PROMPTS)])
+class DirectSession:
+    """In-process calls doing what the actors do for one conversation: decode with the batch engine,
+    encode, update memory — minus the runtime. One `turn` at a time, so turns can alternate with the
+    Reactor's."""
+
+    def __init__(self, model: ReactiveTransformer) -> None:
+        self.model = model
+        self.db = DecodeBatch(model, capacity=1)
+        self.stm = model.init_stm(1)
+        self.turns = 0
+
+    @torch.inference_mode()
+    def turn(self, tokens: int) -> tuple[float, float, float]:
+        """(per-turn ms, time-to-first-token ms, answer ms) of one turn."""
+        model, db = self.model, self.db
+        prompt = build_prompt(model.tokenizer, PROMPTS[self.turns % len(PROMPTS)])
+        self.turns += 1
         t0 = time.perf_counter()
-        slot = db.add(torch.tensor(prompt), memory_kv=model.memory_kv(stm), max_new_tokens=tokens)
+        slot = db.add(torch.tensor(prompt), memory_kv=model.memory_kv(self.stm), max_new_tokens=tokens)
         answer = [o.token for o in db.step()]
-        ttft.append(1000 * (time.perf_counter() - t0))
+        ttft = 1000 * (time.perf_counter() - t0)
         while db.active:
             answer += [o.token for o in db.step()]
         db.remove(slot)
-        answered.append(1000 * (time.perf_counter() - t0))
-        stm = model.update_memory(stm, model.encode(torch.tensor(prompt + answer)[None]))
-        per_turn.append(1000 * (time.perf_counter() - t0))
+        answered = 1000 * (time.perf_counter() - t0)
+        self.stm = model.update_memory(self.stm, model.encode(torch.tensor(prompt + answer)[None]))
+        return 1000 * (time.perf_counter() - t0), ttft, answered
+
+
+def direct_turns(model: ReactiveTransformer, turns: int, tokens: int) -> tuple[list[float], list[float], list[float]]:
+    """(per-turn ms, time-to-first-token ms, answer ms) of ``turns`` turns of one direct conversation."""
+    session = DirectSession(model)
+    per_turn, ttft, answered = [], [], []
+    for _ in range(turns):
+        t, f, a = session.turn(tokens)
+        per_turn.append(t)
+        ttft.append(f)
+        answered.append(a)
     return per_turn, ttft, answered
 
 
-async def reactor_turns(rx, stream_id: str, turns: int, tokens: int,
-                        answered: list[float] | None = None) -> tuple[list[float], list[float], int]:
+async def reactor_turns(rx, stream_id: str, turns: int, tokens: int, answered: list[float] | None = None,
+                        first_prompt: int = 0) -> tuple[list[float], list[float], int]:
     """(per-turn ms, time-to-first-token ms, tokens) through the Reactor for one stream; the answer
     times (query -> rx.response.done) go to ``answered`` when given."""
     stream = await rx.stream(stream_id)
@@ -78,7 +97,7 @@ async def reactor_turns(rx, stream_id: str, turns: int, tokens: int,
     for i in range(turns):
         t0 = time.perf_counter()
         first = None
-        async for ev in stream.ask(PROMPTS[i % len(PROMPTS)], max_new_tokens=tokens):
+        async for ev in stream.ask(PROMPTS[(first_prompt + i) % len(PROMPTS)], max_new_tokens=tokens):
             if first is None and ev.type in ("rx.response.chunk", "rx.response.done"):
                 first = time.perf_counter()
             if ev.type == "rx.response.done":
@@ -104,16 +123,26 @@ async def measure(quick: bool = False, tokens: int = 64) -> dict[str, object]:
 
     model = build_model()
     torch.set_num_threads(1)  # the decoder actor runs with 1 thread: compare like with like
-    turns = 6 if quick else 16
+    turns = 12 if quick else 32
     direct_turns(model, 2, tokens)  # warm-up
     async with Reactor.start(model=model, store="memory://", max_new_tokens=tokens, decoder_capacity=64,
                              learning=False) as rx:
         await reactor_turns(rx, "warmup", 2, tokens)
-        d_turn, d_ttft, d_answer = direct_turns(model, turns, tokens)
-        r_answer: list[float] = []
-        r_turn, r_ttft, _ = await reactor_turns(rx, "measure", turns, tokens, r_answer)
-        d_turn2, d_ttft2, d_answer2 = direct_turns(model, turns, tokens)  # again: the machine may drift
-        d_turn, d_ttft, d_answer = d_turn + d_turn2, d_ttft + d_ttft2, d_answer + d_answer2
+        # the two paths take turns (A B B A ...): a machine whose speed drifts slows both alike
+        direct = DirectSession(model)
+        stream = await rx.stream("measure")
+        d_turn, d_ttft, d_answer, r_turn, r_ttft, r_answer = [], [], [], [], [], []  # type: ignore[var-annotated]
+        for i in range(turns):
+            for path in ("direct", "reactor") if i % 2 == 0 else ("reactor", "direct"):
+                if path == "direct":
+                    t, f, a = direct.turn(tokens)
+                    d_turn.append(t)
+                    d_ttft.append(f)
+                    d_answer.append(a)
+                else:
+                    (t,), (f,), _ = await reactor_turns(rx, stream.id, 1, tokens, r_answer, first_prompt=i)
+                    r_turn.append(t)
+                    r_ttft.append(f)
         # every level in each round, rounds repeated: load swings hit all levels alike; medians
         levels = [1, 4, 16, 64]
         samples: dict[int, list[float]] = {n: [] for n in levels}
