@@ -5,7 +5,7 @@ from __future__ import annotations
 import ray
 import torch
 
-from reactor_rt.learning import apply_serving_state
+from reactor_rt.actors.serving import ServingModelActor
 from reactor_rt.model import ReactiveTransformer
 
 __all__ = ["EncoderActor", "EncoderActorImpl", "EncoderCore"]
@@ -36,9 +36,9 @@ class EncoderCore:
         return [encoded[:, i, : len(row)].contiguous() for i, row in enumerate(interactions)]
 
 
-class EncoderActorImpl:
-    """Ray actor named ``encoder``. Its result stays in Ray's object store and goes straight to the
-    memory updater: the conductor only passes the reference along."""
+class EncoderActorImpl(ServingModelActor):
+    """Ray actor named ``encoder``. Its result (small enough to travel inline) returns to the conductor,
+    which sends it on with the memory updater's call."""
 
     def __init__(self, model: ReactiveTransformer, threads: int = 1) -> None:
         torch.set_num_threads(threads)
@@ -49,15 +49,6 @@ class EncoderActorImpl:
 
     def encode_many(self, interactions: list[list[int]]) -> list[torch.Tensor]:
         return self.core.encode_many(interactions)
-
-    def set_weights(self, version: int, state: dict[str, torch.Tensor]) -> int:
-        """Load learned parameters in place (the conductor swaps only between interactions)."""
-        with torch.no_grad():
-            apply_serving_state(self.core.model, state)
-        return version
-
-    def ping(self) -> bool:
-        return True
 
 
 EncoderActor = ray.remote(EncoderActorImpl)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ray
 import torch
 
-from reactor_rt.learning import apply_serving_state
+from reactor_rt.actors.serving import ServingModelActor
 from reactor_rt.model import ReactiveTransformer
 
 __all__ = ["MemoryUpdaterActor", "MemoryUpdaterActorImpl", "MemoryUpdaterCore"]
@@ -37,7 +37,7 @@ class MemoryUpdaterCore:
         return [row.contiguous() for row in new]
 
 
-class MemoryUpdaterActorImpl:
+class MemoryUpdaterActorImpl(ServingModelActor):
     """Ray actor named ``memory``; both arguments arrive resolved from Ray's object store."""
 
     def __init__(self, model: ReactiveTransformer, threads: int = 1) -> None:
@@ -53,15 +53,6 @@ class MemoryUpdaterActorImpl:
         (an earlier `update_many` result); ``picks[i] = (source, index or None)`` is memory i's STM."""
         stms = [sources[s] if i is None else sources[s][i] for s, i in picks]  # type: ignore[index]
         return self.core.update_many(stms, encoded)
-
-    def set_weights(self, version: int, state: dict[str, torch.Tensor]) -> int:
-        """Load learned parameters in place (the conductor swaps only between interactions)."""
-        with torch.no_grad():
-            apply_serving_state(self.core.model, state)
-        return version
-
-    def ping(self) -> bool:
-        return True
 
 
 MemoryUpdaterActor = ray.remote(MemoryUpdaterActorImpl)

@@ -80,7 +80,7 @@ def _runtime(quick: bool, plots: Path) -> tuple[str, list[Goal]]:
     tps: dict[int, float] = r["tokens_per_s"]  # type: ignore[assignment]
     lines = [
         f"`tiny` preset (untrained, [EOS] disabled), {r['tokens']}-token answers, {r['turns']} turns per path "
-        "(direct twice, before and after the Reactor), medians; Ray actors on this machine "
+        "(direct and Reactor turns alternating), medians; Ray actors on this machine "
         "(benchmarks/runtime_overhead.py).",
         "",
         "| | direct calls | Reactor | Reactor / direct |",
