@@ -82,7 +82,8 @@ def measure(quick: bool = False, turns: int = 128, query_len: int = 16, answer_l
             repeats: int | None = None, preset: str = "tiny") -> dict[str, Any]:
     """Time the three systems side by side at the sampled turns; returns the figures (ms)."""
     torch.set_num_threads(1)
-    repeats = repeats or 9
+    # the host's speed swings within seconds: more rounds in quick mode too (medians), it is cheap
+    repeats = repeats or 15
     model = build_rxt(preset)
     per_turn = query_len + answer_len
     base = StatelessDecoder.from_rxt(model, max_seq_len=turns * per_turn + 1)

@@ -49,7 +49,7 @@ def _batched_step(model: ReactiveTransformer, stm: torch.Tensor, rows: int, toke
 def measure(quick: bool = False, preset: str = "tiny") -> dict[str, Any]:
     """ms/token with and without the memory pre-cache, and ms per batched step; returns the figures."""
     torch.set_num_threads(1)
-    repeats, tokens = (5, 32) if quick else (11, 64)
+    repeats, tokens = (9, 32) if quick else (11, 64)
     model = build_rxt(preset)
     stm = model.init_stm(1) + 0.5 * torch.randn(model.init_stm(1).shape)  # a non-trivial memory
     prompt = random_ids(16, 1)

@@ -148,8 +148,10 @@ SECTIONS: dict[str, tuple[str, Callable[..., tuple[str, list[Goal]]]]] = {
     "conversation": ("Per-turn latency over a 128-turn conversation: RxT vs stateless baselines", _conversation),
     "memory": ("Memory per conversation: STM vs KV cache", _memory),
     "attention": ("Attention variants: SQA, sSQA, xSQA vs GQA, MQA, MHA", _attention),
-    "runtime": ("Runtime overhead: Reactor vs direct model calls", _runtime),
+    # the in-process bus figures are wall rates: run them before Ray starts (its processes wind down
+    # for seconds after the runtime section and took up to 3/4 of those rates)
     "events": ("Event codec and bus", _events),
+    "runtime": ("Runtime overhead: Reactor vs direct model calls", _runtime),
 }
 
 
@@ -170,12 +172,30 @@ def _load() -> str:
     return " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
+def host_speed() -> str:
+    """Thread-CPU ms of a fixed workload shaped like decoding (100 products of an 8 MiB matrix with a
+    vector: memory-bound, 1 thread; median of 5). The cores are shared, and their speed moves between
+    runs and within one — compare this line across reports."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    w, v = torch.randn(2048, 1024), torch.randn(1024)
+    times = []
+    for _ in range(5):
+        c0 = time.thread_time()
+        for _ in range(100):
+            w @ v
+        times.append(1000 * (time.thread_time() - c0))
+    best = sorted(times)[2]
+    torch.set_num_threads(threads)
+    return f"{best:.1f} ms"
+
+
 def _met(met: bool | None) -> str:
     return "—" if met is None else ("met" if met else "**NOT met**")
 
 
 def render(results: dict[str, tuple[str, list[Goal], float]], quick: bool, started: dt.datetime,
-           load_start: str, elapsed: float) -> str:
+           load_start: str, elapsed: float, speed_start: str = "n/a") -> str:
     """RESULTS.md: machine info, the goals table, then one section per benchmark."""
     lines = [
         "# reactor-rt benchmarks",
@@ -191,6 +211,8 @@ def render(results: dict[str, tuple[str, list[Goal], float]], quick: bool, start
         "|---|---|",
         f"| CPU | {_cpu_model()}, {os.cpu_count()} logical CPUs (shared with other work) |",
         f"| load average 1/5/15 min | {load_start} at start, {_load()} at end |",
+        f"| host speed: 100 products of an 8 MiB matrix with a vector, CPU ms (lower is faster) | {speed_start} at start, "
+        f"{host_speed()} at end |",
         f"| torch | {torch.__version__} (CPU), threads used: 1 |",
         f"| python | {platform.python_version()} on {platform.system()} {platform.machine()} |",
         "",
@@ -215,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"), help="where to write the Markdown report (the PNGs go beside it)")
     args = parser.parse_args(argv)
     chosen = [k for k in SECTIONS if (args.only is None or k in args.only) and not (args.no_ray and k == "runtime")]
-    started, load_start, t0 = dt.datetime.now(dt.UTC), _load(), time.perf_counter()
+    started, load_start, speed_start, t0 = dt.datetime.now(dt.UTC), _load(), host_speed(), time.perf_counter()
     threads = torch.get_num_threads()
     plots = Path(args.out).parent  # the PNGs go next to the report, which links them by name
     plots.mkdir(parents=True, exist_ok=True)
@@ -235,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(threads)
         results[key] = (body, goals, time.perf_counter() - t)
         print(body, f"\n({results[key][2]:.0f} s)\n", flush=True)
-    text = render(results, args.quick, started, load_start, time.perf_counter() - t0)
+    text = render(results, args.quick, started, load_start, time.perf_counter() - t0, speed_start)
     Path(args.out).write_text(text)
     print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s")
     return 1 if failed else 0
