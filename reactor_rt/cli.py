@@ -13,6 +13,7 @@ from reactor_rt.errors import ReactorError
 
 __all__ = ["main"]
 
+UPDATE_WAIT_S = 2.0  # how long chat waits for a memory update before it shows the next prompt
 CHAT_HELP = "commands: /new [NAME] new stream, /fork NAME copy this memory, /memory show STM stats, /quit"
 
 
@@ -152,19 +153,29 @@ async def _chat_turn(stream: Any, text: str, args: argparse.Namespace, backgroun
         await events.aclose()
         return
 
+    late = False  # the next prompt is shown: report the end on a line of its own
+
     async def finish_update() -> None:
         try:
             async for event in events:
                 if event.type == "rx.memory.updating":
-                    print("  (updating memory…)", flush=True)
+                    print("  (updating memory…", end="", flush=True)
                 elif event.type == "rx.memory.updated":
-                    print(f"  (memory updated: version {event.data.version})", flush=True)
+                    version = event.data.version
+                    print(f"\n  (memory updated: version {version})" if late else f" done: version {version})",
+                          flush=True)
         except ReactorError as exc:
-            print(f"  [memory update failed] {exc}", flush=True)
+            print(f"\n  [memory update failed] {exc}", flush=True)
 
     task = asyncio.get_running_loop().create_task(finish_update())
-    background.add(task)
-    task.add_done_callback(background.discard)
+    # an update takes milliseconds: wait for it before the next prompt, so its lines do not land in the
+    # middle of what the user types; a slow one finishes in the background (the next query queues)
+    done, _ = await asyncio.wait({task}, timeout=UPDATE_WAIT_S)
+    if not done:
+        late = True
+        print(" still running)", flush=True)
+        background.add(task)
+        task.add_done_callback(background.discard)
 
 
 async def _chat_command(rx: Any, stream: Any, line: str) -> Any:

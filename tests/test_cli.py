@@ -55,4 +55,6 @@ def test_ask_and_chat(ray_local, checkpoint, tmp_path, capsys, monkeypatch):
     assert main(["chat", "--stream", "cli", *common]) == 0
     out = capsys.readouterr().out
     assert "memory 'cli' version 2" in out  # ask wrote version 1, the chat turn version 2
+    # the update is reported on the answer's line pair before the next prompt, not in the middle of it
+    assert "(updating memory… done: version 2)" in out
     assert "forked 'cli' into 'cli-copy'" in out and "switched to stream 'other'" in out
