@@ -123,7 +123,7 @@ async def measure(quick: bool = False, tokens: int = 64) -> dict[str, object]:
 
     model = build_model()
     torch.set_num_threads(1)  # the decoder actor runs with 1 thread: compare like with like
-    turns = 12 if quick else 32
+    turns = 20 if quick else 40  # the host's speed swings: more alternations, steadier medians
     direct_turns(model, 2, tokens)  # warm-up
     async with Reactor.start(model=model, store="memory://", max_new_tokens=tokens, decoder_capacity=64,
                              learning=False) as rx:
@@ -146,7 +146,7 @@ async def measure(quick: bool = False, tokens: int = 64) -> dict[str, object]:
         # every level in each round, rounds repeated: load swings hit all levels alike; medians
         levels = [1, 4, 16, 64]
         samples: dict[int, list[float]] = {n: [] for n in levels}
-        for rnd in range(2 if quick else 3):
+        for rnd in range(3):
             for n in levels:
                 samples[n].append(await throughput(rx, n, 2 if quick else 3, tokens, f"tput{rnd}"))
         tps = {n: statistics.median(v) for n, v in samples.items()}
