@@ -26,6 +26,9 @@ class MemoryUpdaterCore:
     @torch.inference_mode()
     def update_many(self, stms: list[torch.Tensor], encoded: list[torch.Tensor]) -> list[torch.Tensor]:
         """`update` for several memories in one padded forward (padding masked out)."""
+        if len({e.shape[1] for e in encoded}) == 1:  # no padding: the unmasked path is faster
+            new = self.model.update_memory(torch.stack(stms), torch.stack(encoded, dim=1))  # (B, L, S, D)
+            return [row.contiguous() for row in new]
         width = max(e.shape[1] for e in encoded)
         layers, _, dim = encoded[0].shape
         batch = torch.zeros((layers, len(encoded), width, dim), dtype=encoded[0].dtype)

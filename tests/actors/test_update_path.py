@@ -33,3 +33,14 @@ def test_the_actor_picks_each_memory_from_plain_tensors_or_an_earlier_batch(mode
     out = actor.update_many(encoded, [(1, 1), (0, None)], plain, earlier)
     assert torch.allclose(out[0], actor.update(earlier[1], encoded[0]), atol=1e-5)
     assert torch.allclose(out[1], actor.update(plain, encoded[1]), atol=1e-5)
+
+
+def test_equal_lengths_take_the_unpadded_path_with_the_same_results(model):
+    encoder, updater = EncoderCore(model), MemoryUpdaterCore(model)
+    interactions = [_interaction(i, 11) for i in range(2)]
+    stms = [model.init_stm(1)[0] + 0.2 * i for i in range(2)]
+    encoded = encoder.encode_many(interactions)
+    for row, enc in zip(interactions, encoded, strict=True):
+        assert torch.allclose(enc, encoder.encode(row), atol=1e-5)
+    for stm, enc, got in zip(stms, encoded, updater.update_many(stms, encoded), strict=True):
+        assert torch.allclose(got, updater.update(stm, enc), atol=1e-5)
