@@ -707,10 +707,6 @@ class ConductorActorImpl(BusHost):
         await self._ensure_started()
         return await super().subscribe(*args, **kwargs)
 
-    async def subscribe_and_publish(self, *args: Any, **kwargs: Any) -> Any:
-        await self._ensure_started()
-        return await super().subscribe_and_publish(*args, **kwargs)
-
     async def open_stream(self, stream_id: str, memory: str | None = None) -> StreamInfo:
         await self._ensure_started()
         return await self.conductor.open_stream(stream_id, memory)

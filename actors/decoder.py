@@ -265,20 +265,17 @@ class DecoderActorImpl:
         self.weights_version = 0
         self._channels: dict[str, Channel] = {}
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[list[int]]:
-        async def load(handle: STMHandle) -> torch.Tensor:
-            return await handle.stm
-
-        async for chunk in self.service.generate(request, load):
-            yield chunk
+    def _channel(self, channel_id: str) -> Channel:
+        channel = self._channels.get(channel_id)
+        if channel is None:  # the first of the channel's stream and a submit (either may come first)
+            channel = self._channels[channel_id] = self.service.open_channel()
+        return channel
 
     @ray.method(num_returns="streaming")
     async def channel(self, channel_id: str) -> AsyncIterator[list[ChunkItem]]:
         """The stream of chunk batches for the requests `submit` starts under ``channel_id``; one per
         consumer (the conductor), open as long as it reads."""
-        channel = self._channels.get(channel_id)
-        if channel is None:
-            channel = self._channels[channel_id] = self.service.open_channel()
+        channel = self._channel(channel_id)
         try:
             async for batch in channel.batches():
                 yield batch
@@ -289,9 +286,7 @@ class DecoderActorImpl:
 
     async def submit(self, channel_id: str, key: int, request: GenerateRequest) -> None:
         """Start a request; its tokens arrive on the channel (errors too). Returns once it is queued."""
-        channel = self._channels.get(channel_id)
-        if channel is None:  # the submit overtook the channel's opening
-            channel = self._channels[channel_id] = self.service.open_channel()
+        channel = self._channel(channel_id)
 
         async def load(handle: STMHandle) -> torch.Tensor:
             return await handle.stm
@@ -303,19 +298,17 @@ class DecoderActorImpl:
         if channel is not None:
             self.service.cancel_in(channel, key)
 
-    async def prepare(self, handle: STMHandle, stm: torch.Tensor) -> None:
-        """Warm the memory keys/values of a version just written, so its next query does not wait for
-        the STM to be fetched (``stm`` arrives with the call, resolved by Ray)."""
-        try:
-            self.service.core.warm(handle, stm)
-        except Exception:  # only a lost head start: generate() loads the STM itself
-            log.exception("decoder.prepare_failed", memory=handle.memory_id[:256], version=handle.version)
-
     async def prepare_many(self, handles: list[STMHandle | None], stms: list[torch.Tensor]) -> None:
-        """`prepare` for the versions one batched update wrote (None: that item was not written)."""
+        """Warm the memory keys/values of the versions one batched update wrote (None: that item was not
+        written), so their next queries do not wait for the STM to be fetched (``stms`` arrive with the
+        call, resolved by Ray)."""
         for handle, stm in zip(handles, stms, strict=True):
-            if handle is not None:
-                await self.prepare(handle, stm)
+            if handle is None:
+                continue
+            try:
+                self.service.core.warm(handle, stm)
+            except Exception:  # only a lost head start: submit() loads the STM itself
+                log.exception("decoder.prepare_failed", memory=handle.memory_id[:256], version=handle.version)
 
     async def set_weights(self, version: int, state: dict[str, torch.Tensor]) -> int:
         self.service.core.set_weights(state)

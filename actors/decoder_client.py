@@ -15,14 +15,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import ray.exceptions
-import structlog
 
+from reactor_rt.actors.background import Background
 from reactor_rt.actors.handles import GenerateRequest
 from reactor_rt.errors import ReactorError, RuntimeUnavailableError
 
 __all__ = ["ChannelClosedError", "DecoderChannelClient"]
-
-log = structlog.get_logger()
 
 # what a request's queue receives: (tokens, finished?, error or None)
 _Item = tuple[list[int], bool, BaseException | None]
@@ -48,7 +46,7 @@ class DecoderChannelClient:
         self._decoder = decoder
         self._open: _Open | None = None
         self._keys = itertools.count(1)
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = Background()
 
     async def stream(self, request: GenerateRequest) -> AsyncIterator[list[int]]:
         """The answer's token ids in chunks. Ray failures are raised as they are (the caller decides
@@ -57,7 +55,7 @@ class DecoderChannelClient:
         key = next(self._keys)
         queue: asyncio.Queue[_Item] = asyncio.Queue()
         channel.routes[key] = queue
-        self._spawn(self._watch(self._decoder.submit.remote(channel.id, key, request), queue))
+        self._background.spawn(self._watch(self._decoder.submit.remote(channel.id, key, request), queue))
         finished = False
         try:
             while True:
@@ -73,7 +71,7 @@ class DecoderChannelClient:
         finally:
             channel.routes.pop(key, None)
             if not finished and channel is self._open:
-                self._spawn(self._quiet(self._decoder.cancel.remote(channel.id, key)))
+                self._background.send(self._decoder.cancel.remote(channel.id, key), "cancel")
 
     async def close(self) -> None:
         """Stop reading; answers in flight end with `ChannelClosedError`."""
@@ -82,8 +80,7 @@ class DecoderChannelClient:
             channel.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await channel.task
-        for task in list(self._background):
-            task.cancel()
+        self._background.cancel()
 
     def _channel(self) -> _Open:
         if self._open is None or self._open.task is None or self._open.task.done():
@@ -118,18 +115,6 @@ class DecoderChannelClient:
             await ack
         except ray.exceptions.RayError as exc:
             queue.put_nowait(([], True, exc))
-
-    @staticmethod
-    async def _quiet(ref: Any) -> None:
-        try:
-            await ref
-        except ray.exceptions.RayError:
-            log.debug("decoder_client.cancel_failed")
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
 
 def _as_raised(error: BaseException) -> BaseException:

@@ -20,6 +20,7 @@ import ray.exceptions
 import structlog
 import torch
 
+from reactor_rt.actors.background import Background
 from reactor_rt.actors.decoder import DecoderCore, DecoderService
 from reactor_rt.actors.decoder_client import ChannelClosedError, DecoderChannelClient
 from reactor_rt.actors.encoder import EncoderCore
@@ -234,7 +235,7 @@ class RayEngine:
         # (and the decoder's prepare) instead of the receiver fetching the store's copy
         self._latest: OrderedDict[str, tuple[int, Any, int]] = OrderedDict()
         self._updates: UpdateBatcher[_Update, STMHandle] = UpdateBatcher(self._update_batch)
-        self._background: set[Any] = set()
+        self._background = Background()
         self._decoder = DecoderChannelClient(actors.decoder)  # one chunk stream for every answer
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]],
@@ -342,7 +343,7 @@ class RayEngine:
             out.append(result if isinstance(result, STMHandle) else _reactor_error(result, "updating the memory"))
         if any(h is not None for h in written):
             # the decoder pre-computes the new versions' memory keys/values now, off the next query's path
-            self._fire(self.actors.decoder.prepare_many.remote(written, new))
+            self._background.send(self.actors.decoder.prepare_many.remote(written, new), "prepare")
         return out
 
     async def _update_retrying(self, handle: STMHandle, interaction_ids: list[int], interaction: str) -> STMHandle:
@@ -383,24 +384,10 @@ class RayEngine:
         while len(self._latest) > self.LATEST:
             self._latest.popitem(last=False)
 
-    def _fire(self, ref: Any) -> None:
-        """Send without waiting; a failure costs only the head start, and is logged."""
-        task = asyncio.ensure_future(self._quiet(ref))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    @staticmethod
-    async def _quiet(ref: Any) -> None:
-        try:
-            await ref
-        except ray.exceptions.RayError as exc:
-            log.debug("engine.prepare_failed", error=type(_unwrap(exc)).__name__)
-
     async def close(self) -> None:
         """Stop the decoder channel's reader and the calls sent without waiting."""
         await self._decoder.close()
-        for task in list(self._background):
-            task.cancel()
+        self._background.cancel()
 
     async def tensor(self, memory_id: str) -> tuple[int, torch.Tensor]:
         return await self._retrying("reading the STM", lambda: self.actors.stm.tensor.remote(memory_id))

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.plots import figure, save
 from benchmarks.timing import Clock, Timing, interleaved, median_timing
 from reactor_rt.model.attention import Attention, RotaryEmbedding
 
@@ -121,12 +122,7 @@ def markdown(r: dict[str, Any]) -> str:
 
 def plot(r: dict[str, Any], path: str | Path) -> Path:
     """Forward time per variant and length (log scale) -> a PNG at path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=90)
+    fig, ax = figure(figsize=(5.5, 3.5), dpi=90)
     for name in VARIANTS:
         lengths = [t for t in r["lengths"] if name in r["cpu_ms"][t]]
         ax.plot(lengths, [r["cpu_ms"][t][name] for t in lengths], "-o", label=name, markersize=4)
@@ -135,11 +131,7 @@ def plot(r: dict[str, Any], path: str | Path) -> Path:
     ax.set_xticks(r["lengths"], [_tokens(t) for t in r["lengths"]])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from benchmarks.baseline import StatelessChat, StatelessDecoder, build_rxt, random_ids
+from benchmarks.plots import figure, save
 from benchmarks.timing import Clock, Timing, median_timing
 from reactor_rt.model import DecodeBatch, ReactiveTransformer
 
@@ -210,13 +211,8 @@ def markdown(r: dict[str, Any]) -> str:
 
 def plot(r: dict[str, Any], path: str | Path) -> Path:
     """Per-turn latency and cumulative cost curves -> a PNG at path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     turns = np.arange(1, r["last_turn"] + 1)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=90)
+    fig, (left, right) = figure(1, 2, figsize=(10, 3.8), dpi=90)
     styles = {"rxt": "-o", "rxt_answer": "--.", "reread": "-s", "kv": "-^"}
     for s, label in SYSTEMS.items():
         left.plot(r["turns"], r["cpu_ms"][s], styles[s], label=label, markersize=4)
@@ -229,11 +225,7 @@ def plot(r: dict[str, Any], path: str | Path) -> Path:
     left.legend(fontsize=7)
     fig.suptitle(f"RxT vs stateless baseline ({r['preset']}, {r['query_len']}+{r['answer_len']} tokens/turn)",
                  fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from benchmarks.baseline import StatelessDecoder, build_rxt, random_ids
+from benchmarks.plots import figure, save
 from reactor_rt.model import DecodeBatch
 
 __all__ = ["main", "markdown", "measure", "plot"]
@@ -85,13 +86,8 @@ def markdown(r: dict[str, Any]) -> str:
 
 def plot(r: dict[str, Any], path: str | Path) -> Path:
     """Bytes per conversation vs turn -> a PNG at path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     turns = [row["turn"] for row in r["rows"]]
-    fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=90)
+    fig, ax = figure(figsize=(5.5, 3.5), dpi=90)
     ax.plot(turns, [row["stm_bytes"] / 1024 for row in r["rows"]], "-o", label="RxT STM")
     ax.plot(turns, [row["rxt_turn_bytes"] / 1024 for row in r["rows"]], "--.", label="RxT while answering")
     ax.plot(turns, [row["kv_bytes"] / 1024 for row in r["rows"]], "-s", label="baseline KV cache")
@@ -100,11 +96,7 @@ def plot(r: dict[str, Any], path: str | Path) -> Path:
     ax.set_xticks(turns, [str(t) for t in turns])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -129,13 +129,6 @@ class BusHost:
         async for item in self.bus_core.stream(sid, max_batch):
             yield item
 
-    async def subscribe_and_publish(self, records: list[tuple[str, str, bytes]], types: list[str] | None = None,
-                                    subject: str | None = None) -> tuple[str, list[int]]:
-        """Register a subscriber, then publish: one round trip where a client would need two, and the
-        subscriber sees everything its own publish causes."""
-        sid = await self.bus_core.subscribe(types, subject, None, None, None, None)
-        return sid, await self.bus_core.publish_many(records)
-
     async def unsubscribe(self, sid: str) -> None:
         self.bus_core.unsubscribe(sid)
 

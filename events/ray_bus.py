@@ -434,19 +434,6 @@ class RayBus(HandlerRegistry):
         gen = self.actor.stream.remote(sid, self.max_batch)
         return RaySubscription(self, sid, gen)
 
-    async def subscribe_and_publish(
-        self, events: Sequence[Event], types: Iterable[str] | None = None, subject: str | None = None
-    ) -> tuple[RaySubscription, list[Event]]:
-        """Subscribe, then publish `events`, in one actor call when the bus's host offers it (the
-        runtime's conductor does; a plain `EventBusActor` takes two)."""
-        if not hasattr(self.actor, "subscribe_and_publish"):
-            sub = await self.subscribe(types, subject)
-            return sub, await self.publish_many(events)
-        records = [(ev.subject, ev.type, encode(ev)) for ev in events]
-        sid, seqs = await _call(self.actor.subscribe_and_publish.remote(records, _types_arg(types), subject))
-        sub = RaySubscription(self, sid, self.actor.stream.remote(sid, self.max_batch))
-        return sub, [with_seq(ev, seq) for ev, seq in zip(events, seqs, strict=True)]
-
     async def replay(
         self, subject: str, after: int = 0, types: Iterable[str] | None = None, limit: int | None = None
     ) -> list[Event]:

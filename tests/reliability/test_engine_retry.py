@@ -105,7 +105,7 @@ async def test_the_update_retries_with_a_fresh_handle_and_is_idempotent():
     encoder = SimpleNamespace(encode=Method("encoded"), encode_many=batch["encode_many"])
     memory = SimpleNamespace(update=Method("new-stm"), update_many=batch["update_many"])
     stm = SimpleNamespace(handle=Method(fresh), commit=Method(committed, [lost()]), commit_many=batch["commit_many"])
-    decoder = SimpleNamespace(prepare=Method(None), prepare_many=Method(None))
+    decoder = SimpleNamespace(prepare_many=Method(None))
     eng = RayEngine(ActorSet(decoder=decoder, encoder=encoder, memory=memory, stm=stm), retry=FAST)
     assert await eng.update(old, [1, 2, 3], "i-1") is committed
     assert stm.commit_many.calls == 1  # the batched try failed, then one at a time:
@@ -180,7 +180,6 @@ class FakeDecoder:
         self.channel = SimpleNamespace(remote=self._open)
         self.submit = SimpleNamespace(remote=self._submit)
         self.cancel = Method(None)
-        self.prepare = Method(None)
 
     def _open(self, channel_id):
         self.channels += 1
