@@ -222,7 +222,7 @@ class RayEngine:
     is retried only before its first chunk. What still fails is raised as a `ReactorError`.
     """
 
-    # STMs this process computed, kept to pass to the next update of their memory (memories)
+    # at most this many memories keep the STM this process computed for their next update
     LATEST = 1024
 
     def __init__(self, actors: ActorSet, weights_version: int = 0, retry: RetryPolicy | None = None) -> None:
