@@ -9,6 +9,8 @@ from typing import Any
 import ray.exceptions
 import structlog
 
+from reactor_rt.errors import RuntimeUnavailableError
+
 __all__ = ["Background"]
 
 log = structlog.get_logger()
@@ -38,5 +40,5 @@ class Background:
 async def _quietly(ref: Any, what: str) -> None:
     try:
         await ref
-    except ray.exceptions.RayError as exc:
+    except (ray.exceptions.RayError, RuntimeUnavailableError) as exc:  # actor gone (Ray or the local link)
         log.debug("background_call_failed", call=what, error=type(exc).__name__)

@@ -71,6 +71,7 @@ class ConductorConfig:
     remember_interactions: int = 65536  # ids kept to ignore a redelivered query
     max_feedback_queue: int = 256  # feedback events waiting for the learner before `learning_busy`
     recent_interactions: int = 4096  # interactions kept in memory for feedback on them
+    local_link: bool = True  # reach a decoder on this node over a Unix socket (events.local_link)
 
 
 @dataclass(frozen=True)
@@ -670,7 +671,8 @@ class ConductorActorImpl(BusHost):
 
         self.bus_core = EventBusCore(log_path, **bus_options)
         self.bus = CoreBus(self.bus_core)
-        self.conductor = Conductor(self.bus, RayEngine(actors), tokenizer, model_config, config)
+        engine = RayEngine(actors, local_link=config.local_link if config is not None else True)
+        self.conductor = Conductor(self.bus, engine, tokenizer, model_config, config)
         # Ray re-runs this constructor after a crash, and nobody calls start() then: the first call
         # that needs the conductor starts it (streams and lanes are rebuilt on demand from ids)
         self._started = False

@@ -18,8 +18,9 @@ import ray
 import structlog
 import torch
 
-from reactor_rt.actors.handles import GenerateRequest, STMHandle
+from reactor_rt.actors.handles import GenerateRequest, STMHandle, tensor_from_wire
 from reactor_rt.actors.outlets import Channel, ChunkItem, Outlet
+from reactor_rt.events.local_link import LinkServer, link_address
 from reactor_rt.learning import apply_serving_state
 from reactor_rt.model import DecodeBatch, ReactiveTransformer, Sampler
 
@@ -264,6 +265,10 @@ class DecoderActorImpl:
                                       chunk_ms=chunk_ms)
         self.weights_version = 0
         self._channels: dict[str, Channel] = {}
+        self._submits = {"link_submits": 0, "ray_submits": 0}  # how requests arrived (operators, tests)
+        # a conductor on this node submits and reads chunks over a local link (see events.local_link)
+        self._link = LinkServer({"submit": self._submit_cached, "cancel": self.cancel,
+                                 "prepare": self._prepare_wired}, {"channel": self._batches})
 
     def _channel(self, channel_id: str) -> Channel:
         channel = self._channels.get(channel_id)
@@ -275,6 +280,10 @@ class DecoderActorImpl:
     async def channel(self, channel_id: str) -> AsyncIterator[list[ChunkItem]]:
         """The stream of chunk batches for the requests `submit` starts under ``channel_id``; one per
         consumer (the conductor), open as long as it reads."""
+        async for batch in self._batches(channel_id):
+            yield batch
+
+    async def _batches(self, channel_id: str) -> AsyncIterator[list[ChunkItem]]:
         channel = self._channel(channel_id)
         try:
             async for batch in channel.batches():
@@ -286,12 +295,34 @@ class DecoderActorImpl:
 
     async def submit(self, channel_id: str, key: int, request: GenerateRequest) -> None:
         """Start a request; its tokens arrive on the channel (errors too). Returns once it is queued."""
+        self._submits["ray_submits"] += 1
         channel = self._channel(channel_id)
 
         async def load(handle: STMHandle) -> torch.Tensor:
             return await handle.stm
 
         await self.service.submit_to(channel, key, request, load)
+
+    async def _submit_cached(self, channel_id: str, key: int, fields: dict[str, Any]) -> bool:
+        """`submit` for a request sent without its STM reference (over the local link): starts it and
+        returns True when this version's memory keys/values are cached, else returns False (the caller
+        then sends it with the reference through Ray)."""
+        request = GenerateRequest.from_wire(fields)
+        if not self.service.core.has_memory(request.handle):
+            return False
+        await self.submit(channel_id, key, request)
+        self._submits["ray_submits"] -= 1
+        self._submits["link_submits"] += 1
+        return True
+
+    async def _prepare_wired(self, handles: list[list[Any] | None], stms: list[list[Any] | None]) -> None:
+        """`prepare_many` as the local link carries it (handles and tensors as plain fields)."""
+        await self.prepare_many([None if h is None else STMHandle.from_wire(h) for h in handles],
+                                [None if t is None else tensor_from_wire(t) for t in stms])  # type: ignore[misc]
+
+    async def link_address(self) -> tuple[str, str]:
+        """(node id, socket path) of this decoder's local link (started on the first call)."""
+        return await link_address(self._link)
 
     async def cancel(self, channel_id: str, key: int) -> None:
         channel = self._channels.get(channel_id)
@@ -316,7 +347,9 @@ class DecoderActorImpl:
         return version
 
     async def stats(self) -> dict[str, float]:
-        return self.service.stats()
+        """Decode-step counters (`DecoderService.stats`) and how many requests came over the local link
+        and over Ray."""
+        return {**self.service.stats(), **self._submits}
 
     async def ping(self) -> bool:
         return True

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import ray
 import torch
 
+from reactor_rt.actors.handles import tensor_to_wire
 from reactor_rt.actors.serving import ServingModelActor
+from reactor_rt.events.local_link import LinkServer
 from reactor_rt.model import ReactiveTransformer
 
 __all__ = ["EncoderActor", "EncoderActorImpl", "EncoderCore"]
@@ -42,17 +46,23 @@ class EncoderCore:
 
 class EncoderActorImpl(ServingModelActor):
     """Ray actor named ``encoder``. Its result (small enough to travel inline) returns to the conductor,
-    which sends it on with the memory updater's call."""
+    which sends it on with the memory updater's call: through Ray, or over local links when all three
+    share a node."""
 
     def __init__(self, model: ReactiveTransformer, threads: int = 1) -> None:
         torch.set_num_threads(threads)
         self.core = EncoderCore(model)
+        self.link = LinkServer({"encode_many": self._encode_many_wired}, {})
 
-    def encode(self, interaction_ids: list[int]) -> torch.Tensor:
+    async def encode(self, interaction_ids: list[int]) -> torch.Tensor:
         return self.core.encode(interaction_ids)
 
-    def encode_many(self, interactions: list[list[int]]) -> list[torch.Tensor]:
+    async def encode_many(self, interactions: list[list[int]]) -> list[torch.Tensor]:
         return self.core.encode_many(interactions)
+
+    async def _encode_many_wired(self, interactions: list[list[int]]) -> list[list[Any]]:
+        """`encode_many` over the local link: tensors as ``tensor_to_wire`` fields."""
+        return [tensor_to_wire(t) for t in self.core.encode_many(interactions)]
 
 
 EncoderActor = ray.remote(EncoderActorImpl)

@@ -24,12 +24,13 @@ from reactor_rt.actors.background import Background
 from reactor_rt.actors.decoder import DecoderCore, DecoderService
 from reactor_rt.actors.decoder_client import ChannelClosedError, DecoderChannelClient
 from reactor_rt.actors.encoder import EncoderCore
-from reactor_rt.actors.handles import GenerateRequest, STMHandle
+from reactor_rt.actors.handles import GenerateRequest, STMHandle, tensor_from_wire, tensor_to_wire
 from reactor_rt.actors.learner import LearnerCore
 from reactor_rt.actors.memory_updater import MemoryUpdaterCore
 from reactor_rt.actors.stm_store import STMRegistry
 from reactor_rt.actors.update_batcher import UpdateBatcher
-from reactor_rt.errors import ReactorError, RuntimeUnavailableError
+from reactor_rt.errors import ReactorError, RuntimeUnavailableError, StaleVersionError
+from reactor_rt.events.local_link import LinkClient, LinkClosedError, LinkResolver
 from reactor_rt.learning import LearningExample, LearningResult
 from reactor_rt.model import ReactiveTransformer
 from reactor_rt.store import STMStore
@@ -225,18 +226,26 @@ class RayEngine:
     # at most this many memories keep the STM this process computed for their next update
     LATEST = 1024
 
-    def __init__(self, actors: ActorSet, weights_version: int = 0, retry: RetryPolicy | None = None) -> None:
+    def __init__(self, actors: ActorSet, weights_version: int = 0, retry: RetryPolicy | None = None,
+                 local_link: bool = True) -> None:
         self.actors = actors
         self.weights_version = weights_version
         self.retry = retry or RetryPolicy()
         self.retries = 0  # transient failures retried so far (for operators and tests)
         # memory id -> (version, ref, index): the memory updater's batch result holding that version's
         # STM at ``index``. This process owns the object, so Ray sends it along with the next update
-        # (and the decoder's prepare) instead of the receiver fetching the store's copy
-        self._latest: OrderedDict[str, tuple[int, Any, int]] = OrderedDict()
+        # (and the decoder's prepare) instead of the receiver fetching the store's copy. Over local
+        # links ref is None and index the STM itself, as `tensor_to_wire` fields
+        self._latest: OrderedDict[str, tuple[int, Any, Any]] = OrderedDict()
+        # encoder and memory updater on this node: the update's two model calls go over local links
+        self._encoder_link = LinkResolver(lambda: actors.encoder.link_address.remote(), enabled=local_link)
+        self._memory_link = LinkResolver(lambda: actors.memory.link_address.remote(), enabled=local_link)
+        # and the STM store: handles committed over it come without the STM reference (see `_full`)
+        self._stm_link = LinkResolver(lambda: actors.stm.link_address.remote(), enabled=local_link)
         self._updates: UpdateBatcher[_Update, STMHandle] = UpdateBatcher(self._update_batch)
         self._background = Background()
-        self._decoder = DecoderChannelClient(actors.decoder)  # one chunk stream for every answer
+        # one chunk stream for every answer (over a local link when the decoder runs on this node)
+        self._decoder = DecoderChannelClient(actors.decoder, local_link=local_link, resolve=self._full)
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]],
                         on_retry: Callable[[], Awaitable[None]] | None = None) -> T:
@@ -280,9 +289,9 @@ class RayEngine:
                     yield chunk
                 self._updates.expect()  # its memory update follows: batch it with others ending now
                 return
-            except (ray.exceptions.RayError, ChannelClosedError) as exc:
+            except (ray.exceptions.RayError, ChannelClosedError, LinkClosedError) as exc:
                 # nothing streamed yet: the request can start again; after a chunk the answer is lost
-                transient = isinstance(exc, ChannelClosedError) or _transient(exc)
+                transient = isinstance(exc, ChannelClosedError | LinkClosedError) or _transient(exc)
                 if started or not transient or time.monotonic() + delay > deadline:
                     raise _reactor_error(exc, "generating the answer") from None
                 self.retries += 1
@@ -315,11 +324,17 @@ class RayEngine:
     async def _update_batch(self, items: list[_Update]) -> list[STMHandle | BaseException]:
         """One encoder, one memory-updater and one store call for every update gathered together.
         A Ray failure sends each item through `_update_retrying` (commits are idempotent)."""
+        encoder, memory = await self._encoder_link.get(), await self._memory_link.get()
+        if encoder is not None and memory is not None:
+            return await self._update_batch_linked(items, encoder, memory)
         sources: list[Any] = []
         where: dict[int, int] = {}
         picks: list[tuple[int, int | None]] = []
         for handle, _, _ in items:
-            ref, index = self._stm_source(handle)
+            try:
+                ref, index = await self._stm_source(handle)
+            except ray.exceptions.RayError:
+                return await asyncio.gather(*(self._update_retrying(*item) for item in items), return_exceptions=True)
             picks.append((where.setdefault(id(ref), len(sources)), index))
             if len(sources) < len(where):
                 sources.append(ref)
@@ -331,20 +346,77 @@ class RayEngine:
         except ray.exceptions.RayError as exc:
             log.warning("engine.batch_update_failed", items=len(items), error=type(_unwrap(exc)).__name__)
             return await asyncio.gather(*(self._update_retrying(*item) for item in items), return_exceptions=True)
+        out, written = self._committed(items, results, lambda i: (new, i))
+        if any(h is not None for h in written):
+            # the decoder pre-computes the new versions' memory keys/values now, off the next query's path
+            await self._decoder.warm(written, new)
+        return out
+
+    async def _update_batch_linked(self, items: list[_Update], encoder: LinkClient,
+                                   memory: LinkClient) -> list[STMHandle | BaseException]:
+        """`_update_batch` with the encoder and memory updater on this node: both calls over local links
+        (tensors travel as plain fields); the commit too when the STM store is here (its handles then
+        come without the STM reference, see `_full`), else through Ray."""
+        try:
+            stms = [await self._stm_fields(handle) for handle, _, _ in items]
+            encoded = await encoder.call("encode_many", [ids for _, ids, _ in items])
+            new = await memory.call("update_many", encoded, stms)
+            meta = [(handle.memory_id, handle.version, interaction) for handle, _, interaction in items]
+            store = await self._stm_link.get()
+            if store is None:
+                results = await self.actors.stm.commit_many.remote(meta, [tensor_from_wire(f) for f in new])
+            else:
+                results = [STMHandle.from_wire(r) if isinstance(r, list) else r
+                           for r in await store.call("commit_many", meta, new)]
+        except Exception as exc:  # a link or an actor went away, or a call failed: one at a time, retried
+            if isinstance(exc, LinkClosedError):
+                self._encoder_link.reset()
+                self._memory_link.reset()
+                self._stm_link.reset()
+            log.warning("engine.batch_update_failed", items=len(items), error=type(_unwrap(exc)).__name__)
+            return await asyncio.gather(*(self._update_retrying(*item) for item in items), return_exceptions=True)
+        out, written = self._committed(items, results, lambda i: (None, new[i]))
+        if any(h is not None for h in written):
+            await self._decoder.warm_fields(written, [None if h is None else new[i] for i, h in enumerate(written)])
+        return out
+
+    def _committed(self, items: list[_Update], results: list[Any], source: Callable[[int], tuple[Any, Any]]
+                   ) -> tuple[list[STMHandle | BaseException], list[STMHandle | None]]:
+        """Each item's outcome, and the handles this batch wrote (None where it did not); remembers the
+        written STMs (``source(i)``: where item i's STM is, see ``_latest``) for the next update."""
         out: list[STMHandle | BaseException] = []
         written: list[STMHandle | None] = []
         for i, ((handle, _, _), result) in enumerate(zip(items, results, strict=True)):
             fresh = isinstance(result, STMHandle) and result.version == handle.version + 1
             if fresh:  # this update's result is what the store now holds
-                self._remember(result, new, i)
+                self._remember(result, *source(i))
             else:
                 self._latest.pop(handle.memory_id, None)
             written.append(result if fresh else None)
             out.append(result if isinstance(result, STMHandle) else _reactor_error(result, "updating the memory"))
-        if any(h is not None for h in written):
-            # the decoder pre-computes the new versions' memory keys/values now, off the next query's path
-            self._background.send(self.actors.decoder.prepare_many.remote(written, new), "prepare")
-        return out
+        return out, written
+
+    async def _stm_fields(self, handle: STMHandle) -> list[Any]:
+        """The STM of ``handle`` as `tensor_to_wire` fields: the one this process computed for that
+        version, else the store's copy."""
+        latest = self._latest.get(handle.memory_id)
+        if latest is not None and latest[0] == handle.version:
+            ref, index = latest[1], latest[2]
+            return index if ref is None else tensor_to_wire((await ref)[index])
+        return tensor_to_wire(await (await self._full(handle)).stm)
+
+    async def _full(self, handle: STMHandle) -> STMHandle:
+        """``handle`` with its STM reference: a version committed over the local link is handed out
+        without one, and the store puts it in Ray's object store right after."""
+        if handle.stm is not None:
+            return handle
+        full = await self.actors.stm.handle_at.remote(handle.memory_id, handle.version)
+        if full is None:  # no longer kept (many newer versions since): the latest, if it is that version
+            full = await self.actors.stm.handle.remote(handle.memory_id)
+            if full.version != handle.version:
+                raise StaleVersionError(f"version {handle.version} of memory {handle.memory_id[:256]!r} "
+                                        f"is no longer kept (the store is at {full.version})")
+        return full
 
     async def _update_retrying(self, handle: STMHandle, interaction_ids: list[int], interaction: str) -> STMHandle:
         """One update with retries while actors restart, from the store's copy of the STM."""
@@ -353,8 +425,10 @@ class RayEngine:
         retried = False
 
         async def attempt() -> STMHandle:
+            nonlocal current
             if retried:
                 await self._resync_weights()
+            current = await self._full(current)
             if current.version != handle.version:
                 # the memory moved on: this interaction was committed before the failure (the store
                 # then returns that version) or another write won (StaleVersionError)
@@ -370,15 +444,15 @@ class RayEngine:
 
         return await self._retrying("updating the memory", attempt, refresh)
 
-    def _stm_source(self, handle: STMHandle) -> tuple[Any, int | None]:
+    async def _stm_source(self, handle: STMHandle) -> tuple[Any, int | None]:
         """Where the STM of ``handle`` is: our own batch result when we computed that version (sent
         along with the call: no fetch), else the STM store's object."""
         latest = self._latest.get(handle.memory_id)
-        if latest is not None and latest[0] == handle.version:
+        if latest is not None and latest[0] == handle.version and latest[1] is not None:
             return latest[1], latest[2]
-        return handle.stm, None
+        return (await self._full(handle)).stm, None
 
-    def _remember(self, handle: STMHandle, ref: Any, index: int) -> None:
+    def _remember(self, handle: STMHandle, ref: Any, index: Any) -> None:
         self._latest[handle.memory_id] = (handle.version, ref, index)
         self._latest.move_to_end(handle.memory_id)
         while len(self._latest) > self.LATEST:

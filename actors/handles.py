@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["GenerateRequest", "STMHandle", "new_token"]
+import torch
+
+__all__ = ["GenerateRequest", "STMHandle", "new_token", "tensor_from_wire", "tensor_to_wire"]
 
 
 def new_token() -> str:
@@ -32,6 +35,16 @@ class STMHandle:
     def cache_key(self) -> tuple[str, int, str]:
         return (self.memory_id, self.version, self.token)
 
+    def to_wire(self) -> list[Any]:
+        """``[memory_id, version, token]``: the handle without its STM, for the local link."""
+        return [self.memory_id, self.version, self.token]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> STMHandle:
+        """The handle `to_wire` described, with ``stm=None``."""
+        memory_id, version, token = fields
+        return cls(memory_id, version, None, token)
+
 
 @dataclass(frozen=True)
 class GenerateRequest:
@@ -44,3 +57,34 @@ class GenerateRequest:
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """Plain fields for a message that cannot carry the STM reference (the local link)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "handle"}
+        return {**fields, "handle": self.handle.to_wire()}
+
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> GenerateRequest:
+        """The request `to_wire` described; its handle has no STM reference (``stm=None``)."""
+        fields = dict(fields)
+        return cls(handle=STMHandle.from_wire(fields.pop("handle")), **fields)
+
+
+def tensor_to_wire(tensor: torch.Tensor) -> list[Any]:
+    """``[dtype, shape, bytes]`` of a CPU tensor, for the local link."""
+    raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8)  # any dtype (numpy has no bfloat16)
+    return [str(tensor.dtype).removeprefix("torch."), list(tensor.shape), raw.numpy().tobytes()]
+
+
+def tensor_from_wire(fields: list[Any]) -> torch.Tensor:
+    """The tensor `tensor_to_wire` described (a copy that owns its memory)."""
+    dtype, shape, data = fields
+    if dtype not in _WIRE_DTYPES:
+        raise TypeError(f"unexpected tensor dtype {dtype!r}")
+    if not data:
+        return torch.empty(shape, dtype=_WIRE_DTYPES[dtype])
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(_WIRE_DTYPES[dtype]).reshape(shape)
+
+
+_WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+                "float64": torch.float64}

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import ray
 import torch
 
+from reactor_rt.actors.handles import tensor_from_wire, tensor_to_wire
 from reactor_rt.actors.serving import ServingModelActor
+from reactor_rt.events.local_link import LinkServer
 from reactor_rt.model import ReactiveTransformer
 
 __all__ = ["MemoryUpdaterActor", "MemoryUpdaterActorImpl", "MemoryUpdaterCore"]
@@ -41,17 +45,24 @@ class MemoryUpdaterCore:
 
 
 class MemoryUpdaterActorImpl(ServingModelActor):
-    """Ray actor named ``memory``; both arguments arrive resolved from Ray's object store."""
+    """Ray actor named ``memory``; both arguments arrive resolved from Ray's object store (or, from a
+    conductor on this node, over the local link)."""
 
     def __init__(self, model: ReactiveTransformer, threads: int = 1) -> None:
         torch.set_num_threads(threads)
         self.core = MemoryUpdaterCore(model)
+        self.link = LinkServer({"update_many": self._update_many_wired}, {})
 
-    def update(self, stm: torch.Tensor, encoded: torch.Tensor) -> torch.Tensor:
+    async def update(self, stm: torch.Tensor, encoded: torch.Tensor) -> torch.Tensor:
         return self.core.update(stm, encoded)
 
-    def update_many(self, encoded: list[torch.Tensor], picks: list[tuple[int, int | None]],
-                    *sources: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+    async def _update_many_wired(self, encoded: list[list[Any]], stms: list[list[Any]]) -> list[list[Any]]:
+        """`update_many` over the local link: every STM given, tensors as ``tensor_to_wire`` fields."""
+        new = self.core.update_many([tensor_from_wire(s) for s in stms], [tensor_from_wire(e) for e in encoded])
+        return [tensor_to_wire(t) for t in new]
+
+    async def update_many(self, encoded: list[torch.Tensor], picks: list[tuple[int, int | None]],
+                          *sources: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
         """Several updates at once. ``sources`` arrive resolved by Ray: STM tensors, or lists of them
         (an earlier `update_many` result); ``picks[i] = (source, index or None)`` is memory i's STM."""
         stms = [sources[s] if i is None else sources[s][i] for s, i in picks]  # type: ignore[index]

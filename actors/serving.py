@@ -1,5 +1,5 @@
 """What the encoder and memory-updater actors share: a model served from ``self.core.model`` whose
-learned weights are swapped in place."""
+learned weights are swapped in place, and a local link for a conductor on the same node."""
 
 from __future__ import annotations
 
@@ -7,21 +7,29 @@ from typing import Any
 
 import torch
 
+from reactor_rt.events.local_link import LinkServer, link_address
 from reactor_rt.learning import apply_serving_state
 
 __all__ = ["ServingModelActor"]
 
 
 class ServingModelActor:
-    """Base of a synchronous model actor (``self.core.model`` is the served model)."""
+    """Base of a model actor (``self.core.model`` is the served model). Async so that its local link
+    is served by the actor's event loop; the model calls hold no await, so calls still run one at a
+    time, as in a synchronous actor."""
 
     core: Any
+    link: LinkServer
 
-    def set_weights(self, version: int, state: dict[str, torch.Tensor]) -> int:
+    async def set_weights(self, version: int, state: dict[str, torch.Tensor]) -> int:
         """Load learned parameters in place (the conductor swaps only between interactions)."""
         with torch.no_grad():
             apply_serving_state(self.core.model, state)
         return version
 
-    def ping(self) -> bool:
+    async def link_address(self) -> tuple[str, str]:
+        """(node id, socket path) of this actor's local link (started on the first call)."""
+        return await link_address(self.link)
+
+    async def ping(self) -> bool:
         return True

@@ -3,17 +3,25 @@
 ``STMRegistry`` is plain (a cache in front of an :class:`~reactor_rt.store.STMStore`); ``STMStoreActor``
 wraps it in Ray and makes exactly one ``ray.put`` per version, so every reader of a version shares
 one object in Ray's store.
+
+A conductor on the same node commits over a local link and gets handles without the reference back:
+the version is durable when the reply leaves, and its ``ray.put`` (about 1 ms) follows right after,
+off the update's path. Whoever asks for the handle through Ray gets the reference.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import threading
 from collections import OrderedDict
+from typing import Any
 
 import ray
 import torch
 
-from reactor_rt.actors.handles import STMHandle
+from reactor_rt.actors.handles import STMHandle, tensor_from_wire
+from reactor_rt.events.local_link import LinkServer, link_address
 from reactor_rt.store import STMStore, open_store
 
 __all__ = ["STMRegistry", "STMStoreActor", "STMStoreActorImpl"]
@@ -95,7 +103,9 @@ class STMRegistry:
 
 
 class STMStoreActorImpl:
-    """Ray actor named ``stm``. Hands out ``STMHandle``s whose tensors live in Ray's object store."""
+    """Ray actor named ``stm``. Hands out ``STMHandle``s whose tensors live in Ray's object store.
+    Async so that its local link is served by the actor's event loop; no method awaits, so calls run
+    one at a time as in a synchronous actor."""
 
     # recent versions stay reachable: live learning rebuilds an example from the STM its answer read
     HISTORY = 16
@@ -107,61 +117,110 @@ class STMStoreActorImpl:
         self.registry = STMRegistry(open_store(store_url), initial)
         self._handles: OrderedDict[str, OrderedDict[int, STMHandle]] = OrderedDict()
         self._kept = 0
+        self._unput: dict[tuple[str, int], torch.Tensor] = {}  # handed out over the link, not yet in Ray
+        self.link = LinkServer({"commit_many": self._commit_many_wired}, {})
 
-    def handle(self, memory_id: str) -> STMHandle:
-        """The latest version of the memory as a handle."""
+    def _handle(self, memory_id: str, put: bool = True) -> STMHandle:
+        """The latest version as a handle; ``put=False`` may leave its ``ray.put`` for right after."""
         version, stm = self.registry.load(memory_id)
         history = self._handles.setdefault(memory_id, OrderedDict())
         self._handles.move_to_end(memory_id)
         if version not in history:
-            history[version] = STMHandle(memory_id, version, ray.put(stm))
+            if put:
+                history[version] = STMHandle(memory_id, version, ray.put(stm))
+            else:
+                history[version] = STMHandle(memory_id, version, None)
+                self._unput[(memory_id, version)] = stm
+                asyncio.get_running_loop().call_soon(self._put, memory_id, version)
             self._kept += 1
             while len(history) > self.HISTORY:
-                history.popitem(last=False)
+                old, _ = history.popitem(last=False)
+                self._unput.pop((memory_id, old), None)
                 self._kept -= 1
             self._evict()
-        return history[version]
+        handle = history[version]
+        if put and handle.stm is None:
+            handle = self._put(memory_id, version) or handle
+        return handle
+
+    def _put(self, memory_id: str, version: int) -> STMHandle | None:
+        """Give a version handed out without its reference its one ``ray.put`` (same token)."""
+        stm = self._unput.pop((memory_id, version), None)
+        history = self._handles.get(memory_id)
+        handle = None if history is None else history.get(version)
+        if handle is None or stm is None:
+            return handle
+        handle = history[version] = dataclasses.replace(handle, stm=ray.put(stm))  # type: ignore[index]
+        return handle
 
     def _evict(self) -> None:
         while self._kept > self.MAX_KEPT:
             oldest_memory, history = next(iter(self._handles.items()))
-            history.popitem(last=False)
+            old, _ = history.popitem(last=False)
+            self._unput.pop((oldest_memory, old), None)
             self._kept -= 1
             if not history:
                 del self._handles[oldest_memory]
 
-    def handle_at(self, memory_id: str, version: int) -> STMHandle | None:
+    async def handle(self, memory_id: str) -> STMHandle:
+        """The latest version of the memory as a handle."""
+        return self._handle(memory_id)
+
+    async def handle_at(self, memory_id: str, version: int) -> STMHandle | None:
         """A recent version of the memory, or None when it is no longer kept."""
-        return self._handles.get(memory_id, {}).get(version)
+        handle = self._handles.get(memory_id, {}).get(version)
+        if handle is not None and handle.stm is None:
+            handle = self._put(memory_id, version)
+        return handle
 
-    def commit(self, memory_id: str, expected_version: int, stm: torch.Tensor, interaction: str | None) -> STMHandle:
-        """Persist the new version (durable before this returns), then hand it out."""
+    def _commit(self, memory_id: str, expected_version: int, stm: torch.Tensor, interaction: str | None,
+                put: bool = True) -> STMHandle:
         self.registry.commit(memory_id, expected_version, stm, interaction)
-        return self.handle(memory_id)
+        return self._handle(memory_id, put)
 
-    def commit_many(self, items: list[tuple[str, int, str | None]],
-                    stms: list[torch.Tensor]) -> list[STMHandle | Exception]:
+    async def commit(self, memory_id: str, expected_version: int, stm: torch.Tensor,
+                     interaction: str | None) -> STMHandle:
+        """Persist the new version (durable before this returns), then hand it out."""
+        return self._commit(memory_id, expected_version, stm, interaction)
+
+    async def commit_many(self, items: list[tuple[str, int, str | None]],
+                          stms: list[torch.Tensor]) -> list[STMHandle | Exception]:
         """`commit` for several memories: each ``(memory_id, expected_version, interaction)`` with its
         STM; an item that fails gets its exception in its place, the others are still committed."""
         out: list[STMHandle | Exception] = []
         for (memory_id, expected, interaction), stm in zip(items, stms, strict=True):
             try:
-                out.append(self.commit(memory_id, expected, stm, interaction))
+                out.append(self._commit(memory_id, expected, stm, interaction))
             except Exception as exc:
                 out.append(exc)
         return out
 
-    def fork(self, src: str, dst: str) -> STMHandle:
-        self.registry.fork(src, dst)
-        return self.handle(dst)
+    async def _commit_many_wired(self, items: list[list[Any]], stms: list[list[Any]]) -> list[Any]:
+        """`commit_many` over the local link: STMs as ``tensor_to_wire`` fields in, handles without
+        their reference (``STMHandle.to_wire``) or the item's exception out."""
+        out: list[Any] = []
+        for (memory_id, expected, interaction), stm in zip(items, stms, strict=True):
+            try:
+                out.append(self._commit(memory_id, expected, tensor_from_wire(stm), interaction, put=False).to_wire())
+            except Exception as exc:
+                out.append(exc)
+        return out
 
-    def tensor(self, memory_id: str) -> tuple[int, torch.Tensor]:
+    async def fork(self, src: str, dst: str) -> STMHandle:
+        self.registry.fork(src, dst)
+        return self._handle(dst)
+
+    async def tensor(self, memory_id: str) -> tuple[int, torch.Tensor]:
         return self.registry.load(memory_id)
 
-    def close(self) -> None:
+    async def link_address(self) -> tuple[str, str]:
+        """(node id, socket path) of this actor's local link (started on the first call)."""
+        return await link_address(self.link)
+
+    async def close(self) -> None:
         self.registry.store.close()
 
-    def ping(self) -> bool:
+    async def ping(self) -> bool:
         return True
 
 

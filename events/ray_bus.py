@@ -5,6 +5,10 @@ Events cross process boundaries as encoded frames: the client encodes once, the 
 into the frame in place (`codec.stamp_seq`), logs and fans out the bytes without decoding them, and
 each subscriber receives them in batches through an async streaming generator with bounded
 backpressure, then decodes on its own side.
+
+A client on the actor's own node sends the same calls and reads the same batches over a local link
+(`events.local_link`: a Unix socket, ~30x faster than an actor call); elsewhere, or with
+``local_link=False``, over Ray.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from reactor_rt.events.bus import Subscription
 from reactor_rt.events.codec import decode, decode_batch, encode, frame_seq, stamp_seq
 from reactor_rt.events.handlers import HandlerRegistry
 from reactor_rt.events.hub import Hub, HubSubscriber, OverflowPolicy
+from reactor_rt.events.local_link import LinkClosedError, LinkResolver, LinkServer, LinkStream, link_address
 from reactor_rt.events.log import EventLog
 from reactor_rt.events.schemas import DURABLE_TYPES, Event, with_seq
 
-__all__ = ["EventBusActor", "EventBusCore", "RayBus", "RaySubscription", "SharedDecoder"]
+__all__ = ["EventBusActor", "EventBusCore", "RayBus", "RaySubscription", "SharedDecoder", "bus_link_server"]
 
 log = structlog.get_logger()
 
@@ -180,6 +185,31 @@ class EventBusCore:
         self._subs.clear()
 
 
+# most stream batches a subscriber's side holds unread before the bus waits (then its overflow policy)
+_STREAM_WINDOW = 4
+
+
+def bus_link_server(core: EventBusCore) -> LinkServer:
+    """The bus's calls and its subscriber streams, served over a local link (see the module doc)."""
+
+    async def watch(sid: str, subjects: list[str], add: bool = True) -> None:
+        core.watch(sid, subjects, add)
+
+    async def unsubscribe(sid: str) -> None:
+        core.unsubscribe(sid)
+
+    async def replay(subject: str, after: int = 0, types: list[str] | None = None,
+                     limit: int | None = None) -> list[bytes]:
+        return core.replay(subject, after, types, limit)
+
+    async def last_seq(subject: str) -> int:
+        return core.last_seq(subject)
+
+    calls = {"publish_many": core.publish_many, "subscribe": core.subscribe, "watch": watch,
+             "unsubscribe": unsubscribe, "replay": replay, "last_seq": last_seq}
+    return LinkServer(calls, {"stream": core.stream})
+
+
 # num_cpus=0: the bus is light, I/O-bound work and must never wait for a free CPU to be placed
 @ray.remote(num_cpus=0, max_restarts=3, max_concurrency=1000)
 class EventBusActor:
@@ -187,9 +217,14 @@ class EventBusActor:
 
     def __init__(self, log_path: str | None = None, **options: Any) -> None:
         self.core = EventBusCore(log_path, **options)
+        self.link = bus_link_server(self.core)
 
     async def ping(self) -> bool:
         return True
+
+    async def link_address(self) -> tuple[str, str]:
+        """(node id, socket path) of the local link serving this bus (started on the first call)."""
+        return await link_address(self.link)
 
     async def publish_many(self, records: list[tuple[str, str, bytes]]) -> list[int]:
         return await self.core.publish_many(records)
@@ -211,7 +246,7 @@ class EventBusActor:
 
     # backpressure: at most 4 unconsumed batches per subscriber; past that the actor-side buffer fills
     # and the slow-subscriber policy applies instead of objects piling up in the object store
-    @ray.method(num_returns="streaming", _generator_backpressure_num_objects=4)
+    @ray.method(num_returns="streaming", _generator_backpressure_num_objects=_STREAM_WINDOW)
     async def stream(self, sid: str, max_batch: int = 1024) -> AsyncIterator[tuple[list[bytes], int, str | None]]:
         async for item in self.core.stream(sid, max_batch):
             yield item
@@ -231,7 +266,7 @@ class EventBusActor:
         return self.core.stats()
 
     async def close(self) -> None:
-        await self.core.close()
+        await self.core.close()  # its streams end over the link too; the link lives on with the process
 
 
 async def _call(ref: Any) -> Any:
@@ -247,6 +282,29 @@ async def _call(ref: Any) -> Any:
         raise RuntimeUnavailableError(f"the event bus actor is unavailable: {exc}") from exc
     except RayError as exc:
         raise RuntimeUnavailableError(f"event bus call failed: {exc}") from exc
+
+
+def _raised(exc: BaseException) -> BaseException:
+    """What a link call's failure is raised as: the bus's own errors as they are, the rest as
+    `RuntimeUnavailableError` (as `_call` does for Ray's)."""
+    if isinstance(exc, ReactorError | ValueError | TypeError):
+        return exc
+    return RuntimeUnavailableError(f"event bus call failed: {exc!r}")
+
+
+async def _ray_batches(gen: Any) -> AsyncIterator[tuple[list[bytes], int, str | None]]:
+    async for ref in gen:
+        yield await _call(ref)
+
+
+async def _link_batches(stream: LinkStream) -> AsyncIterator[tuple[list[bytes], int, str | None]]:
+    try:
+        async for item in stream:
+            yield item
+    except LinkClosedError as exc:
+        raise RuntimeUnavailableError(f"the event bus went away: {exc}") from None
+    finally:
+        await stream.aclose()
 
 
 def _types_arg(types: Iterable[str] | str | None) -> list[str] | None:
@@ -282,12 +340,13 @@ _shared_decode = SharedDecoder()
 
 
 class RaySubscription(Subscription):
-    """A subscription on a `RayBus`: batches of frames from the actor's streaming generator."""
+    """A subscription on a `RayBus`: batches of frames from the actor, over the local link or Ray's
+    streaming generator."""
 
-    def __init__(self, bus: RayBus, sid: str, gen: Any) -> None:
+    def __init__(self, bus: RayBus, sid: str, batches: AsyncIterator[tuple[list[bytes], int, str | None]]) -> None:
         self._bus = bus
         self._sid = sid
-        self._gen = gen
+        self._batches = batches
         self._frames: deque[bytes] = deque()
         self._dropped = 0
         self._overflowed = False
@@ -306,8 +365,7 @@ class RaySubscription(Subscription):
                     )
                 raise StopAsyncIteration
             try:
-                ref = await self._gen.__anext__()
-                frames, self._dropped, end = await _call(ref)
+                frames, self._dropped, end = await self._batches.__anext__()
             except StopAsyncIteration:
                 self._done = True
                 continue
@@ -323,7 +381,9 @@ class RaySubscription(Subscription):
         self._closed = True
         self._frames.clear()
         with contextlib.suppress(RuntimeUnavailableError):  # actor gone: nothing to unsubscribe from
-            await _call(self._bus.actor.unsubscribe.remote(self._sid))
+            await self._bus._invoke("unsubscribe", self._sid)
+        with contextlib.suppress(RuntimeError, RuntimeUnavailableError):  # e.g. being read elsewhere
+            await self._batches.aclose()  # type: ignore[attr-defined]
 
     def __del__(self) -> None:
         # an abandoned subscription: tell the actor (fire and forget) so it stops buffering for it
@@ -333,7 +393,7 @@ class RaySubscription(Subscription):
 
     async def watch(self, subjects: Iterable[str], add: bool = True) -> None:
         """Follow these subjects too (or, with ``add=False``, no longer); a ``watch=True`` subscription."""
-        await _call(self._bus.actor.watch.remote(self._sid, list(subjects), add))
+        await self._bus._invoke("watch", self._sid, list(subjects), add)
 
     @property
     def dropped(self) -> int:
@@ -352,12 +412,28 @@ class RayBus(HandlerRegistry):
     Args:
         actor: the `EventBusActor` handle.
         max_batch: most events per delivered batch.
+        local_link: talk to the actor over a local link when it runs on this node (see the module doc).
     """
 
-    def __init__(self, actor: Any, *, max_batch: int = 1024) -> None:
+    def __init__(self, actor: Any, *, max_batch: int = 1024, local_link: bool = True) -> None:
         super().__init__()
         self.actor = actor
         self.max_batch = max_batch
+        self.local_link = local_link
+        self._link = LinkResolver(lambda: actor.link_address.remote(), enabled=local_link)
+
+    async def _invoke(self, name: str, *args: Any) -> Any:
+        """Call the actor's method ``name``: over the local link when there is one, else through Ray."""
+        link = await self._link.get()
+        if link is None:
+            return await _call(getattr(self.actor, name).remote(*args))
+        try:
+            return await link.call(name, *args)
+        except LinkClosedError as exc:
+            self._link.reset()
+            raise RuntimeUnavailableError(f"the event bus went away: {exc}") from None
+        except Exception as exc:
+            raise _raised(exc) from None
 
     @classmethod
     def create(
@@ -370,6 +446,7 @@ class RayBus(HandlerRegistry):
         get_if_exists: bool = False,
         lifetime: str | None = None,
         max_batch: int = 1024,
+        local_link: bool = True,
         **options: Any,
     ) -> RayBus:
         """Start an `EventBusActor` (named `name` in `namespace`; None for an anonymous one) and return a
@@ -383,7 +460,7 @@ class RayBus(HandlerRegistry):
         if lifetime is not None:
             actor_options["lifetime"] = lifetime
         actor = EventBusActor.options(**actor_options).remote(log_path, **options)
-        return cls(actor, max_batch=max_batch)
+        return cls(actor, max_batch=max_batch, local_link=local_link)
 
     @classmethod
     def connect(cls, name: str = "bus", namespace: str | None = None, *, max_batch: int = 1024) -> RayBus:
@@ -395,7 +472,7 @@ class RayBus(HandlerRegistry):
         return cls(actor, max_batch=max_batch)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self.actor, self.max_batch))
+        return (_rebuild, (self.actor, self.max_batch, self.local_link))
 
     async def wait_ready(self) -> None:
         """Wait until the actor answers."""
@@ -412,7 +489,7 @@ class RayBus(HandlerRegistry):
             if not isinstance(ev, Event):
                 raise TypeError(f"can only publish events, got {type(ev).__name__}")
             records.append((ev.subject, ev.type, encode(ev)))
-        seqs = await _call(self.actor.publish_many.remote(records))
+        seqs = await self._invoke("publish_many", records)
         return [with_seq(ev, seq) for ev, seq in zip(events, seqs, strict=True)]
 
     async def subscribe(
@@ -428,26 +505,29 @@ class RayBus(HandlerRegistry):
     ) -> RaySubscription:
         """Subscribe; registered in the actor when this returns. See `EventBus.subscribe`;
         ``watch=True`` starts an empty list of subjects to follow (`RaySubscription.watch`)."""
-        sid = await _call(
-            self.actor.subscribe.remote(_types_arg(types), subject, after, limit, buffer, overflow, watch)
-        )
-        gen = self.actor.stream.remote(sid, self.max_batch)
-        return RaySubscription(self, sid, gen)
+        sid = await self._invoke("subscribe", _types_arg(types), subject, after, limit, buffer, overflow, watch)
+        link = await self._link.get()
+        if link is None:
+            batches = _ray_batches(self.actor.stream.remote(sid, self.max_batch))
+        else:
+            batches = _link_batches(link.stream("stream", sid, self.max_batch, window=_STREAM_WINDOW))
+        return RaySubscription(self, sid, batches)
 
     async def replay(
         self, subject: str, after: int = 0, types: Iterable[str] | None = None, limit: int | None = None
     ) -> list[Event]:
         """The logged events of `subject` past seq `after`."""
-        frames = await _call(self.actor.replay.remote(subject, after, _types_arg(types), limit))
+        frames = await self._invoke("replay", subject, after, _types_arg(types), limit)
         return decode_batch(frames)
 
     async def last_seq(self, subject: str) -> int:
         """The last seq assigned on `subject` (0 if none)."""
-        return await _call(self.actor.last_seq.remote(subject))
+        return await self._invoke("last_seq", subject)
 
     async def close(self) -> None:
         """End every subscription and close the actor's log (the actor itself stays up; see `kill`)."""
         await _call(self.actor.close.remote())
+        self._link.reset()
 
     def kill(self) -> None:
         """Terminate the actor (no restart)."""
@@ -460,5 +540,5 @@ class RayBus(HandlerRegistry):
         await self.close()
 
 
-def _rebuild(actor: Any, max_batch: int) -> RayBus:
-    return RayBus(actor, max_batch=max_batch)
+def _rebuild(actor: Any, max_batch: int, local_link: bool = True) -> RayBus:
+    return RayBus(actor, max_batch=max_batch, local_link=local_link)

@@ -310,7 +310,8 @@ class Reactor:
               store: str | None = None, address: str | None = None, *, namespace: str = DEFAULT_NAMESPACE,
               decoder_capacity: int = 16, decoder_threads: int = 1, max_queue: int = 64,
               max_new_tokens: int = 64, event_log: str | None = None,
-              learning: dict[str, Any] | bool = True, weights_dir: str | None = None) -> _Starting:
+              learning: dict[str, Any] | bool = True, weights_dir: str | None = None,
+              local_link: bool = True) -> _Starting:
         """Start the runtime: ``async with Reactor.start(model="tiny") as rx: ...``.
 
         Runs ``ray.init()`` locally (loopback only, no dashboard) unless Ray is already initialised in
@@ -321,16 +322,19 @@ class Reactor:
         ``learning``: live learning on (True: defaults, or a dict of `LiveLearner` options such as
         ``params="decoder"|"memory"|"all"``, ``lr``, ``max_updates_per_minute``) or off (False); the
         learned weights persist in ``weights_dir`` (default: ``path.weights/`` beside a SQLite store).
+        ``local_link``: this client and the actors talk over Unix sockets where they share a node
+        (queries, events, the decoder's chunks: ~0.05 ms a message against ~1.5 ms for a Ray call);
+        False keeps every message on Ray.
         """
         return _Starting(model=model, store=store or default_store(), address=address, namespace=namespace,
                          decoder_capacity=decoder_capacity, decoder_threads=decoder_threads, max_queue=max_queue,
                          max_new_tokens=max_new_tokens, event_log=event_log, learning=learning,
-                         weights_dir=weights_dir)
+                         weights_dir=weights_dir, local_link=local_link)
 
     @classmethod
     async def _launch(cls, *, model: Any, store: str, address: str | None, namespace: str, decoder_capacity: int,
                       decoder_threads: int, max_queue: int, max_new_tokens: int, event_log: str | None,
-                      learning: dict[str, Any] | bool, weights_dir: str | None) -> Reactor:
+                      learning: dict[str, Any] | bool, weights_dir: str | None, local_link: bool) -> Reactor:
         from reactor_rt.actors.launch import launch_actors
         from reactor_rt.store import open_store
 
@@ -343,7 +347,7 @@ class Reactor:
                 decoder_capacity=decoder_capacity, decoder_threads=decoder_threads, max_queue=max_queue,
                 max_new_tokens=max_new_tokens,
                 learning=None if learning is False else ({} if learning is True else dict(learning)),
-                weights_dir=weights_dir or weights_path(store),
+                weights_dir=weights_dir or weights_path(store), local_link=local_link,
             )
         except BaseException:
             if started_ray:

@@ -35,17 +35,36 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(scope="module")
-async def rx(ray_local, model, tmp_path_factory):
+# every test runs twice: the client and the conductor reach the actors over local links (the default on
+# one node), then over Ray alone (as across nodes)
+@pytest.fixture(scope="module", params=[pytest.param(True, id="local-link"), pytest.param(False, id="ray-only")])
+async def rx(request, ray_local, model, tmp_path_factory):
     """One runtime for the module (starting one costs seconds); tests use distinct stream ids."""
     store = f"sqlite:///{tmp_path_factory.mktemp('rx')}/stm.db"
-    async with Reactor.start(model=model, store=store, max_new_tokens=8) as reactor:
+    async with Reactor.start(model=model, store=store, max_new_tokens=8, local_link=request.param) as reactor:
+        reactor.local_link = request.param  # type: ignore[attr-defined]
         yield reactor
 
 
 async def test_actors_are_named_in_the_namespace(rx):
     for name in ("decoder", "encoder", "memory", "stm", "conductor"):
         assert ray.get_actor(name, namespace="reactor_rt") is not None
+
+
+async def test_the_hot_path_takes_the_local_link_on_one_node_and_ray_otherwise(rx):
+    stream = await rx.stream("link-check")
+    before = await ray.get_actor("decoder", namespace="reactor_rt").stats.remote()
+    for text in ("one", "two", "three"):
+        await stream.reply(text)
+    after = await ray.get_actor("decoder", namespace="reactor_rt").stats.remote()
+    over_link = after["link_submits"] - before["link_submits"]
+    over_ray = after["ray_submits"] - before["ray_submits"]
+    assert over_link + over_ray == 3
+    if rx.local_link:
+        # each turn's STM version was warmed in the decoder by the update before: no STM to send
+        assert over_link >= 2 and rx._bus._link._client is not None
+    else:
+        assert over_link == 0 and rx._bus._link._client is None
 
 
 async def test_interleaved_streams_keep_order_and_do_not_leak(rx):

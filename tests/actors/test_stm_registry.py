@@ -51,3 +51,33 @@ def test_a_wrong_shape_is_refused(initial):
     reg = STMRegistry(MemorySTMStore(), initial)
     with pytest.raises(StoreError, match="shape"):
         reg.commit("m", 0, torch.zeros(3, 3), None)
+
+
+@pytest.mark.ray
+def test_a_commit_over_the_local_link_is_durable_at_once_and_put_in_ray_right_after(ray_local, initial):
+    import asyncio
+
+    from reactor_rt.actors.handles import STMHandle, tensor_to_wire
+    from reactor_rt.actors.stm_store import STMStoreActorImpl
+
+    actor = STMStoreActorImpl("memory://", initial)
+    new = initial + 1.0
+
+    async def run() -> None:
+        (wired, refused) = await actor._commit_many_wired(
+            [["m", 0, "i1"], ["m", 0, "i2"]], [tensor_to_wire(new), tensor_to_wire(new)])
+        handle = STMHandle.from_wire(wired)
+        assert handle.version == 1 and handle.stm is None
+        assert isinstance(refused, StaleVersionError)  # one item failed, the other still committed
+        assert actor.registry.store.load("m").version == 1  # durable before the reply
+        full = await actor.handle_at("m", 1)  # asked before the deferred put ran: it runs now
+        assert full is not None and full.token == handle.token and torch.equal(await full.stm, new)
+        await asyncio.sleep(0)
+        assert (await actor.handle("m")).stm is full.stm  # one put per version, never two
+        # the put that was deferred, when the version was evicted meanwhile, does nothing
+        await actor._commit_many_wired([["n", 0, "i3"]], [tensor_to_wire(new)])
+        actor._handles.pop("n")
+        await asyncio.sleep(0)
+        assert ("n", 1) not in actor._unput
+
+    asyncio.run(run())

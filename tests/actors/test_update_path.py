@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import torch
 
-from reactor_rt.actors.encoder import EncoderCore
+from reactor_rt.actors.encoder import EncoderActorImpl, EncoderCore
+from reactor_rt.actors.handles import tensor_from_wire, tensor_to_wire
 from reactor_rt.actors.memory_updater import MemoryUpdaterActorImpl, MemoryUpdaterCore
 
 
@@ -30,9 +33,28 @@ def test_the_actor_picks_each_memory_from_plain_tensors_or_an_earlier_batch(mode
     encoder = EncoderCore(model)
     encoded = encoder.encode_many([_interaction(1, 9), _interaction(2, 12)])
     plain, earlier = model.init_stm(1)[0], [model.init_stm(1)[0] + 0.5, model.init_stm(1)[0] - 0.5]
-    out = actor.update_many(encoded, [(1, 1), (0, None)], plain, earlier)
-    assert torch.allclose(out[0], actor.update(earlier[1], encoded[0]), atol=1e-5)
-    assert torch.allclose(out[1], actor.update(plain, encoded[1]), atol=1e-5)
+    out = asyncio.run(actor.update_many(encoded, [(1, 1), (0, None)], plain, earlier))
+    assert torch.allclose(out[0], actor.core.update(earlier[1], encoded[0]), atol=1e-5)
+    assert torch.allclose(out[1], actor.core.update(plain, encoded[1]), atol=1e-5)
+
+
+def test_the_local_link_calls_give_what_the_ray_calls_give(model):
+    """Over the local link tensors travel as plain fields: the same numbers, bit for bit."""
+    encoder, updater = EncoderActorImpl(model), MemoryUpdaterActorImpl(model)
+    interactions = [_interaction(3, 9), _interaction(4, 14)]
+    stms = [model.init_stm(1)[0] + 0.3, model.init_stm(1)[0] - 0.3]
+
+    async def both() -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        encoded = await encoder.encode_many(interactions)
+        wired = await encoder._encode_many_wired(interactions)
+        new = await updater._update_many_wired(wired, [tensor_to_wire(s) for s in stms])
+        return encoded, [tensor_from_wire(w) for w in wired], [tensor_from_wire(n) for n in new]
+
+    encoded, encoded_wired, new_wired = asyncio.run(both())
+    for a, b in zip(encoded, encoded_wired, strict=True):
+        assert torch.equal(a, b)
+    for got, want in zip(new_wired, updater.core.update_many(stms, encoded), strict=True):
+        assert torch.equal(got, want)
 
 
 def test_equal_lengths_take_the_unpadded_path_with_the_same_results(model):
@@ -44,3 +66,13 @@ def test_equal_lengths_take_the_unpadded_path_with_the_same_results(model):
         assert torch.allclose(enc, encoder.encode(row), atol=1e-5)
     for stm, enc, got in zip(stms, encoded, updater.update_many(stms, encoded), strict=True):
         assert torch.allclose(got, updater.update(stm, enc), atol=1e-5)
+
+
+def test_tensors_cross_the_wire_unchanged_in_every_serving_dtype():
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        t = torch.randn(2, 3, 5).to(dtype)
+        assert torch.equal(tensor_from_wire(tensor_to_wire(t)), t)
+        assert tensor_from_wire(tensor_to_wire(t)).dtype == dtype
+    assert tensor_from_wire(tensor_to_wire(torch.empty(0, 4))).shape == (0, 4)
+    view = torch.arange(12.0).reshape(3, 4).t()  # not contiguous
+    assert torch.equal(tensor_from_wire(tensor_to_wire(view)), view)

@@ -76,7 +76,9 @@ def shared_ray_bus(ray_local: Any) -> Any:
     bus.kill()
 
 
-@pytest.fixture(params=["inprocess", "core", pytest.param("ray", marks=pytest.mark.ray)])
+# "ray": a client on the actor's node (local link); "ray-remote": the same over Ray's calls, as from another node
+@pytest.fixture(params=["inprocess", "core", pytest.param("ray", marks=pytest.mark.ray),
+                        pytest.param("ray-remote", marks=pytest.mark.ray)])
 async def make_bus(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncIterator[BusFactory]:
     """`await make_bus(log_path=None, **options)`: a fresh bus of the parametrised kind.
 
@@ -85,7 +87,7 @@ async def make_bus(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncI
     """
     kind = request.param
     made: list[Any] = []
-    if kind == "ray":
+    if kind.startswith("ray"):
         request.getfixturevalue("ray_local")
         from reactor_rt.events.ray_bus import RayBus
 
@@ -99,7 +101,7 @@ async def make_bus(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncI
 
             bus = CoreBus(EventBusCore(path, **options))
         else:
-            bus = RayBus.create(name=None, log_path=path, max_batch=8, **options)
+            bus = RayBus.create(name=None, log_path=path, max_batch=8, local_link=kind == "ray", **options)
             await bus.wait_ready()
         bus.kind = kind
         made.append(bus)
@@ -109,16 +111,22 @@ async def make_bus(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncI
     yield make
     for bus in made:
         await bus.close()
-        if kind == "ray":
+        if kind.startswith("ray"):
             bus.kill()
 
 
 @pytest.fixture
 async def bus(make_bus: BusFactory, request: pytest.FixtureRequest) -> EventBus:
     """A bus with default options: fresh in-process, the shared actor for Ray."""
-    if make_bus.kind == "ray":  # type: ignore[attr-defined]
+    if make_bus.kind.startswith("ray"):  # type: ignore[attr-defined]
         shared = request.getfixturevalue("shared_ray_bus")
         await shared.wait_ready()
+        if make_bus.kind == "ray-remote":  # type: ignore[attr-defined]
+            from reactor_rt.events.ray_bus import RayBus
+
+            remote = RayBus(shared.actor, max_batch=8, local_link=False)
+            remote.kind = "ray-remote"
+            return remote
         return shared
     return await make_bus()
 

@@ -42,10 +42,14 @@ async def rx(ray_local, model, tmp_path_factory):
 
 
 async def _ask(stream, text: str, kill: str | None = None, at: str = "rx.query") -> list[str]:
-    """Run one interaction; kill actor ``kill`` when event ``at`` arrives. Returns the event types seen
-    (ending with the terminal one, or ``raised:<ErrorClass>``)."""
+    """Run one interaction; kill actor ``kill`` when event ``at`` arrives (``at="sent"``: as the query
+    goes out). Returns the event types seen (ending with the terminal one, or ``raised:<ErrorClass>``)."""
     FIGURES["sent"] += 1
     seen: list[str] = []
+    if kill is not None and at == "sent":
+        ray.kill(ray.get_actor(kill, namespace=NAMESPACE), no_restart=False)
+        FIGURES["faults"] += 1
+        kill = None
     try:
         with anyio.fail_after(120):
             async for event in stream.ask(text):
@@ -119,8 +123,11 @@ async def test_fuzzed_public_api_calls_get_an_answer_or_a_typed_error(rx, stream
     assert events[-1].type == "rx.memory.updated"
 
 
+# the decoder answers within a few ms of the query: killed "at rx.query" it may already have streamed
+# the first tokens (then the answer is lost: rx.error, by design); killed as the query goes out, the
+# generation is retried on the restarted decoder and the interaction completes
 @pytest.mark.parametrize(("actor", "at"), [
-    ("decoder", "rx.query"),
+    ("decoder", "sent"),
     ("stm", "rx.query"),
     pytest.param("encoder", "rx.query", marks=pytest.mark.slow),
     pytest.param("memory", "rx.query", marks=pytest.mark.slow),

@@ -3,6 +3,8 @@ versions, and the STM store actor keeps at most MAX_KEPT versions in Ray's objec
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import torch
 
@@ -27,11 +29,15 @@ def test_the_registry_cache_is_bounded_and_stays_correct():
 def test_the_stm_store_actor_keeps_a_bounded_number_of_versions(ray_local):
     actor = STMStoreActorImpl("memory://", torch.zeros(2, 4, 8))
     actor.MAX_KEPT = 12
-    for step in range(3):
-        for i in range(10):
-            actor.commit(f"m{i}", step, torch.full((2, 4, 8), float(step)), f"i{i}-{step}")
-    kept = sum(len(h) for h in actor._handles.values())
-    assert kept == actor._kept <= 12
-    assert actor.handle_at("m9", 3) is not None  # the newest versions of the busiest memories stay
-    assert actor.handle_at("m0", 1) is None  # the oldest are gone: feedback on them is refused, not wrong
-    assert actor.handle("m0").version == 3  # and the latest is always served from the store
+
+    async def run() -> None:
+        for step in range(3):
+            for i in range(10):
+                await actor.commit(f"m{i}", step, torch.full((2, 4, 8), float(step)), f"i{i}-{step}")
+        kept = sum(len(h) for h in actor._handles.values())
+        assert kept == actor._kept <= 12
+        assert await actor.handle_at("m9", 3) is not None  # the newest versions of the busiest memories stay
+        assert await actor.handle_at("m0", 1) is None  # the oldest are gone: feedback on them is refused
+        assert (await actor.handle("m0")).version == 3  # and the latest is always served from the store
+
+    asyncio.run(run())

@@ -151,7 +151,7 @@ async def test_the_next_update_starts_from_the_stm_this_engine_computed_and_the_
     # a version this engine did not write (e.g. after an import) is read from the store again
     eng.actors.stm.commit = Method(v4)
     await eng.put("m", "imported", 4)
-    assert eng._stm_source(v4) == ("store-ref-4", None)
+    assert await eng._stm_source(v4) == ("store-ref-4", None)
 
 
 async def test_updates_due_together_go_out_as_one_batch_and_a_failed_item_fails_alone():

@@ -1,0 +1,180 @@
+"""The local link: calls, pushed streams, credit windows, errors and a peer that goes away."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from reactor_rt.errors import QueueFullError, RuntimeUnavailableError
+from reactor_rt.events.local_link import LinkClient, LinkClosedError, LinkServer, pack
+
+pytestmark = pytest.mark.anyio
+
+
+class _ForeignError(Exception):
+    pass
+
+
+def _server(produced: list[int] | None = None) -> LinkServer:
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    async def fails() -> None:
+        raise QueueFullError("the queue is full")
+
+    async def fails_oddly() -> None:
+        raise _ForeignError("odd")
+
+    async def returns_an_object() -> object:
+        return object()
+
+    async def slow() -> None:
+        await asyncio.sleep(3600)
+
+    async def count(n: int, fail_at: int | None = None):  # type: ignore[no-untyped-def]
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError(f"failed at {i}")
+            if produced is not None:
+                produced.append(i)
+            yield i
+
+    async def forever():  # type: ignore[no-untyped-def]
+        i = 0
+        while True:
+            yield i
+            i += 1
+            await asyncio.sleep(0.001)
+
+    return LinkServer({"add": add, "fails": fails, "fails_oddly": fails_oddly, "slow": slow,
+                       "returns_an_object": returns_an_object},
+                      {"count": count, "forever": forever})
+
+
+async def _connected(server: LinkServer) -> LinkClient:
+    return await LinkClient.connect(await server.start())
+
+
+async def test_calls_return_results_and_raise_the_servers_errors() -> None:
+    server = _server()
+    client = await _connected(server)
+    try:
+        assert await client.call("add", 2, 3) == 5
+        assert await asyncio.gather(*(client.call("add", i, i) for i in range(50))) == [2 * i for i in range(50)]
+        with pytest.raises(QueueFullError, match="full"):
+            await client.call("fails")
+        with pytest.raises(RuntimeUnavailableError, match="_ForeignError: odd"):  # not one of ours: named
+            await client.call("fails_oddly")
+        with pytest.raises(RuntimeUnavailableError, match="plain data"):
+            await client.call("returns_an_object")
+        with pytest.raises(TypeError, match="plain data"):  # refused before it is sent
+            await client.call("add", object(), 1)
+        assert await client.call("add", 1, 1) == 2  # the connection survived all that
+        with pytest.raises(ValueError, match="no call"):
+            await client.call("missing")
+    finally:
+        client.close()
+        await server.close()
+
+
+async def test_a_stream_delivers_every_item_then_ends_or_raises() -> None:
+    server = _server()
+    client = await _connected(server)
+    try:
+        assert [i async for i in client.stream("count", 100)] == list(range(100))
+        got = []
+        with pytest.raises(ValueError, match="failed at 3"):
+            async for i in client.stream("count", 10, 3):
+                got.append(i)
+        assert got == [0, 1, 2]
+    finally:
+        client.close()
+        await server.close()
+
+
+async def test_a_window_holds_the_server_back_until_the_client_takes_items() -> None:
+    produced: list[int] = []
+    server = _server(produced)
+    client = await _connected(server)
+    try:
+        stream = client.stream("count", 100, window=4)
+        await asyncio.sleep(0.2)
+        # 4 sent and one more pulled from the generator while it waits for credit
+        assert len(produced) <= 5
+        assert [await stream.__anext__() for _ in range(3)] == [0, 1, 2]
+        await asyncio.sleep(0.2)
+        assert len(produced) <= 8
+        assert [i async for i in stream] == list(range(3, 100))
+    finally:
+        client.close()
+        await server.close()
+
+
+async def test_closing_a_stream_stops_its_generator_at_the_server() -> None:
+    server = _server()
+    client = await _connected(server)
+    try:
+        stream = client.stream("forever")
+        assert await stream.__anext__() == 0
+        await stream.aclose()
+        await asyncio.sleep(0.05)
+        connection = next(iter(server.connections))
+        assert not connection._tasks  # the generator's task ended
+        assert await client.call("add", 1, 1) == 2  # the connection itself lives on
+    finally:
+        client.close()
+        await server.close()
+
+
+async def test_a_server_that_goes_away_fails_calls_and_streams_in_flight() -> None:
+    server = _server()
+    client = await _connected(server)
+    call = asyncio.ensure_future(client.call("slow"))
+    stream = client.stream("forever")
+    assert await stream.__anext__() == 0
+    await server.close()
+    with pytest.raises(LinkClosedError):
+        await call
+    with pytest.raises(LinkClosedError):
+        async for _ in stream:
+            pass
+    assert client.closed
+    with pytest.raises(LinkClosedError):
+        await client.call("add", 1, 2)
+
+
+async def test_a_client_that_goes_away_cancels_its_work_at_the_server() -> None:
+    server = _server()
+    client = await _connected(server)
+    try:
+        call = asyncio.ensure_future(client.call("slow"))
+        stream = client.stream("forever")
+        await stream.__anext__()
+        connection = next(iter(server.connections))
+        assert len(connection._tasks) == 2
+        client.close()
+        with pytest.raises(LinkClosedError):
+            await call
+        await asyncio.sleep(0.05)
+        assert not connection._tasks
+        assert not server.connections
+    finally:
+        await server.close()
+
+
+async def test_garbage_on_the_socket_drops_that_connection_only() -> None:
+    server = _server()
+    path = await server.start()
+    good = await LinkClient.connect(path)
+    bad = await LinkClient.connect(path)
+    try:
+        assert bad.transport is not None
+        bad.transport.write((5).to_bytes(4, "little") + b"\xc1\xc1\xc1\xc1\xc1")  # not msgpack
+        bad.transport.write(pack(1, 1, ["add", [1, 2]]))
+        await asyncio.sleep(0.1)
+        assert bad.closed
+        assert await good.call("add", 2, 2) == 4
+    finally:
+        good.close()
+        await server.close()
