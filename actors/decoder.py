@@ -122,21 +122,43 @@ class DecoderCore:
             pending.sink([out.token], out.finished, None)
 
     def _admit(self) -> None:
-        while self._pending and self.batch.free_slots:
+        """Prefill what waits and fits: several requests in one forward (requests that fall due together,
+        e.g. after a batched memory update, join in one prefill instead of one each)."""
+        ready: list[tuple[_Pending, Any, Sampler, torch.Generator | None]] = []
+        free = len(self.batch.free_slots)
+        while self._pending and len(ready) < free:
             pending = self._pending.popleft()
             req = pending.request
             try:
                 memory_kv = self._memory_kv(req.handle, pending.stm)
-                generator = None
-                if req.seed is not None:
-                    generator = torch.Generator().manual_seed(req.seed)
+                generator = None if req.seed is None else torch.Generator().manual_seed(req.seed)
                 sampler = Sampler(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p)
+            except Exception as exc:
+                log.exception("decoder.admit_failed", request_id=pending.request_id)
+                pending.sink([], True, exc)
+                continue
+            ready.append((pending, memory_kv, sampler, generator))
+        if len(ready) > 1:
+            try:
+                with torch.inference_mode():
+                    slots = self.batch.add_many(
+                        [torch.tensor(p.request.prompt, dtype=torch.long) for p, _, _, _ in ready],
+                        [kv for _, kv, _, _ in ready], [s for _, _, s, _ in ready],
+                        [p.request.max_new_tokens for p, _, _, _ in ready], [g for _, _, _, g in ready])
+            except Exception:  # e.g. one bad prompt: admit them one by one, so only that one fails
+                log.debug("decoder.batched_admit_failed", requests=len(ready))
+            else:
+                for (pending, _, _, _), slot in zip(ready, slots, strict=True):
+                    self._rows[slot] = pending
+                return
+        for pending, memory_kv, sampler, generator in ready:
+            try:
                 with torch.inference_mode():
                     slot = self.batch.add(
-                        torch.tensor(req.prompt, dtype=torch.long),
+                        torch.tensor(pending.request.prompt, dtype=torch.long),
                         memory_kv=memory_kv,
                         sampler=sampler,
-                        max_new_tokens=req.max_new_tokens,
+                        max_new_tokens=pending.request.max_new_tokens,
                         generator=generator,
                     )
             except Exception as exc:

@@ -53,6 +53,20 @@ class _PrefillHook:
         return k, v, None, True
 
 
+class _PrefillManyHook:
+    """Writes right-padded prompts into their cache rows (the padding lands past each row's end, where
+    its decode steps overwrite it); causal attention keeps every real token from seeing the padding."""
+
+    def __init__(self, db: DecodeBatch, slots: Tensor) -> None:
+        self.db, self.slots = db, slots
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None, bool]:
+        t = k.shape[2]
+        self.db.k_cache[layer, self.slots, :, :t] = k
+        self.db.v_cache[layer, self.slots, :, :t] = v
+        return k, v, None, True
+
+
 class _StepHook:
     """Writes one new key/value per row at that row's position, then exposes the rows' cache prefix."""
 
@@ -197,6 +211,52 @@ class DecodeBatch:
         self.pending[slot] = row.sampler.sample(logits[:, -1], row.generator)[0]
         self._rows[slot] = row
         return slot
+
+    @torch.inference_mode()
+    def add_many(
+        self,
+        prompts: list[Tensor],
+        memory_kvs: list[MemoryKV],
+        samplers: list[Sampler | None],
+        max_new_tokens: list[int],
+        generators: list[torch.Generator | None],
+    ) -> list[int]:
+        """`add` for several rows in one forward (prompts right-padded to the longest); returns their
+        slots in order. Same tokens as adding them one by one, up to float rounding of the batched
+        matmuls. Needs the memory K/V of each row (one row each)."""
+        n = len(prompts)
+        if not (n == len(memory_kvs) == len(samplers) == len(max_new_tokens) == len(generators)):
+            raise ValueError("add_many needs one memory_kv, sampler, budget and generator per prompt")
+        free = self.free_slots
+        if n > len(free):
+            raise RuntimeError(f"DecodeBatch has {len(free)} free rows, not {n}")
+        flat = [p.reshape(-1).to(self.pending.device) for p in prompts]
+        lengths = [int(p.shape[0]) for p in flat]
+        if min(lengths) == 0 or max(lengths) > self.max_len:
+            raise ValueError(f"prompts must have 1..{self.max_len} tokens, got lengths {lengths}")
+        if min(max_new_tokens) < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        if any(kv.batch_size != 1 for kv in memory_kvs) or self.stm is not None:
+            raise ValueError("add_many takes one-row memory_kv per prompt (and cache_memory_kv=True)")
+        slots = free[:n]
+        index = torch.tensor(slots, device=self.pending.device)
+        for slot, kv in zip(slots, memory_kvs, strict=True):
+            self.mem_k[:, slot] = kv.k[:, 0]
+            self.mem_v[:, slot] = kv.v[:, 0]
+        width = max(lengths)
+        ids = torch.full((n, width), self.model.tokenizer.pad_id, dtype=torch.long, device=self.pending.device)
+        for i, p in enumerate(flat):
+            ids[i, : lengths[i]] = p
+        mem = MemoryKV(self.mem_k.index_select(1, index), self.mem_v.index_select(1, index))
+        last = torch.tensor(lengths, device=self.pending.device) - 1
+        logits, _ = self.model.run_decoder(ids, mem, self.model.rope.tables(width), _PrefillManyHook(self, index),
+                                           need_aux=False, at=last)
+        for i, slot in enumerate(slots):
+            sampler = samplers[i] or Sampler.from_config(self.model.config)
+            row = _Row(lengths[i], min(max_new_tokens[i], self.max_len - lengths[i] + 1), sampler, generators[i])
+            self.pending[slot] = row.sampler.sample(logits[i : i + 1, -1], row.generator)[0]
+            self._rows[slot] = row
+        return slots
 
     def remove(self, slot: int) -> None:
         """Free a slot (finished or not); its cache row is simply overwritten by the next add."""

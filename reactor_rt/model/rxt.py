@@ -271,10 +271,13 @@ class ReactiveTransformer(nn.Module):
         token_mask: Tensor | None = None,
         last_only: bool = False,
         need_aux: bool = True,
+        at: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """The decoder stack on ids (B, T) -> (logits (B, T or 1, V), balance loss). Used by generation.
 
         cis: RoPE rotations of the ids' positions; cache: where self-attention K/V go (None = no cache).
+        last_only: logits of the last position only; at (B,) long: of that position in each row (a
+        right-padded batch of prompts), (B, 1, V).
         """
         x = self.embedding(ids)  # (B, T, D)
         aux_sum: Tensor | None = None
@@ -291,7 +294,9 @@ class ReactiveTransformer(nn.Module):
             if aux is not None:
                 aux_sum = aux if aux_sum is None else aux_sum + aux
                 n_aux += 1
-        if last_only:
+        if at is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), at][:, None]  # (B, 1, D)
+        elif last_only:
             x = x[:, -1:]
         h = self.decoder_norm(x) if self.config.final_norm else x
         logits = F.linear(h, self.embedding.weight) if self.config.tied_head else self.head(h)

@@ -55,6 +55,45 @@ def test_rows_joining_mid_way_match_generation_alone(model):
         assert got[i] == _alone(model, reqs[i].prompt, stms[i], 10), i
 
 
+def test_requests_waiting_together_are_prefilled_together_with_the_same_answers(model):
+    core = DecoderCore(model, capacity=3)
+    reqs = [GenerateRequest(_prompt(10 + i, 4 + 5 * i), STMHandle(f"t{i}", 0, None), max_new_tokens=8)
+            for i in range(4)]
+    stms = [_stm(model, 10 + i) for i in range(4)]
+    got: dict[int, list[int]] = {i: [] for i in range(4)}
+    errors: list[BaseException] = []
+
+    def sink(i):
+        def put(tokens, finished, error):
+            if error is not None:
+                errors.append(error)
+            got[i].extend(tokens)
+        return put
+
+    calls = []
+    add_many = core.batch.add_many
+    core.batch.add_many = lambda *a: calls.append(len(a[0])) or add_many(*a)  # type: ignore[method-assign]
+    for i in range(4):  # one more than fits: it waits for a free row
+        core.submit(reqs[i], stms[i], sink(i))
+    for _ in range(60):
+        if not core.busy:
+            break
+        core.step()
+    assert calls == [3] and not errors  # three in one forward; the fourth alone, later
+    for i in range(4):
+        assert got[i] == _alone(model, reqs[i].prompt, stms[i], 8), i
+    # a bad request among them fails alone; the others are still admitted and answered
+    bad = GenerateRequest([], STMHandle("bad", 0, None), max_new_tokens=8)
+    core.submit(reqs[0], stms[0], sink(0))
+    core.submit(bad, stms[1], sink(1))
+    got[0].clear()
+    for _ in range(40):
+        if not core.busy:
+            break
+        core.step()
+    assert len(errors) == 1 and got[0] == _alone(model, reqs[0].prompt, stms[0], 8)
+
+
 def test_memory_keys_values_are_cached_per_version(model):
     core = DecoderCore(model, capacity=2, memory_cache_size=2)
     handles = [STMHandle("m", v, None) for v in range(3)]

@@ -178,3 +178,43 @@ async def test_garbage_on_the_socket_drops_that_connection_only() -> None:
     finally:
         good.close()
         await server.close()
+
+
+async def test_the_resolver_links_only_to_an_actor_on_this_node(monkeypatch) -> None:
+    from reactor_rt.events import local_link
+
+    server = _server()
+    path = await server.start()
+    monkeypatch.setattr(local_link, "_this_node", lambda: "node-a")
+    asked = []
+
+    async def here() -> tuple[str, str]:
+        asked.append("here")
+        return "node-a", path
+
+    async def elsewhere() -> tuple[str, str]:
+        asked.append("elsewhere")
+        return "node-b", path
+
+    async def broken() -> tuple[str, str]:
+        raise RuntimeError("no such method")
+
+    try:
+        near = local_link.LinkResolver(here)
+        client = await near.get()
+        assert client is not None and await client.call("add", 1, 2) == 3
+        assert await near.get() is client  # kept
+        await server.close()  # the actor restarts: the link drops, the next get asks again
+        await asyncio.sleep(0.05)
+        assert client.closed
+        server = _server()
+        path = await server.start()
+        again = await near.get()
+        assert again is not None and again is not client and asked == ["here", "here"]
+        again.close()
+        far = local_link.LinkResolver(elsewhere)
+        assert await far.get() is None and await far.get() is None and asked.count("elsewhere") == 1
+        assert await local_link.LinkResolver(broken).get() is None  # no link: Ray carries it
+        assert await local_link.LinkResolver(here, enabled=False).get() is None
+    finally:
+        await server.close()

@@ -93,6 +93,34 @@ def test_rows_join_and_leave_mid_way(model):
 
 
 @torch.no_grad()
+def test_rows_prefilled_together_equal_rows_prefilled_alone(model):
+    """add_many pads the prompts to the longest: each row's tokens are those it gets alone, and it
+    runs on beside rows added one by one; several sampled rows keep their own samplers."""
+    s = stms(4, seed=3)
+    ps = [prompt(7, 30), prompt(3, 31), prompt(12, 32), prompt(1, 33)]
+    expected = [run_alone(model, ps[i], s[i : i + 1], 10) for i in range(4)]
+    db = DecodeBatch(model, capacity=6)
+    early = db.add(ps[0], stm=s[0:1], max_new_tokens=10)
+    db.step()  # a row already running: the batched prefill must not disturb its cache
+    slots = db.add_many(ps[1:], [model.memory_kv(s[i : i + 1]) for i in range(1, 4)], [None] * 3, [10] * 3,
+                        [None] * 3)
+    assert len(set(slots)) == 3 and early not in slots
+    got: dict[int, list[int]] = {early: [expected[0][0]]}
+    while db.active:
+        for out in db.step():
+            got.setdefault(out.slot, []).append(out.token)
+    assert got[early] == expected[0]
+    for i, slot in enumerate(slots, start=1):
+        assert got[slot] == expected[i], i
+    # bad calls are refused before anything is written
+    with pytest.raises(ValueError):
+        db.add_many([prompt(3, 1), torch.tensor([], dtype=torch.long)], [model.memory_kv(s[0:1])] * 2,
+                    [None] * 2, [4] * 2, [None] * 2)
+    with pytest.raises(RuntimeError, match="free rows"):
+        db.add_many([prompt(3, 1)] * 3, [model.memory_kv(s[0:1])] * 3, [None] * 3, [4] * 3, [None] * 3)
+
+
+@torch.no_grad()
 def test_non_contiguous_slots_and_slot_reuse(model):
     s = stms(3, seed=2)
     ps = [prompt(4, 20), prompt(6, 21), prompt(5, 22)]
