@@ -89,3 +89,14 @@ def test_runtime_overhead_report_states_both_issues_goals():
     assert "<= 15 % / <= 10 %: met / NOT met (+12.0 %)" in text
     assert "extra TTFT <= 5 ms: met" in text
     assert "16 streams >= 4x / >= 6x one stream: met / NOT met" in text and "64" in text
+
+
+def test_overheads_compare_neighbouring_turns():
+    from benchmarks.runtime_overhead import paired
+
+    # the host slows down half way: each Reactor turn is 10 % over the direct turn beside it (but one
+    # pair that straddles the change), while the ratio of the two medians says +120 %
+    direct = [100.0, 100.0, 100.0, 200.0, 200.0]
+    reactor = [110.0, 110.0, 220.0, 220.0, 220.0]
+    assert abs(paired(reactor, direct, ratio=True) - 1.1) < 1e-9
+    assert paired([12.0, 13.0, 11.0], [10.0, 10.0, 10.0], ratio=False) == 2.0
