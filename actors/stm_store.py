@@ -4,14 +4,14 @@
 wraps it in Ray and makes exactly one ``ray.put`` per version, so every reader of a version shares
 one object in Ray's store.
 
-A conductor on the same node commits over a local link and gets handles without the reference back:
-the version is durable when the reply leaves, and its ``ray.put`` (about 1 ms) follows right after,
-off the update's path. Whoever asks for the handle through Ray gets the reference.
+A conductor on the same node commits over a local link and gets handles without the reference back
+(the version is durable when the reply leaves): the next update and the decoder get that STM over
+links too, so its ``ray.put`` (about 1 ms, and work for the raylet) happens only if someone asks for
+the handle through Ray, once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import threading
 from collections import OrderedDict
@@ -121,7 +121,8 @@ class STMStoreActorImpl:
         self.link = LinkServer({"commit_many": self._commit_many_wired}, {})
 
     def _handle(self, memory_id: str, put: bool = True) -> STMHandle:
-        """The latest version as a handle; ``put=False`` may leave its ``ray.put`` for right after."""
+        """The latest version as a handle; ``put=False`` leaves its ``ray.put`` until a handle with the
+        reference is asked for."""
         version, stm = self.registry.load(memory_id)
         history = self._handles.setdefault(memory_id, OrderedDict())
         self._handles.move_to_end(memory_id)
@@ -131,7 +132,6 @@ class STMStoreActorImpl:
             else:
                 history[version] = STMHandle(memory_id, version, None)
                 self._unput[(memory_id, version)] = stm
-                asyncio.get_running_loop().call_soon(self._put, memory_id, version)
             self._kept += 1
             while len(history) > self.HISTORY:
                 old, _ = history.popitem(last=False)

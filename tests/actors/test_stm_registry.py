@@ -54,7 +54,7 @@ def test_a_wrong_shape_is_refused(initial):
 
 
 @pytest.mark.ray
-def test_a_commit_over_the_local_link_is_durable_at_once_and_put_in_ray_right_after(ray_local, initial):
+def test_a_commit_over_the_local_link_is_durable_at_once_and_put_in_ray_only_when_asked(ray_local, initial):
     import asyncio
 
     from reactor_rt.actors.handles import STMHandle, tensor_to_wire
@@ -70,14 +70,14 @@ def test_a_commit_over_the_local_link_is_durable_at_once_and_put_in_ray_right_af
         assert handle.version == 1 and handle.stm is None
         assert isinstance(refused, StaleVersionError)  # one item failed, the other still committed
         assert actor.registry.store.load("m").version == 1  # durable before the reply
-        full = await actor.handle_at("m", 1)  # asked before the deferred put ran: it runs now
+        assert ("m", 1) in actor._unput  # not in Ray's store yet
+        full = await actor.handle_at("m", 1)  # asked for through Ray: put now, same token
         assert full is not None and full.token == handle.token and torch.equal(await full.stm, new)
-        await asyncio.sleep(0)
         assert (await actor.handle("m")).stm is full.stm  # one put per version, never two
-        # the put that was deferred, when the version was evicted meanwhile, does nothing
-        await actor._commit_many_wired([["n", 0, "i3"]], [tensor_to_wire(new)])
-        actor._handles.pop("n")
-        await asyncio.sleep(0)
-        assert ("n", 1) not in actor._unput
+        assert not actor._unput
+        # a version evicted before anyone asked is never put
+        for v in range(actor.HISTORY + 1):
+            await actor._commit_many_wired([["n", v, f"n{v}"]], [tensor_to_wire(new)])
+        assert ("n", 1) not in actor._unput and len(actor._unput) == actor.HISTORY
 
     asyncio.run(run())

@@ -56,41 +56,41 @@ async def _connected(server: LinkServer) -> LinkClient:
     return await LinkClient.connect(await server.start())
 
 
-async def test_calls_return_results_and_raise_the_servers_errors() -> None:
+@pytest.fixture
+async def linked():  # type: ignore[no-untyped-def]
+    """(server, client) with the test server's calls and streams; both closed after the test."""
     server = _server()
     client = await _connected(server)
-    try:
-        assert await client.call("add", 2, 3) == 5
-        assert await asyncio.gather(*(client.call("add", i, i) for i in range(50))) == [2 * i for i in range(50)]
-        with pytest.raises(QueueFullError, match="full"):
-            await client.call("fails")
-        with pytest.raises(RuntimeUnavailableError, match="_ForeignError: odd"):  # not one of ours: named
-            await client.call("fails_oddly")
-        with pytest.raises(RuntimeUnavailableError, match="plain data"):
-            await client.call("returns_an_object")
-        with pytest.raises(TypeError, match="plain data"):  # refused before it is sent
-            await client.call("add", object(), 1)
-        assert await client.call("add", 1, 1) == 2  # the connection survived all that
-        with pytest.raises(ValueError, match="no call"):
-            await client.call("missing")
-    finally:
-        client.close()
-        await server.close()
+    yield server, client
+    client.close()
+    await server.close()
 
 
-async def test_a_stream_delivers_every_item_then_ends_or_raises() -> None:
-    server = _server()
-    client = await _connected(server)
-    try:
-        assert [i async for i in client.stream("count", 100)] == list(range(100))
-        got = []
-        with pytest.raises(ValueError, match="failed at 3"):
-            async for i in client.stream("count", 10, 3):
-                got.append(i)
-        assert got == [0, 1, 2]
-    finally:
-        client.close()
-        await server.close()
+async def test_calls_return_results_and_raise_the_servers_errors(linked) -> None:
+    _, client = linked
+    assert await client.call("add", 2, 3) == 5
+    assert await asyncio.gather(*(client.call("add", i, i) for i in range(50))) == [2 * i for i in range(50)]
+    with pytest.raises(QueueFullError, match="full"):
+        await client.call("fails")
+    with pytest.raises(RuntimeUnavailableError, match="_ForeignError: odd"):  # not one of ours: named
+        await client.call("fails_oddly")
+    with pytest.raises(RuntimeUnavailableError, match="plain data"):
+        await client.call("returns_an_object")
+    with pytest.raises(TypeError, match="plain data"):  # refused before it is sent
+        await client.call("add", object(), 1)
+    assert await client.call("add", 1, 1) == 2  # the connection survived all that
+    with pytest.raises(ValueError, match="no call"):
+        await client.call("missing")
+
+
+async def test_a_stream_delivers_every_item_then_ends_or_raises(linked) -> None:
+    _, client = linked
+    assert [i async for i in client.stream("count", 100)] == list(range(100))
+    got = []
+    with pytest.raises(ValueError, match="failed at 3"):
+        async for i in client.stream("count", 10, 3):
+            got.append(i)
+    assert got == [0, 1, 2]
 
 
 async def test_a_window_holds_the_server_back_until_the_client_takes_items() -> None:
@@ -111,20 +111,15 @@ async def test_a_window_holds_the_server_back_until_the_client_takes_items() -> 
         await server.close()
 
 
-async def test_closing_a_stream_stops_its_generator_at_the_server() -> None:
-    server = _server()
-    client = await _connected(server)
-    try:
-        stream = client.stream("forever")
-        assert await stream.__anext__() == 0
-        await stream.aclose()
-        await asyncio.sleep(0.05)
-        connection = next(iter(server.connections))
-        assert not connection._tasks  # the generator's task ended
-        assert await client.call("add", 1, 1) == 2  # the connection itself lives on
-    finally:
-        client.close()
-        await server.close()
+async def test_closing_a_stream_stops_its_generator_at_the_server(linked) -> None:
+    server, client = linked
+    stream = client.stream("forever")
+    assert await stream.__anext__() == 0
+    await stream.aclose()
+    await asyncio.sleep(0.05)
+    connection = next(iter(server.connections))
+    assert not connection._tasks  # the generator's task ended
+    assert await client.call("add", 1, 1) == 2  # the connection itself lives on
 
 
 async def test_a_server_that_goes_away_fails_calls_and_streams_in_flight() -> None:

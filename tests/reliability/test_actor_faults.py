@@ -7,6 +7,8 @@ announced, its tensor is the one the runtime serves); the next queries on every 
 
 from __future__ import annotations
 
+import os
+
 import anyio
 import pytest
 import ray
@@ -42,12 +44,18 @@ async def rx(ray_local, model, tmp_path_factory):
 
 
 async def _ask(stream, text: str, kill: str | None = None, at: str = "rx.query") -> list[str]:
-    """Run one interaction; kill actor ``kill`` when event ``at`` arrives (``at="sent"``: as the query
-    goes out). Returns the event types seen (ending with the terminal one, or ``raised:<ErrorClass>``)."""
+    """Run one interaction; kill actor ``kill`` when event ``at`` arrives (``at="sent"``: just before the
+    query goes out, once its process is gone). Returns the event types seen (ending with the terminal
+    one, or ``raised:<ErrorClass>``)."""
     FIGURES["sent"] += 1
     seen: list[str] = []
     if kill is not None and at == "sent":
-        ray.kill(ray.get_actor(kill, namespace=NAMESPACE), no_restart=False)
+        actor = ray.get_actor(kill, namespace=NAMESPACE)
+        pid = await actor.__ray_call__.remote(lambda self: os.getpid())
+        ray.kill(actor, no_restart=False)  # asynchronous: wait until it has landed
+        with anyio.fail_after(30):
+            while _alive(pid):
+                await anyio.sleep(0.01)
         FIGURES["faults"] += 1
         kill = None
     try:
@@ -67,6 +75,14 @@ async def _ask(stream, text: str, kill: str | None = None, at: str = "rx.query")
     else:
         FIGURES["errored"] += 1
     return seen
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 async def _reply_soon(rx, stream_id: str, text: str) -> str:
@@ -123,9 +139,9 @@ async def test_fuzzed_public_api_calls_get_an_answer_or_a_typed_error(rx, stream
     assert events[-1].type == "rx.memory.updated"
 
 
-# the decoder answers within a few ms of the query: killed "at rx.query" it may already have streamed
-# the first tokens (then the answer is lost: rx.error, by design); killed as the query goes out, the
-# generation is retried on the restarted decoder and the interaction completes
+# the decoder answers within a few ms of the query, sooner than ray.kill lands: killed "at rx.query" it
+# may already have streamed the first tokens (then the answer is lost: rx.error, by design); dead when
+# the query goes out, the generation is retried on the restarted decoder and the interaction completes
 @pytest.mark.parametrize(("actor", "at"), [
     ("decoder", "sent"),
     ("stm", "rx.query"),

@@ -29,7 +29,7 @@ async def test_stop_while_busy_then_restart(ray_local, model, tmp_path):
     async def busy(rx: Reactor, sid: str) -> None:
         stream = await rx.stream(sid)
         try:
-            for turn in range(50):
+            for turn in range(100_000):  # until the runtime stops under it (a turn takes ~10 ms here)
                 async for event in stream.ask(f"turn {turn}, keep going"):
                     if event.type == "rx.query":
                         started[sid].append(event.interaction)
