@@ -85,11 +85,13 @@ class DecoderChannelClient:
                     return
         finally:
             channel.routes.pop(key, None)
-            if not finished and channel is self._open:
+            if not finished and channel.task is not None and not channel.task.done():
                 if channel.link is None:
                     self._background.send(self._decoder.cancel.remote(channel.id, key), "cancel")
                 else:
                     self._background.send(channel.link.call("cancel", channel.id, key), "cancel")
+            if channel is not self._open and not channel.routes and channel.task is not None:
+                channel.task.cancel()  # a channel replaced by a link, now idle
 
     async def warm(self, handles: list[STMHandle | None], stms: Any) -> None:
         """Have the decoder pre-compute the memory keys/values of new STM versions (``stms``: a Ray
@@ -129,17 +131,22 @@ class DecoderChannelClient:
         self._background.cancel()
 
     async def _channel(self) -> _Open:
-        channel = self._open
-        if channel is None or channel.task is None or channel.task.done():
-            link = await self._links.get()
-            channel = self._open
-            if channel is not None and channel.task is not None and not channel.task.done():
-                return channel  # another answer opened it meanwhile
-            channel = _Open(link)
-            batches = _ray_batches(self._decoder.channel.remote(channel.id)) if link is None else (
-                link.stream("channel", channel.id))
-            channel.task = asyncio.get_running_loop().create_task(self._read(channel, batches))
-            self._open = channel
+        """The open channel; a new one if none is, or if a Ray channel can now give way to a link (the
+        decoder came back on this node after a restart): the old one serves its answers to their end."""
+        current = self._open
+        if current is not None and _alive(current) and current.link is not None:
+            return current
+        link = await self._links.get()  # cheap when there is none: asked again every few seconds only
+        current = self._open
+        if current is not None and _alive(current) and (current.link is not None or link is None):
+            return current  # (or another answer opened one meanwhile)
+        if current is not None and _alive(current) and not current.routes:
+            current.task.cancel()  # type: ignore[union-attr]  # an idle Ray channel, replaced by the link
+        channel = _Open(link)
+        batches = _ray_batches(self._decoder.channel.remote(channel.id)) if link is None else (
+            link.stream("channel", channel.id))
+        channel.task = asyncio.get_running_loop().create_task(self._read(channel, batches))
+        self._open = channel
         return channel
 
     async def _read(self, channel: _Open, batches: AsyncIterator[list[Any]]) -> None:
@@ -189,6 +196,10 @@ class DecoderChannelClient:
             await self._decoder.submit.remote(channel_id, key, request)
         except (ray.exceptions.RayError, ReactorError) as exc:
             queue.put_nowait(([], True, exc))
+
+
+def _alive(channel: _Open) -> bool:
+    return channel.task is not None and not channel.task.done()
 
 
 async def _ray_batches(gen: Any) -> AsyncIterator[list[Any]]:

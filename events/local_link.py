@@ -30,6 +30,7 @@ import socket
 import struct
 import sys
 import tempfile
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -469,19 +470,23 @@ class LinkResolver:
     ``address`` is the actor's remote method that starts its server and returns
     ``(node id, socket path)``. `get` returns None when the actor runs on another node, does not
     answer, or ``enabled`` is False: the caller then uses Ray. After a failure, `reset` makes the next
-    `get` ask again (a restarted actor listens on a new socket).
+    `get` ask again (a restarted actor listens on a new socket). An actor that could not be reached
+    is asked again only after ``retry_s`` (its callers use Ray meanwhile).
     """
+
+    retry_s = 5.0
 
     def __init__(self, address: Callable[[], Awaitable[tuple[str, str]]], enabled: bool = True) -> None:
         self._address = address
         self.enabled = enabled
         self._client: LinkClient | None = None
         self._remote = False  # the actor answered from another node
+        self._retry_at = 0.0  # no link could be made: not before this time (monotonic)
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
 
     async def get(self) -> LinkClient | None:
-        if not self.enabled or self._remote:
+        if not self.enabled or self._remote or time.monotonic() < self._retry_at:
             return None
         loop = asyncio.get_running_loop()
         client = self._client
@@ -502,6 +507,7 @@ class LinkResolver:
                 self._client = await LinkClient.connect(path)
             except Exception as exc:  # no link: Ray carries everything, as it would across nodes
                 log.debug("link.unavailable", error=type(exc).__name__)
+                self._retry_at = time.monotonic() + self.retry_s
                 return None
             return self._client
 
@@ -509,6 +515,7 @@ class LinkResolver:
         """Forget the connection (and a remote verdict): the next `get` resolves again."""
         client, self._client = self._client, None
         self._remote = False
+        self._retry_at = 0.0
         if client is not None and client.loop is _running_loop():
             client.close()
 

@@ -209,7 +209,14 @@ async def test_the_resolver_links_only_to_an_actor_on_this_node(monkeypatch) -> 
         again.close()
         far = local_link.LinkResolver(elsewhere)
         assert await far.get() is None and await far.get() is None and asked.count("elsewhere") == 1
-        assert await local_link.LinkResolver(broken).get() is None  # no link: Ray carries it
+        failing = local_link.LinkResolver(broken)
+        assert await failing.get() is None  # no link: Ray carries it, and is not asked again at once
+        failing._address = here  # type: ignore[method-assign]
+        assert await failing.get() is None
+        failing.reset()  # e.g. after a Ray failure: ask again now
+        linked_again = await failing.get()
+        assert linked_again is not None
+        linked_again.close()
         assert await local_link.LinkResolver(here, enabled=False).get() is None
     finally:
         await server.close()

@@ -168,6 +168,15 @@ async def test_killing_an_actor_mid_interaction(rx, actor, at):
     for sid in (victim, bystander):
         assert isinstance(await _reply_soon(rx, sid, "and next?"), str)
         await _check_store(rx, sid)
+    if actor == "decoder":  # the answers find the restarted decoder's local link again (within seconds)
+        decoder = ray.get_actor("decoder", namespace=NAMESPACE)
+        with anyio.fail_after(60):
+            while True:
+                before = (await decoder.stats.remote())["link_submits"]
+                await _reply_soon(rx, victim, "over the link again?")
+                if (await decoder.stats.remote())["link_submits"] > before:
+                    break
+                await anyio.sleep(1)
     if actor == "conductor":  # the restarted conductor read the log and ended what the crash cut short
         report = await rx._conductor.start.remote()
         found = {k for k, ids in report.items() if killed in ids}
