@@ -42,7 +42,7 @@ import structlog
 from reactor_rt import errors
 from reactor_rt.errors import RuntimeUnavailableError
 
-__all__ = ["LinkClient", "LinkClosedError", "LinkResolver", "LinkServer", "LinkStream", "link_address"]
+__all__ = ["LinkClient", "LinkClosedError", "LinkResolver", "LinkServer", "LinkStream", "link_address", "pack"]
 
 log = structlog.get_logger()
 
