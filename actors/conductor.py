@@ -46,7 +46,7 @@ from reactor_rt.events import (
     ThoughtResponse,
 )
 from reactor_rt.events.core_bus import BusHost, CoreBus
-from reactor_rt.events.ray_bus import EventBusCore
+from reactor_rt.events.ray_bus import EventBusCore, bus_link_server
 from reactor_rt.ids import validate_id
 from reactor_rt.model import RxTConfig
 from reactor_rt.template import build_prompt
@@ -671,6 +671,7 @@ class ConductorActorImpl(BusHost):
 
         self.bus_core = EventBusCore(log_path, **bus_options)
         self.bus = CoreBus(self.bus_core)
+        self.link = bus_link_server(self.bus_core)  # clients on this node reach the bus over it
         engine = RayEngine(actors, local_link=config.local_link if config is not None else True)
         self.conductor = Conductor(self.bus, engine, tokenizer, model_config, config)
         # Ray re-runs this constructor after a crash, and nobody calls start() then: the first call

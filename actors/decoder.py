@@ -20,7 +20,7 @@ import torch
 
 from reactor_rt.actors.handles import GenerateRequest, STMHandle, tensor_from_wire
 from reactor_rt.actors.outlets import Channel, ChunkItem, Outlet
-from reactor_rt.events.local_link import LinkServer, link_address
+from reactor_rt.events.local_link import LinkHost, LinkServer
 from reactor_rt.learning import apply_serving_state
 from reactor_rt.model import DecodeBatch, ReactiveTransformer, Sampler
 
@@ -277,7 +277,7 @@ class DecoderService:
             await asyncio.sleep(0)  # let new requests join and consumers drain between steps
 
 
-class DecoderActorImpl:
+class DecoderActorImpl(LinkHost):
     """Ray actor named ``decoder``: one process generating for every stream."""
 
     def __init__(self, model: ReactiveTransformer, capacity: int = 16, threads: int = 1,
@@ -289,8 +289,8 @@ class DecoderActorImpl:
         self._channels: dict[str, Channel] = {}
         self._submits = {"link_submits": 0, "ray_submits": 0}  # how requests arrived (operators, tests)
         # a conductor on this node submits and reads chunks over a local link (see events.local_link)
-        self._link = LinkServer({"submit": self._submit_cached, "cancel": self.cancel,
-                                 "prepare": self._prepare_wired}, {"channel": self._batches})
+        self.link = LinkServer({"submit": self._submit_cached, "cancel": self.cancel,
+                                "prepare": self._prepare_wired}, {"channel": self._batches})
 
     def _channel(self, channel_id: str) -> Channel:
         channel = self._channels.get(channel_id)
@@ -317,7 +317,10 @@ class DecoderActorImpl:
 
     async def submit(self, channel_id: str, key: int, request: GenerateRequest) -> None:
         """Start a request; its tokens arrive on the channel (errors too). Returns once it is queued."""
-        self._submits["ray_submits"] += 1
+        await self._start(channel_id, key, request, "ray_submits")
+
+    async def _start(self, channel_id: str, key: int, request: GenerateRequest, via: str) -> None:
+        self._submits[via] += 1
         channel = self._channel(channel_id)
 
         async def load(handle: STMHandle) -> torch.Tensor:
@@ -332,19 +335,13 @@ class DecoderActorImpl:
         request = GenerateRequest.from_wire(fields)
         if not self.service.core.has_memory(request.handle):
             return False
-        await self.submit(channel_id, key, request)
-        self._submits["ray_submits"] -= 1
-        self._submits["link_submits"] += 1
+        await self._start(channel_id, key, request, "link_submits")
         return True
 
     async def _prepare_wired(self, handles: list[list[Any] | None], stms: list[list[Any] | None]) -> None:
         """`prepare_many` as the local link carries it (handles and tensors as plain fields)."""
         await self.prepare_many([None if h is None else STMHandle.from_wire(h) for h in handles],
                                 [None if t is None else tensor_from_wire(t) for t in stms])  # type: ignore[misc]
-
-    async def link_address(self) -> tuple[str, str]:
-        """(node id, socket path) of this decoder's local link (started on the first call)."""
-        return await link_address(self._link)
 
     async def cancel(self, channel_id: str, key: int) -> None:
         channel = self._channels.get(channel_id)

@@ -98,28 +98,28 @@ class DecoderChannelClient:
         reference to the list of their tensors; None in ``handles``: skip that one), so the next query
         on each finds them cached. Over the link the message is on its way when this returns: it
         reaches the decoder before any later submit."""
-        channel = self._open
-        link = channel.link if channel is not None else None
-        if link is not None and not link.closed:
-            try:
+        if self._linked() is not None:
+            with contextlib.suppress(ray.exceptions.RayError):  # then Ray's way below
                 tensors = await stms  # already here: the commit's call carried them from this process
-                link.notify("prepare", [None if h is None else h.to_wire() for h in handles],
-                            [None if h is None else tensor_to_wire(t) for h, t in zip(handles, tensors, strict=True)])
+                self.warm_fields(handles, [None if h is None else tensor_to_wire(t)
+                                           for h, t in zip(handles, tensors, strict=True)])
                 return
-            except (ray.exceptions.RayError, LinkClosedError):
-                pass  # Ray's way below
         self._background.send(self._decoder.prepare_many.remote(handles, stms), "prepare")
 
-    async def warm_fields(self, handles: list[STMHandle | None], stms: list[list[Any] | None]) -> None:
+    def warm_fields(self, handles: list[STMHandle | None], stms: list[list[Any] | None]) -> None:
         """`warm` for STMs held here as `tensor_to_wire` fields (the linked update path)."""
-        channel = self._open
-        link = channel.link if channel is not None else None
-        if link is not None and not link.closed:
+        link = self._linked()
+        if link is not None:
             with contextlib.suppress(LinkClosedError):
                 link.notify("prepare", [None if h is None else h.to_wire() for h in handles], stms)
                 return
         tensors = [None if s is None else tensor_from_wire(s) for s in stms]
         self._background.send(self._decoder.prepare_many.remote(handles, tensors), "prepare")
+
+    def _linked(self) -> LinkClient | None:
+        """The open channel's link, if it has a live one."""
+        link = self._open.link if self._open is not None else None
+        return link if link is not None and not link.closed else None
 
     async def close(self) -> None:
         """Stop reading; answers in flight end with `ChannelClosedError`."""

@@ -31,6 +31,8 @@ from reactor_rt.actors.stm_store import STMRegistry
 from reactor_rt.actors.update_batcher import UpdateBatcher
 from reactor_rt.errors import ReactorError, RuntimeUnavailableError, StaleVersionError
 from reactor_rt.events.local_link import LinkClient, LinkClosedError, LinkResolver
+from reactor_rt.events.ray_errors import transient as _transient
+from reactor_rt.events.ray_errors import unwrap as _unwrap
 from reactor_rt.learning import LearningExample, LearningResult
 from reactor_rt.model import ReactiveTransformer
 from reactor_rt.store import STMStore
@@ -187,22 +189,6 @@ class RetryPolicy:
     max_delay_s: float = 2.0
 
 
-# an actor died or is restarting, or an argument it needed was lost with its owner: try again
-_TRANSIENT = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.ActorUnavailableError)
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    """The application error inside a task error, or ``exc`` itself."""
-    if isinstance(exc, ray.exceptions.RayTaskError):
-        cause = getattr(exc, "cause", None)
-        if cause is not None:
-            return cause
-    return exc
-
-
-def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, _TRANSIENT) or isinstance(_unwrap(exc), _TRANSIENT)
-
 
 def _reactor_error(exc: BaseException, what: str) -> BaseException:
     """What the conductor sees instead of a raw Ray exception."""
@@ -334,7 +320,7 @@ class RayEngine:
             try:
                 ref, index = await self._stm_source(handle)
             except ray.exceptions.RayError:
-                return await asyncio.gather(*(self._update_retrying(*item) for item in items), return_exceptions=True)
+                return await self._one_at_a_time(items)
             picks.append((where.setdefault(id(ref), len(sources)), index))
             if len(sources) < len(where):
                 sources.append(ref)
@@ -345,7 +331,7 @@ class RayEngine:
                 [(handle.memory_id, handle.version, interaction) for handle, _, interaction in items], new)
         except ray.exceptions.RayError as exc:
             log.warning("engine.batch_update_failed", items=len(items), error=type(_unwrap(exc)).__name__)
-            return await asyncio.gather(*(self._update_retrying(*item) for item in items), return_exceptions=True)
+            return await self._one_at_a_time(items)
         out, written = self._committed(items, results, lambda i: (new, i))
         if any(h is not None for h in written):
             # the decoder pre-computes the new versions' memory keys/values now, off the next query's path
@@ -374,10 +360,10 @@ class RayEngine:
                 self._memory_link.reset()
                 self._stm_link.reset()
             log.warning("engine.batch_update_failed", items=len(items), error=type(_unwrap(exc)).__name__)
-            return await asyncio.gather(*(self._update_retrying(*item) for item in items), return_exceptions=True)
+            return await self._one_at_a_time(items)
         out, written = self._committed(items, results, lambda i: (None, new[i]))
         if any(h is not None for h in written):
-            await self._decoder.warm_fields(written, [None if h is None else new[i] for i, h in enumerate(written)])
+            self._decoder.warm_fields(written, [None if h is None else new[i] for i, h in enumerate(written)])
         return out
 
     def _committed(self, items: list[_Update], results: list[Any], source: Callable[[int], tuple[Any, Any]]
@@ -417,6 +403,10 @@ class RayEngine:
                 raise StaleVersionError(f"version {handle.version} of memory {handle.memory_id[:256]!r} "
                                         f"is no longer kept (the store is at {full.version})")
         return full
+
+    async def _one_at_a_time(self, items: list[_Update]) -> list[STMHandle | BaseException]:
+        """A batch that failed: each item through `_update_retrying` (commits are idempotent)."""
+        return await asyncio.gather(*(self._update_retrying(*item) for item in items), return_exceptions=True)
 
     async def _update_retrying(self, handle: STMHandle, interaction_ids: list[int], interaction: str) -> STMHandle:
         """One update with retries while actors restart, from the store's copy of the STM."""

@@ -7,29 +7,24 @@ from typing import Any
 
 import torch
 
-from reactor_rt.events.local_link import LinkServer, link_address
+from reactor_rt.events.local_link import LinkHost
 from reactor_rt.learning import apply_serving_state
 
 __all__ = ["ServingModelActor"]
 
 
-class ServingModelActor:
+class ServingModelActor(LinkHost):
     """Base of a model actor (``self.core.model`` is the served model). Async so that its local link
     is served by the actor's event loop; the model calls hold no await, so calls still run one at a
     time, as in a synchronous actor."""
 
     core: Any
-    link: LinkServer
 
     async def set_weights(self, version: int, state: dict[str, torch.Tensor]) -> int:
         """Load learned parameters in place (the conductor swaps only between interactions)."""
         with torch.no_grad():
             apply_serving_state(self.core.model, state)
         return version
-
-    async def link_address(self) -> tuple[str, str]:
-        """(node id, socket path) of this actor's local link (started on the first call)."""
-        return await link_address(self.link)
 
     async def ping(self) -> bool:
         return True

@@ -21,7 +21,7 @@ import ray
 import torch
 
 from reactor_rt.actors.handles import STMHandle, tensor_from_wire
-from reactor_rt.events.local_link import LinkServer, link_address
+from reactor_rt.events.local_link import LinkHost, LinkServer
 from reactor_rt.store import STMStore, open_store
 
 __all__ = ["STMRegistry", "STMStoreActor", "STMStoreActorImpl"]
@@ -102,7 +102,7 @@ class STMRegistry:
             )
 
 
-class STMStoreActorImpl:
+class STMStoreActorImpl(LinkHost):
     """Ray actor named ``stm``. Hands out ``STMHandle``s whose tensors live in Ray's object store.
     Async so that its local link is served by the actor's event loop; no method awaits, so calls run
     one at a time as in a synchronous actor."""
@@ -187,21 +187,19 @@ class STMStoreActorImpl:
                           stms: list[torch.Tensor]) -> list[STMHandle | Exception]:
         """`commit` for several memories: each ``(memory_id, expected_version, interaction)`` with its
         STM; an item that fails gets its exception in its place, the others are still committed."""
-        out: list[STMHandle | Exception] = []
-        for (memory_id, expected, interaction), stm in zip(items, stms, strict=True):
-            try:
-                out.append(self._commit(memory_id, expected, stm, interaction))
-            except Exception as exc:
-                out.append(exc)
-        return out
+        return self._commit_each(items, stms, put=True)
 
     async def _commit_many_wired(self, items: list[list[Any]], stms: list[list[Any]]) -> list[Any]:
         """`commit_many` over the local link: STMs as ``tensor_to_wire`` fields in, handles without
         their reference (``STMHandle.to_wire``) or the item's exception out."""
-        out: list[Any] = []
+        out = self._commit_each(items, [tensor_from_wire(s) for s in stms], put=False)
+        return [r.to_wire() if isinstance(r, STMHandle) else r for r in out]
+
+    def _commit_each(self, items: list[Any], stms: list[torch.Tensor], put: bool) -> list[STMHandle | Exception]:
+        out: list[STMHandle | Exception] = []
         for (memory_id, expected, interaction), stm in zip(items, stms, strict=True):
             try:
-                out.append(self._commit(memory_id, expected, tensor_from_wire(stm), interaction, put=False).to_wire())
+                out.append(self._commit(memory_id, expected, stm, interaction, put))
             except Exception as exc:
                 out.append(exc)
         return out
@@ -212,10 +210,6 @@ class STMStoreActorImpl:
 
     async def tensor(self, memory_id: str) -> tuple[int, torch.Tensor]:
         return self.registry.load(memory_id)
-
-    async def link_address(self) -> tuple[str, str]:
-        """(node id, socket path) of this actor's local link (started on the first call)."""
-        return await link_address(self.link)
 
     async def close(self) -> None:
         self.registry.store.close()

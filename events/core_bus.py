@@ -17,8 +17,8 @@ from reactor_rt.errors import SubscriberOverflowError
 from reactor_rt.events.bus import Subscription
 from reactor_rt.events.codec import decode, decode_batch, encode
 from reactor_rt.events.hub import OverflowPolicy
-from reactor_rt.events.local_link import LinkServer, link_address
-from reactor_rt.events.ray_bus import EventBusCore, bus_link_server
+from reactor_rt.events.local_link import LinkHost
+from reactor_rt.events.ray_bus import EventBusCore
 from reactor_rt.events.schemas import Event
 
 __all__ = ["BusHost", "CoreBus", "CoreSubscription"]
@@ -108,18 +108,12 @@ class CoreBus:
         await self.core.close()
 
 
-class BusHost:
+class BusHost(LinkHost):
     """Mixin for an async Ray actor that hosts the bus in ``self.bus_core``: the same remote methods
-    as `EventBusActor`, so `RayBus(handle)` works against it."""
+    as `EventBusActor`, so `RayBus(handle)` works against it. The actor builds
+    ``self.link = bus_link_server(self.bus_core)`` too (the same calls over a local link)."""
 
     bus_core: EventBusCore
-    _bus_link: LinkServer | None = None
-
-    async def link_address(self) -> tuple[str, str]:
-        """(node id, socket path) of the local link serving the bus (started on the first call)."""
-        if self._bus_link is None:
-            self._bus_link = bus_link_server(self.bus_core)
-        return await link_address(self._bus_link)
 
     async def publish_many(self, records: list[tuple[str, str, bytes]]) -> list[int]:
         return await self.bus_core.publish_many(records)

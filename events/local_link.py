@@ -42,7 +42,7 @@ import structlog
 from reactor_rt import errors
 from reactor_rt.errors import RuntimeUnavailableError
 
-__all__ = ["LinkClient", "LinkClosedError", "LinkResolver", "LinkServer", "LinkStream", "link_address", "pack"]
+__all__ = ["LinkClient", "LinkClosedError", "LinkHost", "LinkResolver", "LinkServer", "LinkStream", "pack"]
 
 log = structlog.get_logger()
 
@@ -79,12 +79,11 @@ def _error_name(exc: BaseException) -> str:
 
 
 def _ray_unavailable(exc: BaseException) -> bool:
-    ray_exceptions = sys.modules.get("ray.exceptions")
-    if ray_exceptions is None:
+    if "ray.exceptions" not in sys.modules:  # no Ray in this process: no Ray error either
         return False
-    transient = (ray_exceptions.RayActorError, ray_exceptions.ObjectLostError, ray_exceptions.ActorUnavailableError)
-    cause = getattr(exc, "cause", None)
-    return isinstance(exc, transient) or isinstance(cause, transient)
+    from reactor_rt.events.ray_errors import transient
+
+    return transient(exc)
 
 
 def _to_wire(obj: Any) -> Any:
@@ -546,6 +545,12 @@ def _this_node() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-async def link_address(server: LinkServer) -> tuple[str, str]:
-    """For an actor's ``link_address`` method: start ``server`` and say where it listens."""
-    return _this_node(), await server.start()
+class LinkHost:
+    """Mixin for an async Ray actor that serves ``self.link`` (a `LinkServer` it builds in its
+    constructor): the remote method a `LinkResolver` asks."""
+
+    link: LinkServer
+
+    async def link_address(self) -> tuple[str, str]:
+        """(node id, socket path) of this actor's local link (started on the first call)."""
+        return _this_node(), await self.link.start()

@@ -30,7 +30,7 @@ from reactor_rt.events.bus import Subscription
 from reactor_rt.events.codec import decode, decode_batch, encode, frame_seq, stamp_seq
 from reactor_rt.events.handlers import HandlerRegistry
 from reactor_rt.events.hub import Hub, HubSubscriber, OverflowPolicy
-from reactor_rt.events.local_link import LinkClosedError, LinkResolver, LinkServer, LinkStream, link_address
+from reactor_rt.events.local_link import LinkClosedError, LinkHost, LinkResolver, LinkServer, LinkStream
 from reactor_rt.events.log import EventLog
 from reactor_rt.events.schemas import DURABLE_TYPES, Event, with_seq
 
@@ -212,7 +212,7 @@ def bus_link_server(core: EventBusCore) -> LinkServer:
 
 # num_cpus=0: the bus is light, I/O-bound work and must never wait for a free CPU to be placed
 @ray.remote(num_cpus=0, max_restarts=3, max_concurrency=1000)
-class EventBusActor:
+class EventBusActor(LinkHost):
     """The bus as an async Ray actor (one per runtime, named "bus" by default). Thin: wraps `EventBusCore`."""
 
     def __init__(self, log_path: str | None = None, **options: Any) -> None:
@@ -221,10 +221,6 @@ class EventBusActor:
 
     async def ping(self) -> bool:
         return True
-
-    async def link_address(self) -> tuple[str, str]:
-        """(node id, socket path) of the local link serving this bus (started on the first call)."""
-        return await link_address(self.link)
 
     async def publish_many(self, records: list[tuple[str, str, bytes]]) -> list[int]:
         return await self.core.publish_many(records)
