@@ -743,8 +743,4 @@ class ConductorActorImpl(BusHost):
     async def sync_weights(self) -> int:
         return await self.conductor.sync_weights()
 
-    async def ping(self) -> bool:
-        return True
-
-
 ConductorActor = ray.remote(ConductorActorImpl)

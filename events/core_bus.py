@@ -1,5 +1,6 @@
 """The bus hosted inside another actor: `CoreBus`, the in-process `EventBus` over an `EventBusCore`, and
-`BusHost`, the mixin that gives that actor the remote methods a `RayBus` client calls.
+`BusHost` (defined in `events.ray_bus`, re-exported here), the mixin that gives that actor the remote
+methods a `RayBus` client calls.
 
 The runtime's conductor hosts the bus this way: it publishes without leaving its process, and
 clients elsewhere use `RayBus(conductor_handle)` exactly as they would a standalone `EventBusActor`.
@@ -9,16 +10,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any
-
-import ray
 
 from reactor_rt.errors import SubscriberOverflowError
 from reactor_rt.events.bus import Subscription
 from reactor_rt.events.codec import decode, decode_batch, encode
 from reactor_rt.events.hub import OverflowPolicy
-from reactor_rt.events.local_link import LinkHost
-from reactor_rt.events.ray_bus import EventBusCore
+from reactor_rt.events.ray_bus import BusHost, EventBusCore
 from reactor_rt.events.schemas import Event
 
 __all__ = ["BusHost", "CoreBus", "CoreSubscription"]
@@ -106,43 +103,3 @@ class CoreBus:
 
     async def close(self) -> None:
         await self.core.close()
-
-
-class BusHost(LinkHost):
-    """Mixin for an async Ray actor that hosts the bus in ``self.bus_core``: the same remote methods
-    as `EventBusActor`, so `RayBus(handle)` works against it. The actor builds
-    ``self.link = bus_link_server(self.bus_core)`` too (the same calls over a local link)."""
-
-    bus_core: EventBusCore
-
-    async def publish_many(self, records: list[tuple[str, str, bytes]]) -> list[int]:
-        return await self.bus_core.publish_many(records)
-
-    async def subscribe(self, types: list[str] | None = None, subject: str | None = None, after: int | None = None,
-                        limit: int | None = None, buffer: int | None = None,
-                        overflow: OverflowPolicy | None = None, watch: bool = False) -> str:
-        return await self.bus_core.subscribe(types, subject, after, limit, buffer, overflow, watch)
-
-    async def watch(self, sid: str, subjects: list[str], add: bool = True) -> None:
-        self.bus_core.watch(sid, subjects, add)
-
-    @ray.method(num_returns="streaming", _generator_backpressure_num_objects=4)
-    async def stream(self, sid: str, max_batch: int = 256) -> AsyncIterator[tuple[list[bytes], int, str | None]]:
-        async for item in self.bus_core.stream(sid, max_batch):
-            yield item
-
-    async def unsubscribe(self, sid: str) -> None:
-        self.bus_core.unsubscribe(sid)
-
-    async def replay(self, subject: str, after: int = 0, types: list[str] | None = None,
-                     limit: int | None = None) -> list[bytes]:
-        return self.bus_core.replay(subject, after, types, limit)
-
-    async def last_seq(self, subject: str) -> int:
-        return self.bus_core.last_seq(subject)
-
-    async def stats(self) -> dict[str, Any]:
-        return self.bus_core.stats()
-
-    async def close(self) -> None:
-        await self.bus_core.close()  # its streams end over the link too; the link lives on with the process

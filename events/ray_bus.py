@@ -34,7 +34,7 @@ from reactor_rt.events.local_link import LinkClosedError, LinkHost, LinkResolver
 from reactor_rt.events.log import EventLog
 from reactor_rt.events.schemas import DURABLE_TYPES, Event, with_seq
 
-__all__ = ["EventBusActor", "EventBusCore", "RayBus", "RaySubscription", "SharedDecoder", "bus_link_server"]
+__all__ = ["BusHost", "EventBusActor", "EventBusCore", "RayBus", "RaySubscription", "SharedDecoder", "bus_link_server"]
 
 log = structlog.get_logger()
 
@@ -210,59 +210,59 @@ def bus_link_server(core: EventBusCore) -> LinkServer:
     return LinkServer(calls, {"stream": core.stream})
 
 
-# num_cpus=0: the bus is light, I/O-bound work and must never wait for a free CPU to be placed
-@ray.remote(num_cpus=0, max_restarts=3, max_concurrency=1000)
-class EventBusActor(LinkHost):
-    """The bus as an async Ray actor (one per runtime, named "bus" by default). Thin: wraps `EventBusCore`."""
+class BusHost(LinkHost):
+    """Mixin for an async Ray actor that hosts the bus in ``self.bus_core`` (and its local link in
+    ``self.link = bus_link_server(self.bus_core)``): the remote methods a `RayBus` client calls.
+    `EventBusActor` is the bus alone; the runtime's conductor hosts it beside its own work."""
 
-    def __init__(self, log_path: str | None = None, **options: Any) -> None:
-        self.core = EventBusCore(log_path, **options)
-        self.link = bus_link_server(self.core)
+    bus_core: EventBusCore
 
     async def ping(self) -> bool:
         return True
 
     async def publish_many(self, records: list[tuple[str, str, bytes]]) -> list[int]:
-        return await self.core.publish_many(records)
+        return await self.bus_core.publish_many(records)
 
-    async def subscribe(
-        self,
-        types: list[str] | None = None,
-        subject: str | None = None,
-        after: int | None = None,
-        limit: int | None = None,
-        buffer: int | None = None,
-        overflow: OverflowPolicy | None = None,
-        watch: bool = False,
-    ) -> str:
-        return await self.core.subscribe(types, subject, after, limit, buffer, overflow, watch)
+    async def subscribe(self, types: list[str] | None = None, subject: str | None = None, after: int | None = None,
+                        limit: int | None = None, buffer: int | None = None,
+                        overflow: OverflowPolicy | None = None, watch: bool = False) -> str:
+        return await self.bus_core.subscribe(types, subject, after, limit, buffer, overflow, watch)
 
     async def watch(self, sid: str, subjects: list[str], add: bool = True) -> None:
-        self.core.watch(sid, subjects, add)
+        self.bus_core.watch(sid, subjects, add)
 
     # backpressure: at most 4 unconsumed batches per subscriber; past that the actor-side buffer fills
     # and the slow-subscriber policy applies instead of objects piling up in the object store
     @ray.method(num_returns="streaming", _generator_backpressure_num_objects=_STREAM_WINDOW)
     async def stream(self, sid: str, max_batch: int = 1024) -> AsyncIterator[tuple[list[bytes], int, str | None]]:
-        async for item in self.core.stream(sid, max_batch):
+        async for item in self.bus_core.stream(sid, max_batch):
             yield item
 
     async def unsubscribe(self, sid: str) -> None:
-        self.core.unsubscribe(sid)
+        self.bus_core.unsubscribe(sid)
 
-    async def replay(
-        self, subject: str, after: int = 0, types: list[str] | None = None, limit: int | None = None
-    ) -> list[bytes]:
-        return self.core.replay(subject, after, types, limit)
+    async def replay(self, subject: str, after: int = 0, types: list[str] | None = None,
+                     limit: int | None = None) -> list[bytes]:
+        return self.bus_core.replay(subject, after, types, limit)
 
     async def last_seq(self, subject: str) -> int:
-        return self.core.last_seq(subject)
+        return self.bus_core.last_seq(subject)
 
     async def stats(self) -> dict[str, Any]:
-        return self.core.stats()
+        return self.bus_core.stats()
 
     async def close(self) -> None:
-        await self.core.close()  # its streams end over the link too; the link lives on with the process
+        await self.bus_core.close()  # its streams end over the link too; the link lives on with the process
+
+
+# num_cpus=0: the bus is light, I/O-bound work and must never wait for a free CPU to be placed
+@ray.remote(num_cpus=0, max_restarts=3, max_concurrency=1000)
+class EventBusActor(BusHost):
+    """The bus as an async Ray actor (one per runtime, named "bus" by default). Thin: wraps `EventBusCore`."""
+
+    def __init__(self, log_path: str | None = None, **options: Any) -> None:
+        self.bus_core = EventBusCore(log_path, **options)
+        self.link = bus_link_server(self.bus_core)
 
 
 async def _call(ref: Any) -> Any:
