@@ -1,6 +1,6 @@
 """DecodeBatch: continuous batching over a static, preallocated KV cache; `generate` built on it.
 
-Rows join (`add`, which prefills that row alone) and leave (`remove`) between steps; `step` runs one
+Rows join (`add`, or `add_many` for several in one forward) and leave (`remove`) between steps; `step` runs one
 batched forward over every running row, each at its own position with its own key mask, memory K/V
 and sampler, so a row's tokens do not depend on its neighbours.
 """
@@ -41,19 +41,6 @@ class _Row:
 
 
 class _PrefillHook:
-    """Writes a whole prompt into one cache row; attention over the prompt itself is plain causal."""
-
-    def __init__(self, db: DecodeBatch, slot: int) -> None:
-        self.db, self.slot = db, slot
-
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None, bool]:
-        t = k.shape[2]
-        self.db.k_cache[layer, self.slot, :, :t] = k[0]
-        self.db.v_cache[layer, self.slot, :, :t] = v[0]
-        return k, v, None, True
-
-
-class _PrefillManyHook:
     """Writes right-padded prompts into their cache rows (the padding lands past each row's end, where
     its decode steps overwrite it); causal attention keeps every real token from seeing the padding."""
 
@@ -181,35 +168,17 @@ class DecodeBatch:
         """
         if not self.free_slots:
             raise RuntimeError(f"DecodeBatch is full ({self.capacity} rows); remove a row first")
-        prompt = prompt_ids.reshape(-1).to(self.pending.device)
-        t = prompt.shape[0]
-        if t == 0 or t > self.max_len:
-            raise ValueError(f"prompt of {t} tokens must have 1..{self.max_len} tokens")
-        if max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be >= 1")
-        slot = self.free_slots[0]
-        model = self.model
         if stm is not None and stm.dim() == 3:
             stm = stm.unsqueeze(0)
         if (stm is None) == (memory_kv is None):
             raise ValueError("pass exactly one of memory_kv / stm")
+        if self.stm is not None and stm is None:
+            raise ValueError("cache_memory_kv=False needs the row's stm")
         if memory_kv is None:
-            memory_kv = model.memory_kv(stm)
-        if memory_kv.batch_size != 1:
-            raise ValueError(f"memory_kv must hold one row, got {memory_kv.batch_size}")
-        self.mem_k[:, slot] = memory_kv.k[:, 0]
-        self.mem_v[:, slot] = memory_kv.v[:, 0]
+            memory_kv = self.model.memory_kv(stm)
+        (slot,) = self._prefill([prompt_ids], [memory_kv], [sampler], [max_new_tokens], [generator])
         if self.stm is not None:
-            if stm is None:
-                raise ValueError("cache_memory_kv=False needs the row's stm")
-            self.stm[slot] = stm[0]
-        row_mem = MemoryKV(self.mem_k[:, slot : slot + 1], self.mem_v[:, slot : slot + 1])
-        logits, _ = model.run_decoder(prompt[None], row_mem, model.rope.tables(t), _PrefillHook(self, slot),
-                                      last_only=True, need_aux=False)
-        row = _Row(t, min(max_new_tokens, self.max_len - t + 1), sampler or Sampler.from_config(model.config),
-                   generator)
-        self.pending[slot] = row.sampler.sample(logits[:, -1], row.generator)[0]
-        self._rows[slot] = row
+            self.stm[slot] = stm[0]  # type: ignore[index]
         return slot
 
     @torch.inference_mode()
@@ -227,29 +196,37 @@ class DecodeBatch:
         n = len(prompts)
         if not (n == len(memory_kvs) == len(samplers) == len(max_new_tokens) == len(generators)):
             raise ValueError("add_many needs one memory_kv, sampler, budget and generator per prompt")
-        free = self.free_slots
-        if n > len(free):
-            raise RuntimeError(f"DecodeBatch has {len(free)} free rows, not {n}")
-        flat = [p.reshape(-1).to(self.pending.device) for p in prompts]
+        if self.stm is not None:
+            raise ValueError("add_many needs cache_memory_kv=True (add() takes each row's stm)")
+        if n > len(self.free_slots):
+            raise RuntimeError(f"DecodeBatch has {len(self.free_slots)} free rows, not {n}")
+        return self._prefill(prompts, memory_kvs, samplers, max_new_tokens, generators)
+
+    def _prefill(self, prompts: list[Tensor], memory_kvs: list[MemoryKV], samplers: list[Sampler | None],
+                 max_new_tokens: list[int], generators: list[torch.Generator | None]) -> list[int]:
+        """Write the rows' memory K/V and prompts into free slots (one forward, right-padded; causal
+        attention keeps each real token from the padding) and sample each row's first token."""
+        device = self.pending.device
+        flat = [p.reshape(-1).to(device) for p in prompts]
         lengths = [int(p.shape[0]) for p in flat]
         if min(lengths) == 0 or max(lengths) > self.max_len:
             raise ValueError(f"prompts must have 1..{self.max_len} tokens, got lengths {lengths}")
         if min(max_new_tokens) < 1:
             raise ValueError("max_new_tokens must be >= 1")
-        if any(kv.batch_size != 1 for kv in memory_kvs) or self.stm is not None:
-            raise ValueError("add_many takes one-row memory_kv per prompt (and cache_memory_kv=True)")
-        slots = free[:n]
-        index = torch.tensor(slots, device=self.pending.device)
+        if any(kv.batch_size != 1 for kv in memory_kvs):
+            raise ValueError("memory_kv must hold one row per prompt")
+        slots = self.free_slots[: len(flat)]
+        index = torch.tensor(slots, device=device)
         for slot, kv in zip(slots, memory_kvs, strict=True):
             self.mem_k[:, slot] = kv.k[:, 0]
             self.mem_v[:, slot] = kv.v[:, 0]
         width = max(lengths)
-        ids = torch.full((n, width), self.model.tokenizer.pad_id, dtype=torch.long, device=self.pending.device)
+        ids = torch.full((len(flat), width), self.model.tokenizer.pad_id, dtype=torch.long, device=device)
         for i, p in enumerate(flat):
             ids[i, : lengths[i]] = p
         mem = MemoryKV(self.mem_k.index_select(1, index), self.mem_v.index_select(1, index))
-        last = torch.tensor(lengths, device=self.pending.device) - 1
-        logits, _ = self.model.run_decoder(ids, mem, self.model.rope.tables(width), _PrefillManyHook(self, index),
+        last = torch.tensor(lengths, device=device) - 1
+        logits, _ = self.model.run_decoder(ids, mem, self.model.rope.tables(width), _PrefillHook(self, index),
                                            need_aux=False, at=last)
         for i, slot in enumerate(slots):
             sampler = samplers[i] or Sampler.from_config(self.model.config)
