@@ -2,7 +2,9 @@
 
 Rows join (`add`, or `add_many` for several in one forward) and leave (`remove`) between steps; `step` runs one
 batched forward over every running row, each at its own position with its own key mask, memory K/V
-and sampler, so a row's tokens do not depend on its neighbours.
+and sampler, so a row's tokens do not depend on its neighbours. A slot names a row for its whole life,
+while the rows' data stay packed at the front of the cache (a row that leaves is filled by the last
+one): a step then reads its rows as one slice, not a gather of scattered cache rows.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ class _PrefillHook:
     """Writes right-padded prompts into their cache rows (the padding lands past each row's end, where
     its decode steps overwrite it); causal attention keeps every real token from seeing the padding."""
 
-    def __init__(self, db: DecodeBatch, slots: Tensor) -> None:
-        self.db, self.slots = db, slots
+    def __init__(self, db: DecodeBatch, rows: Tensor) -> None:
+        self.db, self.slots = db, rows
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None, bool]:
         t = k.shape[2]
@@ -94,6 +96,9 @@ class DecodeBatch:
     >>> for out in db.step(): ...          # StepOutput(slot, token, finished), one per running row
     >>> db.remove(slot)                    # frees the slot (finished rows keep it until removed)
 
+    Slots are stable names; where a row's data lie (its cache row) is internal: rows are kept packed
+    in cache rows 0..n-1, so `remove` moves the last row into the hole it leaves.
+
     cache_memory_kv=False recomputes the memory K/V projections from the STM at every step (only to
     measure what the pre-cache saves; see benchmarks/model_speed.py).
 
@@ -127,9 +132,11 @@ class DecodeBatch:
         self.mem_k = torch.zeros(c.layers, capacity, mem_kv_heads, c.stm_slots, c.head_dim, **kw)
         self.mem_v = torch.zeros_like(self.mem_k)
         self.stm = None if cache_memory_kv else torch.zeros(capacity, c.layers, c.stm_slots, c.dim, **kw)
-        self.pending = torch.zeros(capacity, dtype=torch.long, device=p.device)  # next token to emit
+        self.pending = torch.zeros(capacity, dtype=torch.long, device=p.device)  # next token to emit, by cache row
         self._rows: dict[int, _Row] = {}
         self._finished: set[int] = set()
+        self._cache_row: dict[int, int] = {}  # slot -> its cache row; occupied rows are 0..len(_rows)-1
+        self._slot_at: list[int] = []  # cache row -> slot
 
     # ------------------------------------------------------------ membership
     @property
@@ -178,7 +185,7 @@ class DecodeBatch:
             memory_kv = self.model.memory_kv(stm)
         (slot,) = self._prefill([prompt_ids], [memory_kv], [sampler], [max_new_tokens], [generator])
         if self.stm is not None:
-            self.stm[slot] = stm[0]  # type: ignore[index]
+            self.stm[self._cache_row[slot]] = stm[0]  # type: ignore[index]
         return slot
 
     @torch.inference_mode()
@@ -216,10 +223,12 @@ class DecodeBatch:
         if any(kv.batch_size != 1 for kv in memory_kvs):
             raise ValueError("memory_kv must hold one row per prompt")
         slots = self.free_slots[: len(flat)]
-        index = torch.tensor(slots, device=device)
-        for slot, kv in zip(slots, memory_kvs, strict=True):
-            self.mem_k[:, slot] = kv.k[:, 0]
-            self.mem_v[:, slot] = kv.v[:, 0]
+        first = len(self._rows)  # the new rows go right after the occupied ones
+        rows = list(range(first, first + len(flat)))
+        index = torch.tensor(rows, device=device)
+        for row, kv in zip(rows, memory_kvs, strict=True):
+            self.mem_k[:, row] = kv.k[:, 0]
+            self.mem_v[:, row] = kv.v[:, 0]
         width = max(lengths)
         ids = torch.full((len(flat), width), self.model.tokenizer.pad_id, dtype=torch.long, device=device)
         for i, p in enumerate(flat):
@@ -231,16 +240,37 @@ class DecodeBatch:
         for i, slot in enumerate(slots):
             sampler = samplers[i] or Sampler.from_config(self.model.config)
             row = _Row(lengths[i], min(max_new_tokens[i], self.max_len - lengths[i] + 1), sampler, generators[i])
-            self.pending[slot] = row.sampler.sample(logits[i : i + 1, -1], row.generator)[0]
+            self.pending[rows[i]] = row.sampler.sample(logits[i : i + 1, -1], row.generator)[0]
             self._rows[slot] = row
+            self._cache_row[slot] = rows[i]
+            self._slot_at.append(slot)
         return slots
 
     def remove(self, slot: int) -> None:
-        """Free a slot (finished or not); its cache row is simply overwritten by the next add."""
+        """Free a slot (finished or not). The last occupied cache row moves into the freed one, so the
+        rows stay packed (one row's keys/values copied once, instead of a gather at every step)."""
         if slot not in self._rows:
             raise KeyError(f"slot {slot} is not in use")
+        row = self._cache_row.pop(slot)
+        last = len(self._slot_at) - 1
+        moved = self._slot_at.pop()
+        if row != last:
+            self._move_row(last, row, self._rows[moved].pos)
+            self._slot_at[row] = moved
+            self._cache_row[moved] = row
         del self._rows[slot]
         self._finished.discard(slot)
+
+    def _move_row(self, src: int, dst: int, length: int) -> None:
+        """Copy cache row ``src`` (its first ``length`` keys/values, memory K/V, pending token) to ``dst``."""
+        with torch.no_grad():
+            self.k_cache[:, dst, :, :length] = self.k_cache[:, src, :, :length]
+            self.v_cache[:, dst, :, :length] = self.v_cache[:, src, :, :length]
+            self.mem_k[:, dst] = self.mem_k[:, src]
+            self.mem_v[:, dst] = self.mem_v[:, src]
+            self.pending[dst] = self.pending[src]
+            if self.stm is not None:
+                self.stm[dst] = self.stm[src]
 
     # ------------------------------------------------------------ stepping
     @torch.inference_mode()
@@ -249,7 +279,8 @@ class DecodeBatch:
         slots = self.active
         if not slots:
             return []
-        tokens = self.pending[slots].tolist() if len(slots) > 1 else [int(self.pending[slots[0]])]
+        rows = [self._cache_row[s] for s in slots]
+        tokens = self.pending[rows].tolist() if len(rows) > 1 else [int(self.pending[rows[0]])]
         outs, cont = [], []
         for slot, tok in zip(slots, tokens, strict=True):
             row = self._rows[slot]
@@ -267,12 +298,13 @@ class DecodeBatch:
     def _forward(self, slots: list[int]) -> None:
         model = self.model
         n = len(slots)
-        first, last = slots[0], slots[-1]
+        slots = sorted(slots, key=self._cache_row.__getitem__)  # in cache-row order
+        first, last = self._cache_row[slots[0]], self._cache_row[slots[-1]]
         rows: slice | Tensor
-        if last - first + 1 == n:
+        if last - first + 1 == n:  # packed (the usual case): one slice of the cache
             rows = slice(first, last + 1)
-        else:
-            rows = torch.tensor(slots, device=self.pending.device)
+        else:  # a finished row not yet removed sits between running ones
+            rows = torch.tensor([self._cache_row[s] for s in slots], device=self.pending.device)
         positions = [self._rows[s].pos for s in slots]
         length = max(positions) + 1
         mask = pos = None

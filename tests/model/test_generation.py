@@ -13,12 +13,12 @@ def small(**changes):
     return RxTConfig(**{**base, **changes})
 
 
-def perturbed(cfg, tokenizer=None, seed=0):
+def perturbed(cfg, tokenizer=None, seed=0, scale=0.05):
     torch.manual_seed(seed)
     m = ReactiveTransformer(cfg, tokenizer).eval()
     with torch.no_grad():
         for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+            p.add_(scale * torch.randn_like(p))
     return m
 
 
@@ -118,6 +118,49 @@ def test_rows_prefilled_together_equal_rows_prefilled_alone(model):
                     [None] * 2, [4] * 2, [None] * 2)
     with pytest.raises(RuntimeError, match="free rows"):
         db.add_many([prompt(3, 1)] * 3, [model.memory_kv(s[0:1])] * 3, [None] * 3, [4] * 3, [None] * 3)
+
+
+@pytest.fixture(scope="module")
+def lively():
+    """Weights perturbed enough that every token depends on the prompt and the STM (the `model`
+    fixture's answers are mostly one token repeated)."""
+    return perturbed(small(), scale=0.3)
+
+
+@pytest.mark.parametrize("cache_memory_kv", [True, False])
+@torch.no_grad()
+def test_rows_leaving_out_of_order_keep_the_cache_packed(lively, cache_memory_kv):
+    """Rows finish or are cancelled in any order while others join: every surviving row still gets the
+    tokens it gets alone, and the rows' data stay packed at the front of the cache (a leaving row's
+    place is taken by the last one, memory K/V or STM and pending token included)."""
+    model = lively
+    s = 2 * stms(7, seed=5)
+    assert run_alone(model, prompt(5, 41), s[1:2], 6) != run_alone(model, prompt(5, 41), s[2:3], 6)
+    ps = [prompt(3 + 2 * i, 40 + i) for i in range(7)]
+    budgets = [9, 4, 12, 6, 10, 3, 8]
+    expected = [run_alone(model, ps[i], s[i : i + 1], budgets[i]) for i in range(7)]
+    db = DecodeBatch(model, capacity=5, cache_memory_kv=cache_memory_kv)
+    slot_of: dict[int, int] = {}
+    got: dict[int, list[int]] = {}
+    joins = {0: [0, 1, 2, 3], 2: [4], 5: [5, 6]}
+    cancelled = None
+    for step in range(40):
+        for i in joins.get(step, []):
+            slot_of[i] = db.add(ps[i], stm=s[i : i + 1], max_new_tokens=budgets[i])
+        if step == 3:  # cancel a row in the middle of the cache while it still runs
+            cancelled = slot_of.pop(2)
+            db.remove(cancelled)
+        who = {slot: i for i, slot in slot_of.items()}
+        for out in db.step():
+            got.setdefault(who[out.slot], []).append(out.token)
+            if out.finished:
+                db.remove(out.slot)
+                del slot_of[who[out.slot]]
+        rows = sorted(db._cache_row.values())
+        assert rows == list(range(len(rows)))
+    assert not db.active and cancelled is not None
+    for i in (0, 1, 3, 4, 5, 6):
+        assert got[i] == expected[i], i
 
 
 @torch.no_grad()
