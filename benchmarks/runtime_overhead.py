@@ -8,7 +8,12 @@ token = query sent -> first answer token in hand. The model is the untrained `ti
 disabled, so every answer has exactly --tokens tokens and both paths do identical work (greedy).
 The two paths take turns (A B B A ...), and the overheads are medians of each Reactor turn against the
 direct turn beside it (ratios per turn, TTFT differences per turn): the host's speed drifts by up to 2x
-within seconds, and a pair of neighbouring turns sees the same speed. Medians after a warm-up. Goals: <= 15 % per-turn overhead, <= 5 ms extra time to first token, 16
+within seconds, and a pair of neighbouring turns sees the same speed. The host's two vCPUs also change
+speed independently (the same decode loop, run on one and then the other a fraction of a second apart,
+measured up to 1.5x apart, the faster one changing from second to second), so in
+each pair the model's work runs on the same CPU on both paths: the driver's thread for a direct turn, the
+decoder, encoder and memory-updater actors for a Reactor turn (alternating the CPU from pair to pair;
+the conductor, the bus and the client stay free). Medians after a warm-up. Goals: <= 15 % per-turn overhead, <= 5 ms extra time to first token, 16
 streams >= 4x the tokens/s of one stream (issue 4); <= 10 % per turn and 16 streams >= 6x (issue 7).
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import time
@@ -26,7 +32,9 @@ from reactor_rt.model import DecodeBatch, ReactiveTransformer, RxTConfig
 from reactor_rt.template import build_prompt
 from reactor_rt.tokenizer import ByteTokenizer
 
-__all__ = ["main", "measure", "paired", "report"]
+__all__ = ["main", "measure", "paired", "pin_process", "report"]
+
+MODEL_ACTORS = ("decoder", "encoder", "memory")  # the actors doing the model's work in a turn
 
 PROMPTS = [f"Question {i}: what do you remember about turn {i}?" for i in range(64)]
 
@@ -133,11 +141,21 @@ async def measure(quick: bool = False, tokens: int = 64) -> dict[str, object]:
         # the two paths take turns (A B B A ...): a machine whose speed drifts slows both alike
         direct = DirectSession(model)
         stream = await rx.stream("measure")
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        actor_pids = await _actor_pids(MODEL_ACTORS)
         d_turn, d_ttft, d_answer, r_turn, r_ttft, r_answer = [], [], [], [], [], []  # type: ignore[var-annotated]
         for i in range(turns):
+            if cpus:  # this pair's model work on one CPU, on both paths
+                cpu = {cpus[i % len(cpus)]}
+                for pid in actor_pids:
+                    pin_process(pid, cpu)
             for path in ("direct", "reactor") if i % 2 == 0 else ("reactor", "direct"):
                 if path == "direct":
+                    if cpus:
+                        os.sched_setaffinity(0, cpu)  # this thread only
                     t, f, a = direct.turn(tokens)
+                    if cpus:
+                        os.sched_setaffinity(0, set(cpus))
                     d_turn.append(t)
                     d_ttft.append(f)
                     d_answer.append(a)
@@ -145,6 +163,8 @@ async def measure(quick: bool = False, tokens: int = 64) -> dict[str, object]:
                     (t,), (f,), _ = await reactor_turns(rx, stream.id, 1, tokens, r_answer, first_prompt=i)
                     r_turn.append(t)
                     r_ttft.append(f)
+        for pid in actor_pids if cpus else []:
+            pin_process(pid, set(cpus))
         # every level in each round, rounds repeated: load swings hit all levels alike; medians
         levels = [1, 4, 16, 64]
         samples: dict[int, list[float]] = {n: [] for n in levels}
@@ -162,6 +182,26 @@ async def measure(quick: bool = False, tokens: int = 64) -> dict[str, object]:
         "overhead": paired(r_turn, d_turn, ratio=True), "extra_ttft_ms": paired(r_ttft, d_ttft, ratio=False),
         "tokens_per_s": tps,
     }
+
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Restrict every thread of process ``pid`` to ``cpus`` (Linux; elsewhere a no-op)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        threads = [str(pid)]
+    for tid in threads:
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(tid), cpus)
+
+
+async def _actor_pids(names: tuple[str, ...]) -> list[int]:
+    import ray
+
+    handles = [ray.get_actor(name, namespace="reactor_rt") for name in names]
+    return await asyncio.gather(*(h.__ray_call__.remote(lambda _self: os.getpid()) for h in handles))
 
 
 def paired(reactor: list[float], direct: list[float], ratio: bool) -> float:
