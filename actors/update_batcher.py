@@ -70,9 +70,10 @@ class UpdateBatcher(Generic[Item, Result]):
 
     def _go(self) -> None:
         self._flush = None
-        batch, self._pending = self._pending, []
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._run(batch))
+        loop = asyncio.get_running_loop()
+        while self._pending:  # items submitted before this ran may be more than one batch holds
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            task = loop.create_task(self._run(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
