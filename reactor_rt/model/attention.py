@@ -28,6 +28,18 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cis", torch.polar(torch.ones_like(angles), angles).to(torch.complex64),
                              persistent=False)
 
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # Module.to(dtype) casts complex buffers too, dropping the imaginary part (torch only warns):
+        # the rotations stay complex64 whatever the model's dtype, and only follow it to its device.
+        cis = self._buffers.pop("cis")
+        try:
+            super()._apply(fn, recurse)
+            device = fn(torch.empty(0, device=cis.device)).device  # where fn sends tensors
+        finally:
+            self._buffers["cis"] = cis
+        self._buffers["cis"] = cis.to(device)
+        return self
+
     @property
     def max_len(self) -> int:
         """Number of positions the table covers."""

@@ -1,5 +1,7 @@
 """ReactiveTransformer: shared embedding, causal decoder, bidirectional encoder, memory as a set."""
 
+import copy
+
 import pytest
 import torch
 
@@ -123,3 +125,21 @@ def test_update_memory_is_pure_and_checks_shapes(model):
 def test_tokenizer_must_fit_the_vocabulary():
     with pytest.raises(ConfigError, match="vocab_size"):
         ReactiveTransformer(small(vocab_size=100), ByteTokenizer())
+
+
+@torch.no_grad()
+def test_casting_the_model_keeps_the_rotary_table_complex(model):
+    """Module.to(dtype) also casts complex buffers (dropping their imaginary part): the RoPE table must
+    stay complex64 and follow the model only to its device."""
+    ids = torch.randint(8, 200, (2, 12), generator=torch.Generator().manual_seed(3))
+    stm = model.init_stm(2)
+    expected = model.decode(ids, stm)
+    cis = model.rope.cis.clone()
+    same = copy.deepcopy(model).to("cpu", torch.float32)
+    assert torch.equal(same.rope.cis, cis) and torch.equal(same.decode(ids, stm), expected)
+    low = copy.deepcopy(model).to(torch.bfloat16)
+    assert low.rope.cis.dtype == torch.complex64 and torch.equal(low.rope.cis, cis)
+    assert next(low.parameters()).dtype == torch.bfloat16
+    got = low.decode(ids, stm.to(torch.bfloat16)).float()
+    assert (got - expected).abs().max() <= 0.1 * expected.abs().max()
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.9
