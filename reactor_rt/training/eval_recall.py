@@ -66,14 +66,14 @@ def recall_dialogues(k: int, n: int, seed: int) -> list[Dialogue]:
     return [gen.recall_dialogue(k) for _ in range(n)]
 
 
-def _pad_rows(rows: Sequence[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+def _pad_rows(rows: Sequence[list[int]], pad_id: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
     for i, r in enumerate(rows):
         ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         mask[i, : len(r)] = True
-    return ids, mask
+    return ids.to(device), mask.to(device)
 
 
 @torch.no_grad()
@@ -130,7 +130,7 @@ def play_dialogues(
             rows.append([*p, *new, tok.eos_id])
             interactions[i].append(rows[-1])
         if not reset_stm and t < n - 1:
-            ids, mask = _pad_rows(rows, tok.pad_id)
+            ids, mask = _pad_rows(rows, tok.pad_id, stm.device)  # the model's device (a GPU too)
             stm = model.update_memory(stm, model.encode(ids, attention_mask=mask), attention_mask=mask)
     return answers, interactions
 
