@@ -9,10 +9,12 @@ one): a step then reads its rows as one slice, not a gather of scattered cache r
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from reactor_rt.model.memory import MemoryKV
 from reactor_rt.model.sampler import Sampler
@@ -21,6 +23,17 @@ if TYPE_CHECKING:
     from reactor_rt.model.rxt import ReactiveTransformer
 
 __all__ = ["DecodeBatch", "StepOutput", "generate"]
+
+
+# On CUDA, half-precision attention may pick cuDNN, which builds a new graph for every new key length
+# (measured on an H200: 16 ms of CPU a call, 40-60 ms a bf16 decode step instead of ~2 ms), and a
+# decode step's keys grow by one every step. The other backends build nothing. Entering the selection
+# costs ~30 us, so it is done once a step, not once an attention call.
+_DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def _attention_backends(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    return sdpa_kernel(_DECODE_BACKENDS) if device.type == "cuda" else contextlib.nullcontext()
 
 
 class StepOutput(NamedTuple):
@@ -235,8 +248,9 @@ class DecodeBatch:
             ids[i, : lengths[i]] = p
         mem = MemoryKV(self.mem_k.index_select(1, index), self.mem_v.index_select(1, index))
         last = torch.tensor(lengths, device=device) - 1
-        logits, _ = self.model.run_decoder(ids, mem, self.model.rope.tables(width), _PrefillHook(self, index),
-                                           need_aux=False, at=last)
+        with _attention_backends(device):
+            logits, _ = self.model.run_decoder(ids, mem, self.model.rope.tables(width), _PrefillHook(self, index),
+                                               need_aux=False, at=last)
         for i, slot in enumerate(slots):
             sampler = samplers[i] or Sampler.from_config(self.model.config)
             row = _Row(lengths[i], min(max_new_tokens[i], self.max_len - lengths[i] + 1), sampler, generators[i])
@@ -323,7 +337,8 @@ class DecodeBatch:
             mem = MemoryKV(self.mem_k.index_select(1, rows), self.mem_v.index_select(1, rows))
         hook = _StepHook(self, rows, pos, positions[0] if n == 1 else None, length, mask)
         ids = self.pending[rows][:, None]  # (n, 1)
-        logits, _ = model.run_decoder(ids, mem, cis, hook, need_aux=False)
+        with _attention_backends(ids.device):
+            logits, _ = model.run_decoder(ids, mem, cis, hook, need_aux=False)
         logits = logits[:, -1]  # (n, V)
         nxt = logits.argmax(dim=-1)  # greedy rows: one batched argmax
         for i, s in enumerate(slots):
