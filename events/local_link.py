@@ -234,6 +234,10 @@ class _ServerConnection(_Framed):
             fn = self._server.calls.get(name)
             if fn is None:
                 raise ValueError(f"the link serves no call {name!r}")
+            # A large reply leaves the socket a piece at a time, each when the loop is free; a handler
+            # that computes without awaiting (the encoder's) would hold the rest of the previous reply
+            # back for its whole run. Let the caller have it first.
+            await self.drained()
             result = await fn(*args)
         except asyncio.CancelledError:
             self._tasks.pop(key, None)

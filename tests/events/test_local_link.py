@@ -220,3 +220,38 @@ async def test_the_resolver_links_only_to_an_actor_on_this_node(monkeypatch) -> 
         assert await local_link.LinkResolver(here, enabled=False).get() is None
     finally:
         await server.close()
+
+
+async def test_a_large_reply_leaves_before_the_next_call_computes() -> None:
+    """A handler that computes without awaiting (the encoder's) must not hold the previous call's reply
+    back: a reply larger than the socket buffer leaves a piece at a time, when the server's loop is free."""
+    import threading
+    import time
+
+    async def big() -> bytes:
+        return b"x" * (8 << 20)
+
+    async def busy() -> str:
+        time.sleep(0.6)  # computes without awaiting, as a model call does
+        return "done"
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = LinkServer({"big": big, "busy": busy}, {})
+    try:
+        path = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(server.start(), loop))
+        client = await LinkClient.connect(path)
+        started = time.perf_counter()
+        got_big = asyncio.ensure_future(client.call("big"))
+        got_busy = asyncio.ensure_future(client.call("busy"))
+        assert len(await got_big) == 8 << 20
+        big_at = time.perf_counter() - started
+        assert await got_busy == "done"
+        assert big_at < 0.45, big_at  # not after the 0.6 s the next call computes
+        client.close()
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
