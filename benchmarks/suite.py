@@ -93,10 +93,11 @@ def _runtime(quick: bool, plots: Path) -> tuple[str, list[Goal]]:
         f"| time to first token, wall ms | {r['direct_ttft_ms']:.2f} | {r['reactor_ttft_ms']:.2f} | "
         f"{r['extra_ttft_ms']:+.2f} ms |",
         "",
-        "| concurrent streams (Reactor) | tokens/s | vs 1 stream |",
+        "| concurrent streams (Reactor) | tokens/s (median of rounds) | vs 1 stream (median of each round's ratio) |",
         "|---:|---:|---:|",
     ]
-    lines += [f"| {n} | {v:.1f} | {v / tps[1]:.2f}x |" for n, v in tps.items()]
+    speedup: dict[int, float] = r["speedup"]  # type: ignore[assignment]
+    lines += [f"| {n} | {v:.1f} | {speedup[n]:.2f}x |" for n, v in tps.items()]
     overhead = r["overhead"] - 1  # type: ignore[operator]
     goals: list[Goal] = [
         (f"runtime overhead <= {GOAL_OVERHEAD:.0%} per turn", f"{overhead:+.1%} (wall, median of neighbouring turns)",
@@ -106,9 +107,9 @@ def _runtime(quick: bool, plots: Path) -> tuple[str, list[Goal]]:
                   f"{r['extra_ttft_ms']:+.2f} ms ({r['reactor_ttft_ms']:.2f} vs {r['direct_ttft_ms']:.2f} ms)",
                   r["extra_ttft_ms"] <= GOAL_EXTRA_TTFT_MS))  # type: ignore[operator]
     if 16 in tps:
-        ratio = tps[16] / tps[1]
+        ratio = speedup[16]
         goals.append((f"16 streams >= {GOAL_STREAMS:.0f}x the tokens/s of one stream (Reactor)",
-                      f"{ratio:.2f}x ({tps[16]:.0f} vs {tps[1]:.0f} tokens/s)", ratio >= GOAL_STREAMS))
+                      f"{ratio:.2f}x (median of rounds: {tps[16]:.0f} vs {tps[1]:.0f} tokens/s)", ratio >= GOAL_STREAMS))
     return "\n".join(lines), goals
 
 

@@ -84,7 +84,8 @@ def test_runtime_overhead_report_states_both_issues_goals():
 
     r = {"tokens": 64, "turns": 6, "direct_turn_ms": 100.0, "reactor_turn_ms": 112.0, "direct_ttft_ms": 3.0,
          "reactor_ttft_ms": 7.0, "direct_answer_ms": 95.0, "reactor_answer_ms": 99.0, "answer_overhead": 99 / 95,
-         "overhead": 1.12, "extra_ttft_ms": 4.0, "tokens_per_s": {1: 100.0, 4: 300.0, 16: 500.0, 64: 700.0}}
+         "overhead": 1.12, "extra_ttft_ms": 4.0, "tokens_per_s": {1: 100.0, 4: 300.0, 16: 500.0, 64: 700.0},
+         "speedup": {1: 1.0, 4: 3.0, 16: 5.0, 64: 7.0}}
     text = report(r)
     assert "<= 15 % / <= 10 %: met / NOT met (+12.0 %)" in text
     assert "extra TTFT <= 5 ms: met" in text
