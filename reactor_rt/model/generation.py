@@ -277,7 +277,7 @@ class DecodeBatch:
 
     def _move_row(self, src: int, dst: int, length: int) -> None:
         """Copy cache row ``src`` (its first ``length`` keys/values, memory K/V, pending token) to ``dst``."""
-        with torch.no_grad():
+        with torch.inference_mode():  # as add() and step(): the buffers may be inference tensors
             self.k_cache[:, dst, :, :length] = self.k_cache[:, src, :, :length]
             self.v_cache[:, dst, :, :length] = self.v_cache[:, src, :, :length]
             self.mem_k[:, dst] = self.mem_k[:, src]

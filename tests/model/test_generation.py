@@ -163,6 +163,19 @@ def test_rows_leaving_out_of_order_keep_the_cache_packed(lively, cache_memory_kv
         assert got[i] == expected[i], i
 
 
+def test_rows_can_leave_outside_inference_mode_of_a_batch_built_inside_it(model):
+    s = stms(3, seed=6)
+    with torch.inference_mode():  # the buffers are inference tensors
+        db = DecodeBatch(model, capacity=3)
+        slots = [db.add(prompt(4, 50 + i), stm=s[i : i + 1], max_new_tokens=6) for i in range(3)]
+    db.remove(slots[0])  # moves the last row into the first: an in-place write
+    got = {slots[1]: [], slots[2]: []}
+    while db.active:
+        for out in db.step():
+            got[out.slot].append(out.token)
+    assert got[slots[2]] == run_alone(model, prompt(4, 52), s[2:3], 6)
+
+
 @torch.no_grad()
 def test_non_contiguous_slots_and_slot_reuse(model):
     s = stms(3, seed=2)
