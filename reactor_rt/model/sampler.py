@@ -13,6 +13,8 @@ from reactor_rt.model.config import RxTConfig
 
 __all__ = ["Sampler"]
 
+_MAX_FLOAT32 = float(torch.finfo(torch.float32).max)
+
 
 class Sampler(BaseModel):
     """How the next token is picked from logits. Part of the model's hyper-parameters (RxTConfig)."""
@@ -41,18 +43,26 @@ class Sampler(BaseModel):
 
     def sample(self, logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """logits (B, V) -> token ids (B,)."""
-        if self.greedy:
+        inverse = 1.0 / self.temperature if self.temperature else float("inf")
+        if self.greedy or inverse > _MAX_FLOAT32:  # a temperature too small to divide by in float32
             return logits.argmax(dim=-1)
-        logits = logits.float() / self.temperature
+        # shifted so the best logit is 0: a small temperature sends the others to -inf, never to +inf.
+        # The cuts rank tokens by these unscaled logits: a huge temperature may round every scaled
+        # logit to the same value, and must not turn top-k 1 or a tiny top-p into a random pick.
+        shifted = logits.float()
+        shifted = shifted - shifted.amax(dim=-1, keepdim=True)
+        scaled = shifted * inverse
         if self.top_k and self.top_k < logits.shape[-1]:
-            kth = logits.topk(self.top_k, dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
+            kth = shifted.topk(self.top_k, dim=-1).values[..., -1:]
+            scaled = scaled.masked_fill(shifted < kth, float("-inf"))
         if self.top_p < 1.0:
-            sorted_logits, order = logits.sort(dim=-1, descending=True)
-            cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-            # drop a token when the tokens before it already cover top_p (the first one always stays)
-            drop = (cum - sorted_logits.softmax(dim=-1)) >= self.top_p
-            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-            logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
-        probs = logits.softmax(dim=-1)
+            order = shifted.argsort(dim=-1, descending=True, stable=True)
+            ranked = scaled.gather(-1, order)
+            probs = ranked.softmax(dim=-1)
+            # drop a token when the tokens before it already cover top_p (the first one always stays,
+            # even when top_p is below float32's resolution)
+            drop = (probs.cumsum(dim=-1) - probs) >= self.top_p
+            drop[..., 0] = False
+            scaled = torch.empty_like(scaled).scatter_(-1, order, ranked.masked_fill(drop, float("-inf")))
+        probs = scaled.softmax(dim=-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

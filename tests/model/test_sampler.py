@@ -48,3 +48,27 @@ def test_validation_and_from_config():
         Sampler(top_p=1.5)
     cfg = RxTConfig.preset("tiny", temperature=0.7, top_k=5, top_p=0.9)
     assert Sampler.from_config(cfg) == Sampler(temperature=0.7, top_k=5, top_p=0.9)
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-300, 1e-40, 1e-30])
+def test_a_vanishing_temperature_is_argmax_not_nan(temperature):
+    """A temperature too small for float32 (1 / T overflows, or T rounds to 0) still samples: the
+    limit of sampling as T -> 0 is the argmax (found by the runtime's fuzz test)."""
+    logits = torch.randn(6, 64, generator=torch.Generator().manual_seed(3)) * 4
+    for top_p in (1.0, 0.5):
+        got = Sampler(temperature=temperature, top_p=top_p).sample(logits, torch.Generator().manual_seed(0))
+        assert torch.equal(got, logits.argmax(-1))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 1e6, 1e300])
+def test_cuts_rank_by_the_logits_whatever_the_temperature(temperature):
+    """top-k 1 and a top-p below float32's resolution keep the best token, also when a huge temperature
+    rounds every scaled logit to one value (they were a uniform pick, or NaN probabilities)."""
+    logits = torch.randn(6, 64, generator=torch.Generator().manual_seed(4)) * 4
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(Sampler(temperature=temperature, top_k=1).sample(logits, g), logits.argmax(-1))
+    assert torch.equal(Sampler(temperature=temperature, top_p=1e-300).sample(logits, g), logits.argmax(-1))
+    # and a huge temperature without cuts is (close to) uniform over the vocabulary
+    if temperature >= 1e6:
+        picks = Sampler(temperature=temperature).sample(logits[:1].expand(2000, 64), g)
+        assert len(set(picks.tolist())) > 50
