@@ -60,12 +60,12 @@ class _PrefillHook:
     its decode steps overwrite it); causal attention keeps every real token from seeing the padding."""
 
     def __init__(self, db: DecodeBatch, rows: Tensor) -> None:
-        self.db, self.slots = db, rows
+        self.db, self.rows = db, rows
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None, bool]:
         t = k.shape[2]
-        self.db.k_cache[layer, self.slots, :, :t] = k
-        self.db.v_cache[layer, self.slots, :, :t] = v
+        self.db.k_cache[layer, self.rows, :, :t] = k
+        self.db.v_cache[layer, self.rows, :, :t] = v
         return k, v, None, True
 
 
