@@ -202,7 +202,9 @@ def pin_process(pid: int, cpus: set[int]) -> None:
 async def _actor_pids(names: tuple[str, ...]) -> list[int]:
     import ray
 
-    handles = [ray.get_actor(name, namespace="reactor_rt") for name in names]
+    from reactor_rt.runtime import DEFAULT_NAMESPACE
+
+    handles = [ray.get_actor(name, namespace=DEFAULT_NAMESPACE) for name in names]
     return await asyncio.gather(*(h.__ray_call__.remote(lambda _self: os.getpid()) for h in handles))
 
 

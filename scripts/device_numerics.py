@@ -24,7 +24,7 @@ import torch
 from reactor_rt.bundled import bundled_path, load_model
 from reactor_rt.model import DecodeBatch, ReactiveTransformer
 from reactor_rt.template import build_prompt
-from reactor_rt.training.eval_recall import fixed_eval, play_dialogues, recall_dialogues
+from reactor_rt.training.eval_recall import fixed_eval, pad_rows, play_dialogues, recall_dialogues
 
 __all__ = ["compare", "main"]
 
@@ -53,14 +53,7 @@ def _stm_chain(model: ReactiveTransformer, turns: list[list[list[int]]], device:
     stm = model.init_stm(ROWS)
     out = []
     for t in range(TURNS):
-        rows = [turns[i][t] for i in range(ROWS)]
-        width = max(len(r) for r in rows)
-        ids = torch.full((ROWS, width), pad, dtype=torch.long)
-        mask = torch.zeros((ROWS, width), dtype=torch.bool)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = True
-        ids, mask = ids.to(device), mask.to(device)
+        ids, mask = pad_rows([turns[i][t] for i in range(ROWS)], pad, device)
         stm = model.update_memory(stm, model.encode(ids, attention_mask=mask), attention_mask=mask)
         out.append(stm)
     return out

@@ -34,10 +34,9 @@ class RotaryEmbedding(nn.Module):
         cis = self._buffers.pop("cis")
         try:
             super()._apply(fn, recurse)
-            device = fn(torch.empty(0, device=cis.device)).device  # where fn sends tensors
         finally:
             self._buffers["cis"] = cis
-        self._buffers["cis"] = cis.to(device)
+        self._buffers["cis"] = cis.to(fn(torch.empty(0, device=cis.device)).device)  # where fn sends tensors
         return self
 
     @property

@@ -32,6 +32,7 @@ __all__ = [
     "evaluate_recall",
     "fixed_eval",
     "format_table",
+    "pad_rows",
     "play_dialogues",
     "recall_dialogues",
 ]
@@ -66,7 +67,8 @@ def recall_dialogues(k: int, n: int, seed: int) -> list[Dialogue]:
     return [gen.recall_dialogue(k) for _ in range(n)]
 
 
-def _pad_rows(rows: Sequence[list[int]], pad_id: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+def pad_rows(rows: Sequence[list[int]], pad_id: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """Right-pad token rows -> (ids (B, T), mask (B, T), True on real tokens), on ``device``."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
@@ -130,7 +132,7 @@ def play_dialogues(
             rows.append([*p, *new, tok.eos_id])
             interactions[i].append(rows[-1])
         if not reset_stm and t < n - 1:
-            ids, mask = _pad_rows(rows, tok.pad_id, stm.device)  # the model's device (a GPU too)
+            ids, mask = pad_rows(rows, tok.pad_id, stm.device)  # the model's device (a GPU too)
             stm = model.update_memory(stm, model.encode(ids, attention_mask=mask), attention_mask=mask)
     return answers, interactions
 
