@@ -1,16 +1,20 @@
 """The decoder: continuous batching of many streams' answers, one batched decode step at a time.
 
-``DecoderCore`` is plain, synchronous and unit-tested without Ray; ``DecoderService`` adds the asyncio
-loop that admits requests between steps and streams tokens back; ``DecoderActor`` is the thin Ray actor.
+``DecoderCore`` is plain, synchronous and unit-tested without Ray; ``DecoderService`` runs its steps in
+a thread of their own and streams tokens back to the asyncio loop; ``DecoderActor`` is the thin Ray
+actor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +23,7 @@ import structlog
 import torch
 
 from reactor_rt.actors.handles import GenerateRequest, STMHandle, tensor_from_wire
-from reactor_rt.actors.outlets import Channel, ChunkItem, Outlet
+from reactor_rt.actors.outlets import Channel, ChunkItem, Outlet, call_in_loop
 from reactor_rt.events.local_link import LinkHost, LinkServer
 from reactor_rt.learning import apply_serving_state
 from reactor_rt.model import DecodeBatch, ReactiveTransformer, Sampler
@@ -46,6 +50,10 @@ class DecoderCore:
     Memory keys/values are pre-computed once per STM version and kept in a bounded LRU cache keyed
     on ``(memory_id, version, token)``, so a stream's later turns on the same version (and other
     streams sharing that memory) skip the projection.
+
+    Threads: `submit`, `has_memory` and `warm` may run on one thread while another runs `step` (the
+    pending queue is a deque, the cache has a lock); `cancel`, `fail_all` and `set_weights` must run
+    where the steps run, or between them.
     """
 
     def __init__(self, model: ReactiveTransformer, capacity: int = 16, memory_cache_size: int = 256) -> None:
@@ -53,6 +61,7 @@ class DecoderCore:
         self.batch = DecodeBatch(model, capacity=capacity)
         self._memory_cache: OrderedDict[tuple[str, int, str], Any] = OrderedDict()
         self._memory_cache_size = memory_cache_size
+        self._cache_lock = threading.Lock()
         self._pending: deque[_Pending] = deque()
         self._rows: dict[int, _Pending] = {}  # slot -> request
         self._ids = itertools.count(1)
@@ -66,7 +75,8 @@ class DecoderCore:
             raise RuntimeError("weights can only change between interactions; requests are in flight")
         with torch.no_grad():
             apply_serving_state(self.model, state)
-        self._memory_cache.clear()
+        with self._cache_lock:
+            self._memory_cache.clear()
 
     def warm(self, handle: STMHandle, stm: torch.Tensor) -> None:
         """Pre-compute (and cache) the memory keys/values of a new STM version before a query needs them."""
@@ -74,7 +84,8 @@ class DecoderCore:
 
     def has_memory(self, handle: STMHandle) -> bool:
         """Whether the pre-computed memory keys/values of this STM version are cached."""
-        return handle.cache_key in self._memory_cache
+        with self._cache_lock:
+            return handle.cache_key in self._memory_cache
 
     @property
     def busy(self) -> bool:
@@ -90,7 +101,9 @@ class DecoderCore:
 
     def cancel(self, request_id: int) -> None:
         """Drop a request (its consumer went away); its row leaves the batch at once."""
-        self._pending = deque(p for p in self._pending if p.request_id != request_id)
+        for pending in list(self._pending):  # in place: another thread may be appending
+            if pending.request_id == request_id:
+                self._pending.remove(pending)
         for slot, pending in list(self._rows.items()):
             if pending.request_id == request_id:
                 self.batch.remove(slot)
@@ -169,20 +182,30 @@ class DecoderCore:
 
     def _memory_kv(self, handle: STMHandle, stm: torch.Tensor | None) -> Any:
         key = handle.cache_key
-        if key in self._memory_cache:
-            self._memory_cache.move_to_end(key)
-            return self._memory_cache[key]
-        assert stm is not None
+        with self._cache_lock:
+            kv = self._memory_cache.get(key)
+            if kv is not None:
+                self._memory_cache.move_to_end(key)
+                return kv
+        if stm is None:
+            raise ValueError("the STM tensor is needed: its memory keys/values are no longer cached")
         with torch.inference_mode():
             kv = self.model.memory_kv(stm.unsqueeze(0))  # (1, L, S, D) -> one row
-        self._memory_cache[key] = kv
-        if len(self._memory_cache) > self._memory_cache_size:
-            self._memory_cache.popitem(last=False)
+        with self._cache_lock:
+            self._memory_cache[key] = kv
+            if len(self._memory_cache) > self._memory_cache_size:
+                self._memory_cache.popitem(last=False)
         return kv
 
 
 class DecoderService:
-    """Runs a :class:`DecoderCore` on an asyncio loop and streams each request's tokens in chunks.
+    """Runs a :class:`DecoderCore` for an asyncio loop and streams each request's tokens in chunks.
+
+    The steps run back to back in a thread of their own (one, started on first use), not on the loop:
+    the loop stays free for requests and chunks coming and going, and a step does not wait for it (in
+    the decoder actor, answers took 3-4 % less time than with the steps on the loop). Whatever changes
+    the batch besides a step (a cancel) is handed to that thread and runs between two steps; new
+    requests join at the next step as before.
 
     The first token is sent alone (time to first token); later ones go out when ``chunk_ms`` have
     passed since the last chunk or ``chunk_tokens`` have gathered, and whatever is left at the end.
@@ -195,7 +218,9 @@ class DecoderService:
         self.core = core
         self.chunk_tokens = chunk_tokens
         self.chunk_s = chunk_ms / 1000
-        self._loop_task: asyncio.Task[None] | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self._between_steps: deque[Callable[[], None]] = deque()  # run by the step thread
         self._stats = {"steps": 0.0, "step_wall_ms": 0.0, "step_cpu_ms": 0.0}
         self._requests: dict[tuple[int, int], int] = {}  # (channel, key) -> core request id
 
@@ -205,23 +230,22 @@ class DecoderService:
         """Yield the answer's token ids in chunks; the last chunk ends with EOS when one was produced."""
         stm = None if self.core.has_memory(request.handle) else await load_stm(request.handle)
         ready = asyncio.Event()
-        outlet = Outlet(self.chunk_tokens, self.chunk_s, ready.set)
+        outlet = Outlet(self.chunk_tokens, self.chunk_s, call_in_loop(asyncio.get_running_loop(), ready.set))
         request_id = self.core.submit(request, stm, outlet.push)
-        self._ensure_loop()
+        self._ensure_running()
+        done = False
         try:
-            while True:
+            while not done:
                 await ready.wait()
                 ready.clear()
-                if outlet.error is not None:
-                    raise outlet.error
-                done = outlet.done
-                chunk = outlet.take()
+                chunk, done, error = outlet.drain()
+                if error is not None:
+                    raise error
                 if chunk or done:
                     yield chunk
-                if done:
-                    return
         finally:
-            self.core.cancel(request_id)
+            if not done:  # the consumer left early: free its row
+                self._cancel(request_id)
 
     def open_channel(self) -> Channel:
         """A channel for one consumer's requests (see `submit_to`)."""
@@ -244,26 +268,66 @@ class DecoderService:
         except Exception as exc:
             channel.fail(key, exc)
             return
-        self._ensure_loop()
+        self._ensure_running()
 
     def cancel_in(self, channel: Channel, key: int) -> None:
         """Stop request ``key`` of ``channel`` (its consumer went away)."""
         channel.drop(key)
         request_id = self._requests.pop((id(channel), key), None)
         if request_id is not None:
-            self.core.cancel(request_id)
+            self._cancel(request_id)
 
-    def _ensure_loop(self) -> None:
-        if self._loop_task is None or self._loop_task.done():
-            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+    def warm(self, handle: STMHandle, stm: torch.Tensor) -> None:
+        """`DecoderCore.warm` now, on the caller's thread (the cache is shared with the step thread)."""
+        self.core.warm(handle, stm)
+
+    async def set_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """`DecoderCore.set_weights` once the step thread is idle (raises while requests are in flight)."""
+        if self.core.busy:
+            raise RuntimeError("weights can only change between interactions; requests are in flight")
+        if self._runner is not None:
+            await asyncio.shield(self._runner)  # the last steps' bookkeeping, or a queued cancel
+        self.core.set_weights(state)
+
+    def close(self) -> None:
+        """Let the step thread end once it is idle (a later request starts a new one)."""
+        if self._thread is not None:
+            self._thread.shutdown(wait=False)
+            self._thread = None
 
     def stats(self) -> dict[str, float]:
         """Decode steps run so far, and their wall and thread-CPU time in ms (operators, benchmarks)."""
         return dict(self._stats)
 
+    def _cancel(self, request_id: int) -> None:
+        self._between_steps.append(lambda: self.core.cancel(request_id))
+        with contextlib.suppress(RuntimeError):  # no running loop (closed at shutdown): runs with the next steps
+            self._ensure_running()
+
+    def _ensure_running(self) -> None:
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.get_running_loop().create_task(self._run())
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reactor-decode",
+                                              initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),))
+        # re-checked here, on the loop: work handed over after the thread's last look starts another run
+        while self.core.busy or self._between_steps:
+            await loop.run_in_executor(self._thread, self._steps)
+
+    def _steps(self) -> None:
+        """On the step thread: steps until nothing is left, with what was handed over run in between."""
         stats = self._stats
-        while self.core.busy:
+        while True:
+            while self._between_steps:
+                try:
+                    self._between_steps.popleft()()
+                except Exception:
+                    log.exception("decoder.between_steps_failed")
+            if not self.core.busy:
+                return
             wall, cpu = time.perf_counter(), time.thread_time()
             try:
                 self.core.step()
@@ -274,7 +338,6 @@ class DecoderService:
             stats["steps"] += 1
             stats["step_wall_ms"] += 1000 * (time.perf_counter() - wall)
             stats["step_cpu_ms"] += 1000 * (time.thread_time() - cpu)
-            await asyncio.sleep(0)  # let new requests join and consumers drain between steps
 
 
 class DecoderActorImpl(LinkHost):
@@ -356,12 +419,12 @@ class DecoderActorImpl(LinkHost):
             if handle is None:
                 continue
             try:
-                self.service.core.warm(handle, stm)
+                self.service.warm(handle, stm)
             except Exception:  # only a lost head start: submit() loads the STM itself
                 log.exception("decoder.prepare_failed", memory=handle.memory_id[:256], version=handle.version)
 
     async def set_weights(self, version: int, state: dict[str, torch.Tensor]) -> int:
-        self.service.core.set_weights(state)
+        await self.service.set_weights(state)
         self.weights_version = version
         return version
 

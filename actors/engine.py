@@ -160,12 +160,13 @@ class LocalEngine:
             return self.weights_version
         version, state = self.learner.weights_since(self.weights_version)
         if state is not None:
-            self.decoder.core.set_weights(state)  # encoder and updater share this model object
+            await self.decoder.set_weights(state)  # encoder and updater share this model object
             self.weights_version = version
         return self.weights_version
 
     async def close(self) -> None:
-        """Nothing to release: everything runs in this process."""
+        """Stop the decoder's step thread (everything else runs on the caller's loop)."""
+        self.decoder.close()
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,10 @@ The decode loop hands every token to an `Outlet`, which gathers them and says wh
 first token alone (time to first token), then when ``chunk_tokens`` have gathered or ``chunk_s`` have
 passed, and at the end. A token costs a list append, not an asyncio wake-up.
 
+The decode loop runs in its own thread (see `actors.decoder.DecoderService`) and its consumers on the
+event loop, so an outlet is thread-safe: pushes and takes hold its lock, and ``notify`` may be called
+from any thread (`Channel` and the service hand the loop a thread-safe wake-up).
+
 A `Channel` is what the conductor reads: one long-lived stream of batches, each holding every chunk
 that became due since the last batch, for all of the caller's requests. With many streams decoding in
 one batch their chunks fall due at the same step, so one message carries them all.
@@ -13,20 +17,36 @@ one batch their chunks fall due at the same step, so one message carries them al
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 
-__all__ = ["Channel", "ChunkItem", "Outlet"]
+__all__ = ["Channel", "ChunkItem", "Outlet", "call_in_loop"]
 
 # (request key, tokens, finished?, the error that ended the request or None)
 ChunkItem = tuple[int, list[int], bool, BaseException | None]
 
 
+def call_in_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> Callable[[], None]:
+    """``callback`` made callable from any thread: run at once on ``loop``'s own thread, else scheduled
+    there (`loop.call_soon_threadsafe` wakes the loop)."""
+    loop_thread = threading.get_ident()  # made on the loop's thread
+
+    def call() -> None:
+        if threading.get_ident() == loop_thread:
+            callback()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(callback)
+
+    return call
+
+
 class Outlet:
     """One request's tokens, gathered per token and handed over once per chunk; ``notify`` is called
-    when a chunk is due."""
+    (outside the outlet's lock, from the pushing thread) when a chunk is due."""
 
-    __slots__ = ("buffer", "chunk_s", "chunk_tokens", "done", "error", "last_sent", "notify", "sent_first")
+    __slots__ = ("_lock", "buffer", "chunk_s", "chunk_tokens", "done", "error", "last_sent", "notify",
+                 "sent_first")
 
     def __init__(self, chunk_tokens: int, chunk_s: float, notify: Callable[[], None]) -> None:
         self.chunk_tokens = chunk_tokens
@@ -37,30 +57,51 @@ class Outlet:
         self.error: BaseException | None = None
         self.sent_first = False
         self.last_sent = time.perf_counter()
+        self._lock = threading.Lock()
 
     def push(self, tokens: list[int], done: bool, error: BaseException | None) -> None:
         """The decode loop's sink: add tokens (and the end or an error)."""
-        self.buffer.extend(tokens)
-        self.done = self.done or done
-        self.error = self.error or error
-        if (self.done or not self.sent_first or len(self.buffer) >= self.chunk_tokens
-                or time.perf_counter() - self.last_sent >= self.chunk_s):
+        with self._lock:
+            self.buffer.extend(tokens)
+            self.done = self.done or done
+            self.error = self.error or error
+            due = (self.done or not self.sent_first or len(self.buffer) >= self.chunk_tokens
+                   or time.perf_counter() - self.last_sent >= self.chunk_s)
+        if due:
             self.notify()
+
+    def drain(self) -> tuple[list[int], bool, BaseException | None]:
+        """The tokens gathered since the last chunk, and whether (and how) the request has ended, read
+        together: a push between reading the end and taking the tokens cannot split them.
+
+        The first chunk is the first token alone, even when more have come meanwhile (the decode thread
+        does not wait for the reader): the rest is due at once, and ``notify`` says so."""
+        with self._lock:
+            first_only = not self.sent_first and len(self.buffer) > 1
+            if first_only:
+                chunk, self.buffer = self.buffer[:1], self.buffer[1:]
+            else:
+                chunk, self.buffer = self.buffer, []
+            self.sent_first = True
+            self.last_sent = time.perf_counter()
+            ended = (False, None) if first_only else (self.done, self.error)
+        if first_only:
+            self.notify()
+        return chunk, *ended
 
     def take(self) -> list[int]:
         """The tokens gathered since the last chunk."""
-        chunk, self.buffer = self.buffer, []
-        self.sent_first = True
-        self.last_sent = time.perf_counter()
-        return chunk
+        return self.drain()[0]
 
 
 class Channel:
-    """Chunks of many requests over one stream of batches (see the module doc)."""
+    """Chunks of many requests over one stream of batches (see the module doc). Made on the event loop
+    that reads it; its outlets may be pushed from any thread."""
 
     def __init__(self, chunk_tokens: int, chunk_s: float) -> None:
         self.chunk_tokens = chunk_tokens
         self.chunk_s = chunk_s
+        self._loop = asyncio.get_running_loop()
         self._outlets: dict[int, Outlet] = {}
         self._due: dict[int, None] = {}  # keys with a chunk due, in the order they fell due
         self._ready = asyncio.Event()
@@ -70,7 +111,7 @@ class Channel:
         """A new outlet for request ``key``; its chunks appear in this channel's batches."""
         if self._closed:
             raise RuntimeError("the channel is closed")
-        outlet = Outlet(self.chunk_tokens, self.chunk_s, lambda: self._mark(key))
+        outlet = Outlet(self.chunk_tokens, self.chunk_s, call_in_loop(self._loop, lambda: self._mark(key)))
         self._outlets[key] = outlet
         return outlet
 
@@ -100,14 +141,14 @@ class Channel:
             if self._closed:
                 return
             batch: list[ChunkItem] = []
-            for key in self._due:
+            due, self._due = self._due, {}  # a drain may mark its key due again (see `Outlet.drain`)
+            for key in due:
                 outlet = self._outlets.get(key)
                 if outlet is None:
                     continue
-                done, error = outlet.done, outlet.error
-                batch.append((key, outlet.take(), done, error))
+                tokens, done, error = outlet.drain()
+                batch.append((key, tokens, done, error))
                 if done:
                     del self._outlets[key]
-            self._due.clear()
             if batch:
                 yield batch

@@ -146,15 +146,19 @@ async def test_a_failed_request_raises_and_the_service_keeps_serving(model):
 
 
 @pytest.mark.anyio
-async def test_service_flushes_by_time(model):
+async def test_service_sends_a_zero_interval_answer_before_its_end(model):
     service = DecoderService(DecoderCore(model, capacity=2), chunk_tokens=1000, chunk_ms=0.0)
     stm = _stm(model, 3)
 
     async def load(handle):
         return stm
 
-    chunks = [c async for c in service.generate(GenerateRequest(_prompt(3, 5), STMHandle("m", 0, None), 6), load)]
-    assert [len(c) for c in chunks] == [1] * 6  # every step is past the (zero) interval
+    prompt = _prompt(3, 5)
+    chunks = [c async for c in service.generate(GenerateRequest(prompt, STMHandle("m", 0, None), 6), load)]
+    # how many tokens each later chunk holds depends on when the reader wakes (the steps run in their
+    # own thread); the time rule itself is tested in test_outlets. The first token goes out alone.
+    assert len(chunks[0]) == 1 and len(chunks) >= 2
+    assert [t for c in chunks for t in c] == _alone(model, prompt, stm, 6)
 
 
 @pytest.mark.anyio
@@ -163,7 +167,7 @@ async def test_a_warmed_version_needs_no_stm_load_and_steps_are_counted(model):
     stm = _stm(model, 4)
     prompt = _prompt(4, 6)
     handle = STMHandle("m", 3, None)
-    service.core.warm(handle, stm)  # what the decoder actor's prepare() does after a memory update
+    service.warm(handle, stm)  # what the decoder actor's prepare() does after a memory update
     assert service.core.has_memory(handle)
 
     async def load(handle):

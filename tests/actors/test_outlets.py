@@ -28,6 +28,42 @@ def test_outlet_sends_the_first_token_alone_then_by_count_and_at_the_end():
     assert len(due) == 3 and outlet.done and outlet.take() == [5]
 
 
+def test_outlet_with_a_zero_interval_makes_every_token_due():
+    due = []
+    outlet = Outlet(chunk_tokens=1000, chunk_s=0.0, notify=lambda: due.append(True))
+    for token in range(4):
+        outlet.push([token], False, None)
+        assert len(due) == token + 1 and outlet.take() == [token]
+
+
+def test_the_first_chunk_is_the_first_token_alone_when_more_came_before_it_left():
+    due = []
+    outlet = Outlet(chunk_tokens=1000, chunk_s=1e9, notify=lambda: due.append(True))
+    outlet.push([1], False, None)
+    outlet.push([2], False, None)
+    outlet.push([3], True, None)  # the reader had not woken yet
+    assert len(due) == 3  # every push is due until the first chunk has left
+    assert outlet.drain() == ([1], False, None)  # alone, and the end is not reported with it
+    assert len(due) == 4  # the rest is due again at once
+    assert outlet.drain() == ([2, 3], True, None)
+
+
+def test_outlets_take_every_token_pushed_from_another_thread_exactly_once():
+    import threading
+
+    outlet = Outlet(chunk_tokens=7, chunk_s=1e9, notify=lambda: None)
+    got: list[int] = []
+    pusher = threading.Thread(target=lambda: [outlet.push([i], i == 19_999, None) for i in range(20_000)])
+    pusher.start()
+    while True:
+        tokens, done, _ = outlet.drain()
+        got += tokens
+        if done:
+            break
+    pusher.join()
+    assert got == list(range(20_000))
+
+
 async def test_channel_batches_every_due_chunk_and_forgets_finished_requests():
     channel = Channel(chunk_tokens=2, chunk_s=1e9)
     a, b = channel.outlet(1), channel.outlet(2)
