@@ -28,11 +28,12 @@ import time
 
 import torch
 
+from benchmarks.timing import median_ci
 from reactor_rt.model import DecodeBatch, ReactiveTransformer, RxTConfig
 from reactor_rt.template import build_prompt
 from reactor_rt.tokenizer import ByteTokenizer
 
-__all__ = ["main", "measure", "paired", "pin_process", "report"]
+__all__ = ["main", "measure", "paired", "paired_ci", "pin_process", "report"]
 
 MODEL_ACTORS = ("decoder", "encoder", "memory")  # the actors doing the model's work in a turn
 
@@ -133,7 +134,9 @@ async def measure(quick: bool = False, tokens: int = 64) -> dict[str, object]:
 
     model = build_model()
     torch.set_num_threads(1)  # the decoder actor runs with 1 thread: compare like with like
-    turns = 20 if quick else 40  # the host's speed swings: more alternations, steadier medians
+    # the host's speed swings turn to turn (the same direct turn takes 100-200 ms): many alternations,
+    # and the overheads with a confidence interval of their median
+    turns = 60 if quick else 120
     direct_turns(model, 2, tokens)  # warm-up
     async with Reactor.start(model=model, store="memory://", max_new_tokens=tokens, decoder_capacity=64,
                              learning=False) as rx:
@@ -169,7 +172,7 @@ async def measure(quick: bool = False, tokens: int = 64) -> dict[str, object]:
         # speed-up over one stream as the median of each round's own ratio (measured seconds apart)
         levels = [1, 4, 16, 64]
         samples: dict[int, list[float]] = {n: [] for n in levels}
-        for rnd in range(4 if quick else 5):
+        for rnd in range(6 if quick else 8):
             for n in levels:
                 samples[n].append(await throughput(rx, n, 2 if quick else 3, tokens, f"tput{rnd}"))
         tps = {n: statistics.median(v) for n, v in samples.items()}
@@ -182,6 +185,8 @@ async def measure(quick: bool = False, tokens: int = 64) -> dict[str, object]:
         "direct_answer_ms": med(d_answer), "reactor_answer_ms": med(r_answer),
         "answer_overhead": paired(r_answer, d_answer, ratio=True),
         "overhead": paired(r_turn, d_turn, ratio=True), "extra_ttft_ms": paired(r_ttft, d_ttft, ratio=False),
+        "overhead_ci": paired_ci(r_turn, d_turn, ratio=True), "answer_overhead_ci": paired_ci(r_answer, d_answer, ratio=True),
+        "extra_ttft_ci": paired_ci(r_ttft, d_ttft, ratio=False),
         "tokens_per_s": tps, "speedup": speedup,
     }
 
@@ -210,23 +215,34 @@ async def _actor_pids(names: tuple[str, ...]) -> list[int]:
 
 def paired(reactor: list[float], direct: list[float], ratio: bool) -> float:
     """Median over neighbouring turns of reactor / direct (or reactor - direct)."""
-    return statistics.median(r / d if ratio else r - d for r, d in zip(reactor, direct, strict=True))
+    return statistics.median(_pairs(reactor, direct, ratio))
+
+
+def paired_ci(reactor: list[float], direct: list[float], ratio: bool) -> tuple[float, float]:
+    """95 % confidence interval of `paired` (see `timing.median_ci`)."""
+    return median_ci(_pairs(reactor, direct, ratio))
+
+
+def _pairs(reactor: list[float], direct: list[float], ratio: bool) -> list[float]:
+    return [r / d if ratio else r - d for r, d in zip(reactor, direct, strict=True)]
 
 
 def report(r: dict[str, object]) -> str:
     """The figures as a printable table, with the goals of issue 4."""
     tps: dict[int, float] = r["tokens_per_s"]  # type: ignore[assignment]
     speedup: dict[int, float] = r["speedup"]  # type: ignore[assignment]
+    ci: dict[str, tuple[float, float]] = {k: r[k] for k in ("overhead_ci", "answer_overhead_ci", "extra_ttft_ci")}  # type: ignore[misc]
     lines = [
         f"runtime_overhead: tiny preset (untrained, EOS disabled), {r['tokens']}-token answers, "
-        f"{r['turns']} turns per path, medians (overheads: of neighbouring turns); cpus={os.cpu_count()}",
-        f"{'':32s} {'direct':>10s} {'Reactor':>10s} {'ratio / extra':>14s}",
+        f"{r['turns']} turns per path, medians (overheads: of neighbouring turns, with the 95 % confidence "
+        f"interval of that median); cpus={os.cpu_count()}",
+        f"{'':32s} {'direct':>10s} {'Reactor':>10s} {'ratio / extra':>14s}  {'95 % CI':>15s}",
         f"{'per turn (answer + update), ms':32s} {r['direct_turn_ms']:10.2f} {r['reactor_turn_ms']:10.2f} "
-        f"{r['overhead']:13.3f}x",
+        f"{r['overhead']:13.3f}x  {ci['overhead_ci'][0]:6.3f}-{ci['overhead_ci'][1]:.3f}x",
         f"{'answer (query -> done), ms':32s} {r['direct_answer_ms']:10.2f} {r['reactor_answer_ms']:10.2f} "
-        f"{r['answer_overhead']:13.3f}x",
+        f"{r['answer_overhead']:13.3f}x  {ci['answer_overhead_ci'][0]:6.3f}-{ci['answer_overhead_ci'][1]:.3f}x",
         f"{'time to first token, ms':32s} {r['direct_ttft_ms']:10.2f} {r['reactor_ttft_ms']:10.2f} "
-        f"{r['extra_ttft_ms']:+13.2f}ms",
+        f"{r['extra_ttft_ms']:+13.2f}ms {ci['extra_ttft_ci'][0]:+6.2f}..{ci['extra_ttft_ci'][1]:+.2f}ms",
         f"  goal per-turn overhead <= 15 % / <= 10 %: {'met' if r['overhead'] <= 1.15 else 'NOT met'} / "  # type: ignore[operator]
         f"{'met' if r['overhead'] <= 1.10 else 'NOT met'} ({100 * (r['overhead'] - 1):+.1f} %)",  # type: ignore[operator]
         f"  goal extra TTFT <= 5 ms: {'met' if r['extra_ttft_ms'] <= 5 else 'NOT met'}",  # type: ignore[operator]

@@ -8,12 +8,13 @@ so ratios are compared on the CPU column.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-__all__ = ["Clock", "Timing", "interleaved", "median_timing", "time_calls"]
+__all__ = ["Clock", "Timing", "interleaved", "median_ci", "median_timing", "time_calls"]
 
 
 class Timing(NamedTuple):
@@ -62,3 +63,20 @@ def interleaved(runs: dict[str, Callable[[], Timing]], repeats: int, warmup: int
         for name, run in runs.items():
             samples[name].append(run())
     return samples
+
+
+def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """A distribution-free confidence interval of the median: the order statistics ``x(j) .. x(n+1-j)``
+    that hold the true median with probability >= ``level`` (the count of samples under the median is
+    binomial(n, 1/2)). With too few samples for ``level`` it is the whole range."""
+    xs = sorted(values)
+    n = len(xs)
+    if n == 0:
+        raise ValueError("no samples")
+    tail = (1 - level) / 2
+    j, below = 0, 0.0  # below: P(Binomial(n, 1/2) <= j - 1)
+    while j < n // 2 and below + math.comb(n, j) / 2**n <= tail:
+        below += math.comb(n, j) / 2**n
+        j += 1
+    j = max(j, 1)
+    return xs[j - 1], xs[n - j]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,9 +86,10 @@ def test_runtime_overhead_report_states_both_issues_goals():
     r = {"tokens": 64, "turns": 6, "direct_turn_ms": 100.0, "reactor_turn_ms": 112.0, "direct_ttft_ms": 3.0,
          "reactor_ttft_ms": 7.0, "direct_answer_ms": 95.0, "reactor_answer_ms": 99.0, "answer_overhead": 99 / 95,
          "overhead": 1.12, "extra_ttft_ms": 4.0, "tokens_per_s": {1: 100.0, 4: 300.0, 16: 500.0, 64: 700.0},
-         "speedup": {1: 1.0, 4: 3.0, 16: 5.0, 64: 7.0}}
+         "speedup": {1: 1.0, 4: 3.0, 16: 5.0, 64: 7.0}, "overhead_ci": (1.08, 1.16),
+         "answer_overhead_ci": (1.01, 1.07), "extra_ttft_ci": (3.5, 4.5)}
     text = report(r)
-    assert "<= 15 % / <= 10 %: met / NOT met (+12.0 %)" in text
+    assert "<= 15 % / <= 10 %: met / NOT met (+12.0 %)" in text and "1.080-1.160x" in text
     assert "extra TTFT <= 5 ms: met" in text
     assert "16 streams >= 4x / >= 6x one stream: met / NOT met" in text and "64" in text
 
@@ -101,3 +103,15 @@ def test_overheads_compare_neighbouring_turns():
     reactor = [110.0, 110.0, 220.0, 220.0, 220.0]
     assert abs(paired(reactor, direct, ratio=True) - 1.1) < 1e-9
     assert paired([12.0, 13.0, 11.0], [10.0, 10.0, 10.0], ratio=False) == 2.0
+
+
+def test_the_median_confidence_interval_is_the_binomial_order_statistics():
+    from benchmarks.timing import median_ci
+
+    assert median_ci([float(i) for i in range(1, 101)]) == (40.0, 61.0)  # the textbook ranks for n = 100
+    assert median_ci([float(i) for i in range(1, 61)]) == (22.0, 39.0)
+    assert median_ci([3.0, 1.0, 2.0]) == (1.0, 3.0)  # too few samples for 95 %: the whole range
+    low, high = median_ci([5.0] * 7 + [1.0, 9.0])
+    assert low == high == 5.0
+    with pytest.raises(ValueError):
+        median_ci([])
