@@ -42,6 +42,7 @@ class _Pending:
     request: GenerateRequest
     stm: torch.Tensor | None
     sink: TokenSink
+    memory_kv: Any = None  # taken from the cache at submit time, when no STM came with the request
 
 
 class DecoderCore:
@@ -92,11 +93,15 @@ class DecoderCore:
         return bool(self._pending or self._rows)
 
     def submit(self, request: GenerateRequest, stm: torch.Tensor | None, sink: TokenSink) -> int:
-        """Queue a request; it joins the batch at the next step. ``stm`` may be None when cached."""
-        if stm is None and not self.has_memory(request.handle):
-            raise ValueError("the STM tensor is needed: its memory keys/values are not cached")
+        """Queue a request; it joins the batch at the next step. ``stm`` may be None when cached: the
+        cached keys/values are taken now, so an eviction before the request is admitted cannot lose them."""
+        memory_kv = None
+        if stm is None:
+            memory_kv = self._cached_memory_kv(request.handle)
+            if memory_kv is None:
+                raise ValueError("the STM tensor is needed: its memory keys/values are not cached")
         request_id = next(self._ids)
-        self._pending.append(_Pending(request_id, request, stm, sink))
+        self._pending.append(_Pending(request_id, request, stm, sink, memory_kv))
         return request_id
 
     def cancel(self, request_id: int) -> None:
@@ -143,7 +148,7 @@ class DecoderCore:
             pending = self._pending.popleft()
             req = pending.request
             try:
-                memory_kv = self._memory_kv(req.handle, pending.stm)
+                memory_kv = pending.memory_kv if pending.stm is None else self._memory_kv(req.handle, pending.stm)
                 generator = None if req.seed is None else torch.Generator().manual_seed(req.seed)
                 sampler = Sampler(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p)
             except Exception as exc:
@@ -180,15 +185,19 @@ class DecoderCore:
                 continue
             self._rows[slot] = pending
 
-    def _memory_kv(self, handle: STMHandle, stm: torch.Tensor | None) -> Any:
-        key = handle.cache_key
+    def _cached_memory_kv(self, handle: STMHandle) -> Any:
+        """The cached keys/values of this version (now the most recently used), or None."""
         with self._cache_lock:
-            kv = self._memory_cache.get(key)
+            kv = self._memory_cache.get(handle.cache_key)
             if kv is not None:
-                self._memory_cache.move_to_end(key)
-                return kv
-        if stm is None:
-            raise ValueError("the STM tensor is needed: its memory keys/values are no longer cached")
+                self._memory_cache.move_to_end(handle.cache_key)
+            return kv
+
+    def _memory_kv(self, handle: STMHandle, stm: torch.Tensor) -> Any:
+        kv = self._cached_memory_kv(handle)
+        if kv is not None:
+            return kv
+        key = handle.cache_key
         with torch.inference_mode():
             kv = self.model.memory_kv(stm.unsqueeze(0))  # (1, L, S, D) -> one row
         with self._cache_lock:

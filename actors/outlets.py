@@ -17,6 +17,7 @@ one batch their chunks fall due at the same step, so one message carries them al
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -35,8 +36,9 @@ def call_in_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) 
     def call() -> None:
         if threading.get_ident() == loop_thread:
             callback()
-        elif not loop.is_closed():
-            loop.call_soon_threadsafe(callback)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed (shutting down): nobody to tell
+                loop.call_soon_threadsafe(callback)
 
     return call
 

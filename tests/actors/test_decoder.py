@@ -107,6 +107,30 @@ def test_memory_keys_values_are_cached_per_version(model):
         core.submit(GenerateRequest([5], handles[0], max_new_tokens=1), None, lambda t, d, e: None)
 
 
+def test_a_request_keeps_the_cached_memory_it_was_accepted_with(model):
+    # the decoder actor accepts a request without its STM when the version is cached; a warm of another
+    # version (on another thread, see DecoderService) may evict that entry before the next step admits it
+    core = DecoderCore(model, capacity=1, memory_cache_size=1)
+    stms = [_stm(model, 20), _stm(model, 21)]
+    handles = [STMHandle("a", 1, None), STMHandle("b", 1, None)]
+    core.warm(handles[0], stms[0])
+    got: list[int] = []
+    errors: list[BaseException] = []
+
+    def sink(tokens, finished, error):
+        got.extend(tokens)
+        if error is not None:
+            errors.append(error)
+
+    prompt = _prompt(20, 6)
+    core.submit(GenerateRequest(prompt, handles[0], max_new_tokens=6), None, sink)
+    core.warm(handles[1], stms[1])  # evicts "a": the cache holds one version
+    assert not core.has_memory(handles[0])
+    while core.busy:
+        core.step()
+    assert not errors and got == _alone(model, prompt, stms[0], 6)
+
+
 def test_cancel_frees_the_row(model):
     core = DecoderCore(model, capacity=1)
     rid = core.submit(GenerateRequest([5, 6], STMHandle("m", 0, None), max_new_tokens=50), _stm(model, 0),
