@@ -295,7 +295,7 @@ class DecoderService:
         """`DecoderCore.set_weights` once the step thread is idle (raises while requests are in flight)."""
         if self.core.busy:
             raise RuntimeError("weights can only change between interactions; requests are in flight")
-        if self._runner is not None:
+        if self._runner is not None and not self._runner.done():
             await asyncio.shield(self._runner)  # the last steps' bookkeeping, or a queued cancel
         self.core.set_weights(state)
 
@@ -320,11 +320,12 @@ class DecoderService:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._thread is None:
-            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reactor-decode",
-                                              initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),))
         # re-checked here, on the loop: work handed over after the thread's last look starts another run
         while self.core.busy or self._between_steps:
+            if self._thread is None:  # first use, or after close()
+                self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reactor-decode",
+                                                  initializer=torch.set_num_threads,
+                                                  initargs=(torch.get_num_threads(),))
             await loop.run_in_executor(self._thread, self._steps)
 
     def _steps(self) -> None:

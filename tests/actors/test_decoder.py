@@ -201,3 +201,27 @@ async def test_a_warmed_version_needs_no_stm_load_and_steps_are_counted(model):
     assert tokens == _alone(model, prompt, stm, 8)
     stats = service.stats()
     assert stats["steps"] == len(tokens) and stats["step_cpu_ms"] > 0 and stats["step_wall_ms"] > 0
+
+
+@pytest.mark.anyio
+async def test_service_weights_change_only_when_idle_and_a_closed_service_starts_a_new_step_thread(model):
+    service = DecoderService(DecoderCore(model, capacity=2))
+    stm = _stm(model, 5)
+    prompt = _prompt(5, 6)
+
+    async def load(handle):
+        return stm
+
+    first = [t async for c in service.generate(GenerateRequest(prompt, STMHandle("m", 0, None), 6), load) for t in c]
+    service.close()  # the step thread ends; the next request starts another
+    again = [t async for c in service.generate(GenerateRequest(prompt, STMHandle("m", 0, None), 6), load) for t in c]
+    assert first == again == _alone(model, prompt, stm, 6)
+    request_id = service.core.submit(GenerateRequest(prompt, STMHandle("m", 0, None), 50), stm,
+                                     lambda t, d, e: None)
+    with pytest.raises(RuntimeError, match="in flight"):
+        await service.set_weights({})
+    service.core.cancel(request_id)
+    service.warm(STMHandle("m", 1, None), stm)
+    await service.set_weights({})  # idle: weights may change, and the cached memory keys/values go
+    assert not service.core.has_memory(STMHandle("m", 1, None))
+    service.close()
