@@ -230,7 +230,7 @@ class DecoderService:
         self.chunk_s = chunk_ms / 1000
         self._runner: asyncio.Task[None] | None = None
         self._thread: ThreadPoolExecutor | None = None
-        self._between_steps: deque[Callable[[], None]] = deque()  # run by the step thread
+        self._cancelled: deque[int] = deque()  # request ids, dropped by the step thread between steps
         self._stats = {"steps": 0.0, "step_wall_ms": 0.0, "step_cpu_ms": 0.0}
         self._requests: dict[tuple[int, int], int] = {}  # (channel, key) -> core request id
 
@@ -287,16 +287,12 @@ class DecoderService:
         if request_id is not None:
             self._cancel(request_id)
 
-    def warm(self, handle: STMHandle, stm: torch.Tensor) -> None:
-        """`DecoderCore.warm` now, on the caller's thread (the cache is shared with the step thread)."""
-        self.core.warm(handle, stm)
-
     async def set_weights(self, state: dict[str, torch.Tensor]) -> None:
         """`DecoderCore.set_weights` once the step thread is idle (raises while requests are in flight)."""
         if self.core.busy:
             raise RuntimeError("weights can only change between interactions; requests are in flight")
         if self._runner is not None and not self._runner.done():
-            await asyncio.shield(self._runner)  # the last steps' bookkeeping, or a queued cancel
+            await asyncio.shield(self._runner)  # the last steps' bookkeeping, or a cancel handed over
         self.core.set_weights(state)
 
     def close(self) -> None:
@@ -310,7 +306,7 @@ class DecoderService:
         return dict(self._stats)
 
     def _cancel(self, request_id: int) -> None:
-        self._between_steps.append(lambda: self.core.cancel(request_id))
+        self._cancelled.append(request_id)
         with contextlib.suppress(RuntimeError):  # no running loop (closed at shutdown): runs with the next steps
             self._ensure_running()
 
@@ -321,7 +317,7 @@ class DecoderService:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         # re-checked here, on the loop: work handed over after the thread's last look starts another run
-        while self.core.busy or self._between_steps:
+        while self.core.busy or self._cancelled:
             if self._thread is None:  # first use, or after close()
                 self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reactor-decode",
                                                   initializer=torch.set_num_threads,
@@ -329,14 +325,14 @@ class DecoderService:
             await loop.run_in_executor(self._thread, self._steps)
 
     def _steps(self) -> None:
-        """On the step thread: steps until nothing is left, with what was handed over run in between."""
+        """On the step thread: steps until nothing is left, with the cancels handed over run in between."""
         stats = self._stats
         while True:
-            while self._between_steps:
+            while self._cancelled:
                 try:
-                    self._between_steps.popleft()()
+                    self.core.cancel(self._cancelled.popleft())
                 except Exception:
-                    log.exception("decoder.between_steps_failed")
+                    log.exception("decoder.cancel_failed")
             if not self.core.busy:
                 return
             wall, cpu = time.perf_counter(), time.thread_time()
@@ -430,7 +426,7 @@ class DecoderActorImpl(LinkHost):
             if handle is None:
                 continue
             try:
-                self.service.warm(handle, stm)
+                self.service.core.warm(handle, stm)  # on this thread: the cache has a lock
             except Exception:  # only a lost head start: submit() loads the STM itself
                 log.exception("decoder.prepare_failed", memory=handle.memory_id[:256], version=handle.version)
 

@@ -6,7 +6,7 @@ first token alone (time to first token), then when ``chunk_tokens`` have gathere
 passed, and at the end. A token costs a list append, not an asyncio wake-up.
 
 The decode loop runs in its own thread (see `actors.decoder.DecoderService`) and its consumers on the
-event loop, so an outlet is thread-safe: pushes and takes hold its lock, and ``notify`` may be called
+event loop, so an outlet is thread-safe: pushes and drains hold its lock, and ``notify`` may be called
 from any thread (`Channel` and the service hand the loop a thread-safe wake-up).
 
 A `Channel` is what the conductor reads: one long-lived stream of batches, each holding every chunk
@@ -90,10 +90,6 @@ class Outlet:
         if first_only:
             self.notify()
         return chunk, *ended
-
-    def take(self) -> list[int]:
-        """The tokens gathered since the last chunk."""
-        return self.drain()[0]
 
 
 class Channel:

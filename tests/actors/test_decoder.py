@@ -191,7 +191,7 @@ async def test_a_warmed_version_needs_no_stm_load_and_steps_are_counted(model):
     stm = _stm(model, 4)
     prompt = _prompt(4, 6)
     handle = STMHandle("m", 3, None)
-    service.warm(handle, stm)  # what the decoder actor's prepare() does after a memory update
+    service.core.warm(handle, stm)  # what the decoder actor's prepare() does after a memory update
     assert service.core.has_memory(handle)
 
     async def load(handle):
@@ -221,7 +221,7 @@ async def test_service_weights_change_only_when_idle_and_a_closed_service_starts
     with pytest.raises(RuntimeError, match="in flight"):
         await service.set_weights({})
     service.core.cancel(request_id)
-    service.warm(STMHandle("m", 1, None), stm)
+    service.core.warm(STMHandle("m", 1, None), stm)
     await service.set_weights({})  # idle: weights may change, and the cached memory keys/values go
     assert not service.core.has_memory(STMHandle("m", 1, None))
     service.close()

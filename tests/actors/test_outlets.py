@@ -18,14 +18,14 @@ def test_outlet_sends_the_first_token_alone_then_by_count_and_at_the_end():
     due = []
     outlet = Outlet(chunk_tokens=3, chunk_s=1e9, notify=lambda: due.append(True))
     outlet.push([1], False, None)
-    assert len(due) == 1 and outlet.take() == [1]
+    assert len(due) == 1 and outlet.drain()[0] == [1]
     outlet.push([2], False, None)
     outlet.push([3], False, None)
     assert len(due) == 1  # two tokens: not yet
     outlet.push([4], False, None)
-    assert len(due) == 2 and outlet.take() == [2, 3, 4]
+    assert len(due) == 2 and outlet.drain()[0] == [2, 3, 4]
     outlet.push([5], True, None)
-    assert len(due) == 3 and outlet.done and outlet.take() == [5]
+    assert len(due) == 3 and outlet.done and outlet.drain()[0] == [5]
 
 
 def test_outlet_with_a_zero_interval_makes_every_token_due():
@@ -33,7 +33,7 @@ def test_outlet_with_a_zero_interval_makes_every_token_due():
     outlet = Outlet(chunk_tokens=1000, chunk_s=0.0, notify=lambda: due.append(True))
     for token in range(4):
         outlet.push([token], False, None)
-        assert len(due) == token + 1 and outlet.take() == [token]
+        assert len(due) == token + 1 and outlet.drain()[0] == [token]
 
 
 def test_the_first_chunk_is_the_first_token_alone_when_more_came_before_it_left():
