@@ -1,8 +1,8 @@
 """Events speed: codec round trip (µs/event) and events/s through InProcessBus and the Ray bus with one
 publisher and 4 subscribers (batched publish).
 
-    python benchmarks/events_speed.py            # full run
-    python benchmarks/events_speed.py --quick    # a few seconds, smaller counts
+    python -m benchmarks.events_speed            # full run
+    python -m benchmarks.events_speed --quick    # a few seconds, smaller counts
 
 Goals (issue 3): codec round trip <= 20 µs/event; InProcessBus >= 100k events/s; Ray bus >= 20k events/s.
 Each figure is the best of `--repeats` runs (the machine is shared; the best run is the least disturbed).

@@ -1,7 +1,7 @@
 """Model speed on this CPU: decode ms/token (with/without the memory K/V pre-cache and the self-attention
 KV cache), memory-update ms, per-turn time over a long conversation, MoE dense vs sparse paths.
 
-    .venv/bin/python benchmarks/model_speed.py [--quick] [--preset tiny] [--threads 1]
+    .venv/bin/python -m benchmarks.model_speed [--quick] [--preset tiny] [--threads 1]
 
 Every figure is a median over repeats after a warm-up, given twice: wall-clock ms and the CPU ms of the
 benchmark thread. With one torch thread every op runs on that thread, so CPU ms is what a step costs

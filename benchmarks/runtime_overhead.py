@@ -1,7 +1,7 @@
 """Runtime overhead: the same model and prompts through `Reactor` (Ray actors, event bus) vs direct
 in-process model calls, side by side in one run; then aggregate tokens/s for concurrent streams.
 
-    .venv/bin/python benchmarks/runtime_overhead.py [--quick]
+    .venv/bin/python -m benchmarks.runtime_overhead [--quick]
 
 Per turn = query -> full answer -> memory update written (what one interaction costs); time to first
 token = query sent -> first answer token in hand. The model is the untrained `tiny` preset with [EOS]

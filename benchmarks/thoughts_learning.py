@@ -1,7 +1,7 @@
 """Thought loops and live learning through the runtime: thought steps/s with 1 and 8 thinking streams,
 and the serving pause a weight swap causes.
 
-    .venv/bin/python benchmarks/thoughts_learning.py [--quick]
+    .venv/bin/python -m benchmarks.thoughts_learning [--quick]
 
 Thought steps are full interactions (answer + memory update) on the bundled `tiny` model. The swap
 pause is measured from the conductor's side (`WeightsGate.last_pause_ms`: from the moment new
