@@ -439,15 +439,30 @@ def _check_sampling(overrides: dict[str, Any]) -> None:
     Sampler(**{k: v for k, v in overrides.items() if k != "max_new_tokens"})  # ConfigError when invalid
 
 
+def _local_ray_on_loopback() -> None:
+    """Make the local Ray instance listen on 127.0.0.1 only (unless the environment says otherwise).
+
+    Ray takes the machine's external address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` is "0", and
+    reads that variable once, when it is first imported: setting it here reaches the processes
+    `ray.init` starts, but not this process, which has imported Ray already (we do, and so may the
+    caller). Its copy of the flag is set too, or the instance would listen on every interface.
+    """
+    from ray._private import ray_constants
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # what Ray would have read at import time (its own rule: "1" or "true" enables external addresses)
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"].lower() in ("1", "true")
+
+
 def _ensure_ray(address: str | None) -> bool:
     """Start or join Ray; True when this call initialised Ray in this process."""
     import ray
 
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind to 127.0.0.1 only
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address is None:
+        _local_ray_on_loopback()
         # STMs and encoded interactions are 10-200 KiB: passed inline with the call that needs them
         # rather than through the shared-memory object store (Ray's cut-off is 100 KiB), which saved
         # a few ms per memory update here

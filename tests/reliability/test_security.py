@@ -4,7 +4,10 @@ is off by default."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,6 +93,7 @@ async def test_a_query_over_the_token_limit_is_refused(local_runtime, run_query,
 
 def test_ray_is_started_on_loopback_without_dashboard(monkeypatch):
     import ray
+    from ray._private import ray_constants
 
     from reactor_rt import runtime
 
@@ -97,8 +101,46 @@ def test_ray_is_started_on_loopback_without_dashboard(monkeypatch):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(kwargs))
     monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
+    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", True)  # as Ray read it when imported first
     assert runtime._ensure_ray(None) is True
     assert seen["include_dashboard"] is False
-    import os
+    assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"  # for the processes ray.init starts
+    assert ray_constants.ENABLE_RAY_CLUSTER is False  # and for this one, which imported Ray before
+    assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0"
 
-    assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"  # binds to 127.0.0.1
+
+def test_joining_a_cluster_leaves_its_addresses_alone(monkeypatch):
+    import ray
+    from ray._private import ray_constants
+
+    from reactor_rt import runtime
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: None)
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    runtime._ensure_ray("10.0.0.5:6379")
+    assert ray_constants.ENABLE_RAY_CLUSTER is True  # other nodes must reach this driver
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
+
+
+_PROBE = """
+import ray  # first, as a caller may: Ray reads its address setting now, before reactor_rt runs
+from ray._common.usage.usage_lib import usage_stats_enabled
+from reactor_rt.runtime import _ensure_ray
+_ensure_ray(None)
+print(ray.util.get_node_ip_address(), usage_stats_enabled())
+ray.shutdown()
+"""
+
+
+@pytest.mark.ray
+def test_a_local_instance_listens_on_loopback_even_when_ray_was_imported_first():
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED",
+                                                             "RAY_ADDRESS")}
+    done = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    node_ip, usage_stats = done.stdout.split()[-2:]
+    assert node_ip == "127.0.0.1"  # what its raylet, object store and workers listen on
+    assert usage_stats == "False"
