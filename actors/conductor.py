@@ -670,6 +670,7 @@ class ConductorActorImpl(BusHost):
         from reactor_rt.actors.engine import RayEngine
 
         self.bus_core = EventBusCore(log_path, **bus_options)
+        self.bus_core.prune_log()  # a log kept under new bounds shrinks now, not 1000 events later
         self.bus = CoreBus(self.bus_core)
         self.link = bus_link_server(self.bus_core)  # clients on this node reach the bus over it
         engine = RayEngine(actors, local_link=config.local_link if config is not None else True)

@@ -52,12 +52,14 @@ def _refuse_if_running(namespace: str) -> None:
 async def launch_actors(model: ReactiveTransformer, *, store: str, namespace: str, event_log: str | None,
                         decoder_capacity: int, decoder_threads: int, max_queue: int,
                         max_new_tokens: int, learning: dict[str, Any] | None = None,
-                        weights_dir: str | None = None, local_link: bool = True) -> tuple[Any, dict[str, Any]]:
+                        weights_dir: str | None = None, local_link: bool = True,
+                        log_max_age: float | None = None, log_max_rows: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Start bus, decoder, encoder, memory updater, STM store, learner (unless ``learning`` is None)
     and conductor; returns ``(bus, actors)``. The learner keeps its own copy of the model and loads
     what it learned before from ``weights_dir``; the serving actors get those weights before the
     first query. ``local_link``: clients and actors on one node talk over Unix sockets for the hot
-    path (see ``events.local_link``); False keeps every message on Ray."""
+    path (see ``events.local_link``); False keeps every message on Ray. ``log_max_age`` (seconds) and
+    ``log_max_rows`` bound the durable event log (see `EventLog`); None keeps everything."""
     _refuse_if_running(namespace)
     model_ref = ray.put(model)
     # Ray re-runs a crashed actor's constructor with the same arguments: objects passed by reference
@@ -82,7 +84,8 @@ async def launch_actors(model: ReactiveTransformer, *, store: str, namespace: st
         # the conductor hosts the event bus (and its durable log): RayBus talks to it
         actors["conductor"] = ConductorActor.options(**_options("conductor", namespace)).remote(
             model_actors, model.tokenizer, model.config,
-            ConductorConfig(max_queue=max_queue, max_new_tokens=max_new_tokens, local_link=local_link), event_log)
+            ConductorConfig(max_queue=max_queue, max_new_tokens=max_new_tokens, local_link=local_link), event_log,
+            max_age=log_max_age, max_rows=log_max_rows)
         bus = RayBus(actors["conductor"], local_link=local_link)
         await asyncio.gather(*(actor.ping.remote() for name, actor in actors.items() if name != MODEL_REF))
         await actors["conductor"].sync_weights.remote()  # what was learned before a restart

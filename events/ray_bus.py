@@ -86,6 +86,14 @@ class EventBusCore:
         )
         self._subs: dict[str, HubSubscriber[bytes]] = {}
 
+    def prune_log(self) -> int:
+        """Apply the log's retention bounds now (they also apply every `EventLog.prune_every` appended
+        rows); returns the number of events removed (0 without a log or bounds)."""
+        event_log = self.hub.log
+        if event_log is None or (event_log.max_age is None and event_log.max_rows is None):
+            return 0
+        return event_log.prune()
+
     async def publish_many(self, records: Sequence[tuple[str, str, bytes]]) -> list[int]:
         """Publish `(subject, type, frame)` records; returns the seq assigned to each."""
         return [frame_seq(f) for f in await self.hub.publish(records)]

@@ -311,7 +311,8 @@ class Reactor:
               decoder_capacity: int = 16, decoder_threads: int = 1, max_queue: int = 64,
               max_new_tokens: int = 64, event_log: str | None = None,
               learning: dict[str, Any] | bool = True, weights_dir: str | None = None,
-              local_link: bool = True) -> _Starting:
+              local_link: bool = True, log_max_age: float | None = None,
+              log_max_rows: int | None = None) -> _Starting:
         """Start the runtime: ``async with Reactor.start(model="tiny") as rx: ...``.
 
         Runs ``ray.init()`` locally (loopback only, no dashboard) unless Ray is already initialised in
@@ -324,17 +325,22 @@ class Reactor:
         learned weights persist in ``weights_dir`` (default: ``path.weights/`` beside a SQLite store).
         ``local_link``: this client and the actors talk over Unix sockets where they share a node
         (queries, events, the decoder's chunks: ~0.05 ms a message against ~1.5 ms for a Ray call);
-        False keeps every message on Ray.
+        False keeps every message on Ray. ``log_max_age`` (seconds) and ``log_max_rows`` bound the
+        durable event log, oldest events first (applied at start and every 1000 logged events; the
+        default keeps everything, and recovery reads the whole log at every start).
         """
+        _check_retention(log_max_age, log_max_rows)
         return _Starting(model=model, store=store or default_store(), address=address, namespace=namespace,
                          decoder_capacity=decoder_capacity, decoder_threads=decoder_threads, max_queue=max_queue,
                          max_new_tokens=max_new_tokens, event_log=event_log, learning=learning,
-                         weights_dir=weights_dir, local_link=local_link)
+                         weights_dir=weights_dir, local_link=local_link, log_max_age=log_max_age,
+                         log_max_rows=log_max_rows)
 
     @classmethod
     async def _launch(cls, *, model: Any, store: str, address: str | None, namespace: str, decoder_capacity: int,
                       decoder_threads: int, max_queue: int, max_new_tokens: int, event_log: str | None,
-                      learning: dict[str, Any] | bool, weights_dir: str | None, local_link: bool) -> Reactor:
+                      learning: dict[str, Any] | bool, weights_dir: str | None, local_link: bool,
+                      log_max_age: float | None, log_max_rows: int | None) -> Reactor:
         from reactor_rt.actors.launch import launch_actors
         from reactor_rt.store import open_store
 
@@ -348,6 +354,7 @@ class Reactor:
                 max_new_tokens=max_new_tokens,
                 learning=None if learning is False else ({} if learning is True else dict(learning)),
                 weights_dir=weights_dir or weights_path(store), local_link=local_link,
+                log_max_age=log_max_age, log_max_rows=log_max_rows,
             )
         except BaseException:
             if started_ray:
@@ -437,6 +444,14 @@ def _check_sampling(overrides: dict[str, Any]) -> None:
     if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
         raise ConfigError(f"max_new_tokens must be a positive int, not {budget!r}")
     Sampler(**{k: v for k, v in overrides.items() if k != "max_new_tokens"})  # ConfigError when invalid
+
+
+def _check_retention(max_age: float | None, max_rows: int | None) -> None:
+    """Refuse event-log bounds that are not positive numbers (a ``ConfigError`` before anything starts)."""
+    if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, int | float) or not max_age > 0):
+        raise ConfigError(f"log_max_age must be a positive number of seconds or None, not {max_age!r}")
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
+        raise ConfigError(f"log_max_rows must be a positive int or None, not {max_rows!r}")
 
 
 def _local_ray_on_loopback() -> None:

@@ -168,6 +168,36 @@ async def test_stm_and_learned_weights_persist_across_a_restart(ray_local, model
         assert next(e for e in events if e.type == "rx.response.done").data.weights_version == 1
 
 
+async def test_a_bounded_event_log_is_trimmed_when_the_runtime_starts(ray_local, model, tmp_path):
+    from reactor_rt.events.log import EventLog
+    from reactor_rt.runtime import event_log_path
+
+    store = f"sqlite:///{tmp_path}/trim.db"
+    async with Reactor.start(model=model, store=store, max_new_tokens=4, namespace="trim-test", learning=False) as rx:
+        stream = await rx.stream("t")
+        for text in ("one", "two", "three"):
+            await stream.reply(text)
+        await stream.memory()  # the last update logged too (else the restart finishes it: one more event)
+    with EventLog(event_log_path(store)) as event_log:
+        logged = event_log.count()
+    assert logged > 3  # queries, answers and memory updates of three turns
+    async with Reactor.start(model=model, store=store, max_new_tokens=4, namespace="trim-test", learning=False,
+                             log_max_rows=3) as rx:
+        pass
+    with EventLog(event_log_path(store)) as event_log:
+        assert [e.type for e in event_log.read_types(None)] == ["rx.response.done", "rx.memory.updating",
+                                                               "rx.memory.updated"]  # the newest three
+
+
+@pytest.mark.parametrize("bounds", [{"log_max_rows": 0}, {"log_max_rows": 2.5}, {"log_max_age": -1},
+                                    {"log_max_age": float("nan")}, {"log_max_rows": True}])
+def test_bad_event_log_bounds_are_refused_before_anything_starts(bounds):
+    from reactor_rt.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        Reactor.start(model="tiny", **bounds)
+
+
 async def test_a_thought_loop_runs_its_budget(rx):
     stream = await rx.stream("thinker")
     loop = await stream.think("Let me think about memory.", 3)

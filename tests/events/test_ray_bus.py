@@ -41,6 +41,22 @@ async def test_core_without_ray_batches_replay_and_live_frames():
     await core.close()
 
 
+async def test_prune_log_applies_the_retention_bounds_now():
+    from reactor_rt.events.ray_bus import EventBusCore
+
+    bounded = EventBusCore(":memory:", max_rows=3)
+    await bounded.publish_many([record("rx.query") for _ in range(6)])  # fewer than prune_every: all kept
+    assert bounded.hub.log.count() == 6
+    assert bounded.prune_log() == 3 and bounded.hub.log.count() == 3
+    assert [decode(f).seq for f in bounded.replay("a", after=0)] == [4, 5, 6]  # the oldest went first
+    assert await bounded.publish_many([record("rx.query")]) == [7]  # numbering goes on
+    unbounded, without_log = EventBusCore(":memory:"), EventBusCore(None)
+    await unbounded.publish_many([record("rx.query") for _ in range(3)])
+    assert unbounded.prune_log() == 0 and without_log.prune_log() == 0 and unbounded.hub.log.count() == 3
+    for core in (bounded, unbounded, without_log):
+        await core.close()
+
+
 async def test_core_overflow_ends_the_stream_with_a_marker():
     from reactor_rt.events.ray_bus import EventBusCore
 
