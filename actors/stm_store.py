@@ -49,7 +49,7 @@ class STMRegistry:
         if stored is None:
             current = (0, self.initial)
         else:
-            self._check_shape(memory_id, stored.stm)
+            self._check_stm(memory_id, stored.stm)  # a row this model cannot read: a StoreError, not a broken turn
             current = (stored.version, stored.stm)
         with self._lock:
             self._current.setdefault(memory_id, current)
@@ -60,7 +60,7 @@ class STMRegistry:
         self, memory_id: str, expected_version: int, stm: torch.Tensor, interaction: str | None
     ) -> tuple[int, torch.Tensor]:
         """Persist ``stm`` as the next version (compare-and-set, idempotent on ``interaction``)."""
-        self._check_shape(memory_id, stm)
+        self._check_stm(memory_id, stm)
         if interaction is not None and self.store.applied_version(memory_id, interaction) is not None:
             # a retry of an interaction already applied: nothing is written; serve what is stored
             self.forget(memory_id)
@@ -92,14 +92,21 @@ class STMRegistry:
         with self._lock:
             self._current.pop(memory_id, None)
 
-    def _check_shape(self, memory_id: str, stm: torch.Tensor) -> None:
-        if stm.shape != self.initial.shape:
-            from reactor_rt.errors import StoreError
+    def _check_stm(self, memory_id: str, stm: torch.Tensor) -> None:
+        """Only an STM this model can read becomes a version: its shape and dtype, finite values (an
+        imported file, or an update gone wrong, would otherwise break every later turn of the memory)."""
+        from reactor_rt.errors import StoreError
 
+        if stm.shape != self.initial.shape:
             raise StoreError(
-                f"memory {memory_id!r} has shape {tuple(stm.shape)}, but this model's STM is "
+                f"memory {memory_id[:256]!r} has shape {tuple(stm.shape)}, but this model's STM is "
                 f"{tuple(self.initial.shape)}"
             )
+        if stm.dtype != self.initial.dtype:
+            raise StoreError(f"memory {memory_id[:256]!r} has dtype {stm.dtype}, but this model's STM is "
+                             f"{self.initial.dtype}")
+        if not bool(torch.isfinite(stm).all()):
+            raise StoreError(f"memory {memory_id[:256]!r} holds NaN or infinite values: not stored")
 
 
 class STMStoreActorImpl(LinkHost):

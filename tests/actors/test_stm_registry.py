@@ -53,6 +53,18 @@ def test_a_wrong_shape_is_refused(initial):
         reg.commit("m", 0, torch.zeros(3, 3), None)
 
 
+@pytest.mark.parametrize("bad", [lambda s: s.double(), lambda s: s.to(torch.bfloat16), lambda s: s > 0,
+                                 lambda s: s.index_fill(0, torch.tensor([1]), float("nan")),
+                                 lambda s: s.index_fill(2, torch.tensor([0]), float("inf"))],
+                         ids=["float64", "bfloat16", "bool", "nan", "inf"])
+def test_an_stm_the_model_cannot_read_is_refused_and_nothing_is_stored(initial, bad):
+    reg = STMRegistry(MemorySTMStore(), initial)
+    with pytest.raises(StoreError, match=r"dtype|NaN"):
+        reg.commit("m", 0, bad(initial), None)
+    version, stm = reg.load("m")
+    assert version == 0 and torch.equal(stm, initial)
+
+
 @pytest.mark.ray
 def test_a_commit_over_the_local_link_is_durable_at_once_and_put_in_ray_only_when_asked(ray_local, initial):
     import asyncio
