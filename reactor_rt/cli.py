@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -121,14 +123,18 @@ async def _chat(args: argparse.Namespace) -> int:
         background: set[asyncio.Task[None]] = set()
         while True:
             try:
-                line = await asyncio.to_thread(input, f"{stream.id}> ")
+                line = await _read_line(f"{stream.id}> ")
             except EOFError:
                 line = "/quit"
             line = line.strip()
             if not line:
                 continue
             if line.startswith("/"):
-                stream = await _chat_command(rx, stream, line)
+                try:
+                    stream = await _chat_command(rx, stream, line)
+                except ReactorError as exc:  # e.g. /new with a bad id, /fork onto a memory that exists
+                    print(f"[error] {exc}")
+                    continue
                 if stream is None:
                     break
                 continue
@@ -137,6 +143,33 @@ async def _chat(args: argparse.Namespace) -> int:
             print("(waiting for the memory update to finish...)")
             await asyncio.gather(*background, return_exceptions=True)
     return 0
+
+
+async def _read_line(prompt: str) -> str:
+    """``input(prompt)`` without blocking the loop. The read runs in a daemon thread of its own: Ctrl-C
+    then ends the chat at once (a thread of asyncio's executor is waited for when ``asyncio.run``
+    ends, i.e. until the user pressed Enter)."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[str] = loop.create_future()
+
+    def settle(line: str | None, error: BaseException | None) -> None:
+        if answer.done():  # the chat stopped waiting (cancelled)
+            return
+        if error is not None:
+            answer.set_exception(error)
+        else:
+            answer.set_result(line or "")
+
+    def read() -> None:
+        try:
+            line, error = input(prompt), None
+        except BaseException as exc:  # EOFError (stdin closed), or the interpreter going down
+            line, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits for this line
+            loop.call_soon_threadsafe(settle, line, error)
+
+    threading.Thread(target=read, name="reactor-rt-input", daemon=True).start()
+    return await answer
 
 
 async def _chat_turn(stream: Any, text: str, args: argparse.Namespace, background: set[asyncio.Task[None]]) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 import torch
@@ -50,7 +52,7 @@ def test_ask_and_chat(ray_local, checkpoint, tmp_path, capsys, monkeypatch):
     store = f"sqlite:///{tmp_path}/stm.db"
     common = ["--model", checkpoint, "--store", store, "--max-new-tokens", "4"]
     assert main(["ask", "--stream", "cli", *common, "hello"]) == 0
-    lines = iter(["hi there", "/memory", "/fork cli-copy", "/new other", "/quit"])
+    lines = iter(["hi there", "/memory", "/new " + "x" * 300, "/fork cli-copy", "/new other", "/quit"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
     assert main(["chat", "--stream", "cli", *common]) == 0
     out = capsys.readouterr().out
@@ -58,3 +60,39 @@ def test_ask_and_chat(ray_local, checkpoint, tmp_path, capsys, monkeypatch):
     # the update is reported on the answer's line pair before the next prompt, not in the middle of it
     assert "(updating memory… done: version 2)" in out
     assert "forked 'cli' into 'cli-copy'" in out and "switched to stream 'other'" in out
+    assert "[error]" in out  # a bad /new is reported and the chat goes on
+
+
+def test_a_prompt_waiting_for_input_does_not_hold_up_the_exit(monkeypatch):
+    """Ctrl-C at the chat prompt: the chat ends at once, not when the user next presses Enter."""
+    import threading
+
+    from reactor_rt import cli
+
+    pressed = threading.Event()
+    monkeypatch.setattr("builtins.input", lambda prompt="": pressed.wait(10) and "")
+    threading.Timer(4, pressed.set).start()  # the old executor thread would let asyncio.run end only now
+
+    async def chat_interrupted() -> None:
+        task = asyncio.get_running_loop().create_task(cli._read_line("> "))
+        await asyncio.sleep(0.1)
+        task.cancel()
+
+    started = time.monotonic()
+    asyncio.run(chat_interrupted())
+    assert time.monotonic() - started < 2
+    pressed.set()
+
+
+def test_read_line_returns_the_line_and_raises_eof(monkeypatch):
+    from reactor_rt import cli
+
+    monkeypatch.setattr("builtins.input", lambda prompt="": "hello")
+    assert asyncio.run(cli._read_line("> ")) == "hello"
+
+    def closed(prompt: str = "") -> str:
+        raise EOFError
+
+    monkeypatch.setattr("builtins.input", closed)
+    with pytest.raises(EOFError):
+        asyncio.run(cli._read_line("> "))
