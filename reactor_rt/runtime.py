@@ -18,7 +18,13 @@ import torch
 
 from reactor_rt.actors.thoughts import Budget, StopRule
 from reactor_rt.error_codes import error_for
-from reactor_rt.errors import ConfigError, QueryTooLongError, ReactorError, RuntimeUnavailableError
+from reactor_rt.errors import (
+    ConfigError,
+    QueryTooLongError,
+    ReactorError,
+    RuntimeUnavailableError,
+    StoreError,
+)
 from reactor_rt.events import Event, LearningFeedback, Query
 from reactor_rt.ids import validate_id
 from reactor_rt.inbox import Inbox
@@ -56,7 +62,10 @@ def resolve_model(model: str | os.PathLike[str] | ReactiveTransformer | None) ->
 def default_store() -> str:
     """``sqlite:///$REACTOR_RT_HOME/stm.db`` (``~/.reactor-rt`` unless the variable says otherwise)."""
     home = Path(os.environ.get("REACTOR_RT_HOME", Path.home() / ".reactor-rt")).expanduser()
-    home.mkdir(parents=True, exist_ok=True)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the reactor-rt home {str(home)!r} (set REACTOR_RT_HOME): {exc}") from exc
     return f"sqlite:///{home / 'stm.db'}"
 
 
@@ -470,19 +479,25 @@ def _local_ray_on_loopback() -> None:
 
 
 def _ensure_ray(address: str | None) -> bool:
-    """Start or join Ray; True when this call initialised Ray in this process."""
+    """Start or join Ray; True when this call initialised Ray in this process. ``RAY_ADDRESS`` in the
+    environment joins that cluster, as ``ray.init`` itself would; a failure is a `RuntimeUnavailableError`."""
     import ray
 
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if address is None:
-        _local_ray_on_loopback()
-        # STMs and encoded interactions are 10-200 KiB: passed inline with the call that needs them
-        # rather than through the shared-memory object store (Ray's cut-off is 100 KiB), which saved
-        # a few ms per memory update here
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 _system_config={"max_direct_call_object_size": INLINE_OBJECT_BYTES})
-    else:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    join = address if address is not None else (os.environ.get("RAY_ADDRESS") or None)
+    try:
+        if join is None:
+            _local_ray_on_loopback()
+            # STMs and encoded interactions are 10-200 KiB: passed inline with the call that needs them
+            # rather than through the shared-memory object store (Ray's cut-off is 100 KiB), which saved
+            # a few ms per memory update here
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
+                     _system_config={"max_direct_call_object_size": INLINE_OBJECT_BYTES})
+        else:
+            ray.init(address=join, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError, OSError) as exc:  # no cluster there, ports, sockets
+        what = f"join the Ray cluster at {join!r}" if join is not None else "start a local Ray instance"
+        raise RuntimeUnavailableError(f"cannot {what}: {type(exc).__name__}: {exc}") from exc
     return True

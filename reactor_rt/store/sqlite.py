@@ -91,8 +91,11 @@ class SQLiteSTMStore(STMStore):
         self._history_size = history_size
         self._path = os.fspath(path)
         self._lock = threading.Lock()
-        if self._path != ":memory:":
-            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if self._path != ":memory:":
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a parent that is a file, a read-only place, a name too long
+            raise StoreError(f"cannot create the directory of STM database {self._path!r}: {exc}") from exc
         try:
             # autocommit mode (isolation_level=None): transactions are opened explicitly below
             self._conn = sqlite3.connect(

@@ -125,6 +125,50 @@ def test_joining_a_cluster_leaves_its_addresses_alone(monkeypatch):
     assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
 
 
+def test_ray_address_in_the_environment_joins_that_cluster(monkeypatch):
+    import ray
+
+    from reactor_rt import runtime
+
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    runtime._ensure_ray(None)
+    assert seen["address"] == "10.0.0.5:6379" and "_system_config" not in seen  # Ray refuses it when joining
+
+
+@pytest.mark.parametrize("failure", [ConnectionError("no cluster at auto"), RuntimeError("port in use"),
+                                     ValueError("_system_config must not be provided")])
+def test_ray_that_cannot_start_or_join_is_a_reactor_error(monkeypatch, failure):
+    import ray
+
+    from reactor_rt import runtime
+    from reactor_rt.errors import RuntimeUnavailableError
+
+    def init(**kwargs):
+        raise failure
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    with pytest.raises(RuntimeUnavailableError, match=type(failure).__name__):
+        runtime._ensure_ray("auto")
+
+
+def test_a_store_path_that_cannot_be_created_is_a_store_error(tmp_path, monkeypatch):
+    from reactor_rt.errors import StoreError
+    from reactor_rt.runtime import default_store
+    from reactor_rt.store import SQLiteSTMStore
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError, match="directory"):
+        SQLiteSTMStore(blocker / "sub" / "stm.db")
+    monkeypatch.setenv("REACTOR_RT_HOME", str(blocker / "home"))
+    with pytest.raises(StoreError, match="REACTOR_RT_HOME"):
+        default_store()
+
+
 _PROBE = """
 import ray  # first, as a caller may: Ray reads its address setting now, before reactor_rt runs
 from ray._common.usage.usage_lib import usage_stats_enabled
