@@ -151,6 +151,7 @@ class Conductor:
         self._pump_task: asyncio.Task[None] | None = None
         self._subscription: Any = None
         self._pumped: dict[str, int] = {}  # subject -> seq of the last query taken from the bus
+        self._started_from: dict[str, int] = {}  # subject -> seq of its last query logged before `start`
         self._pumped_changed = asyncio.Condition()
         self._loops: dict[str, ThoughtLoop] = {}  # stream id -> its running thought loop
         self._gate = WeightsGate()
@@ -164,6 +165,10 @@ class Conductor:
     async def start(self) -> None:
         """Subscribe to queries; returns once the subscription is live."""
         self._subscription = await self.bus.subscribe(types={"rx.query", "rx.learning.feedback"})
+        # queries published before the subscription never reach the pump, but a client's stream handle
+        # outlives a restart and still names them (after_seq): they count as taken in. Read right after
+        # subscribing (the in-process bus and log do not yield between), so no query falls in between
+        self._started_from = await self._query_positions()
         self._pump_task = asyncio.get_running_loop().create_task(self._pump())
         self._learn_task = asyncio.get_running_loop().create_task(self._learn())
 
@@ -197,9 +202,23 @@ class Conductor:
                     self._pumped[event.subject] = max(self._pumped.get(event.subject, 0), event.seq)
                     self._pumped_changed.notify_all()
 
+    async def _query_positions(self) -> dict[str, int]:
+        """Each subject's last logged query seq (empty when the bus keeps no log)."""
+        positions: dict[str, int] = {}
+        for event in await self._logged({"rx.query"}):
+            positions[event.subject] = max(positions.get(event.subject, 0), event.seq)
+        return positions
+
     async def _caught_up(self, subject: str, seq: int) -> None:
-        """Wait until the query with this seq (published before the call) has been taken in."""
-        if seq <= 0:
+        """Wait until the query with this seq (published before the call) has been taken in.
+
+        A seq at or before the subject's last query when this conductor started belongs to a query an
+        earlier conductor took in; a seq past the bus's last one was given by a bus that lost its log.
+        Neither will ever reach the pump: nothing to wait for.
+        """
+        if seq <= 0 or seq <= self._started_from.get(subject, 0):
+            return
+        if seq > await self.bus.last_seq(subject):
             return
         async with self._pumped_changed:
             await self._pumped_changed.wait_for(lambda: self._pumped.get(subject, 0) >= seq)
