@@ -28,6 +28,7 @@ from reactor_rt.errors import (
     QueueFullError,
     ReactorError,
     RuntimeUnavailableError,
+    StaleVersionError,
     StreamClosedError,
 )
 from reactor_rt.events import (
@@ -330,12 +331,32 @@ class Conductor:
         return await self.engine.tensor(stream.memory_id)
 
     async def fork(self, stream_id: str, new_stream_id: str, after_seq: int = 0) -> StreamInfo:
-        """Copy the stream's STM (after its pending updates) into a new stream with its own memory."""
+        """Copy the stream's STM (after its pending updates) into a new stream with its own memory.
+
+        The new stream may already be open, but only on its own memory with no version yet; anything
+        else is refused (`StaleVersionError`, as the store refuses to overwrite a memory) before a
+        single write.
+        """
         stream = await self._stream(stream_id)
         new_stream_id = validate_id(new_stream_id, "stream")
         await self._caught_up(stream.stream_id, after_seq)
         await self._barrier(stream.memory_id)
-        await self.engine.fork(stream.memory_id, new_stream_id)
+        target = self._streams.get(new_stream_id)
+        bound = target.memory_id if target is not None else await self._remembered_memory(new_stream_id)
+        if bound is not None and bound != new_stream_id:
+            raise StaleVersionError(f"cannot fork {stream.stream_id!r} into stream {new_stream_id!r}: it already "
+                                    f"uses memory {bound!r}, and a fork gets a memory of its own")
+        await self._barrier(new_stream_id)  # the target's own queued updates land first
+        current = await self._version(new_stream_id)
+        if current > 0:
+            raise StaleVersionError(f"cannot fork {stream.stream_id!r} into {new_stream_id!r}: memory "
+                                    f"{new_stream_id!r} already exists (version {current})")
+        lane = self._lane(new_stream_id)
+        try:  # the store's compare-and-set (expected version 0) refuses a write that raced in since
+            lane.handle = await self.engine.fork(stream.memory_id, new_stream_id)
+        except BaseException:
+            lane.handle = None  # reload what the store holds
+            raise
         return await self.open_stream(new_stream_id, memory=new_stream_id)
 
     async def import_memory(self, stream_id: str, stm: torch.Tensor, after_seq: int = 0) -> int:

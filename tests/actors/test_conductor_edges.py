@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import anyio
 import pytest
+import torch
 
 from reactor_rt.actors.conductor import Conductor, ConductorConfig
 from reactor_rt.actors.engine import LocalEngine
+from reactor_rt.errors import StaleVersionError
 from reactor_rt.events import Event, Query
 from reactor_rt.events.bus import InProcessBus
 from reactor_rt.events.log import EventLog
@@ -69,3 +71,43 @@ async def test_a_restarted_conductor_treats_an_old_seq_as_caught_up(text_model, 
     finally:
         await second.stop()
         await bus.close()
+
+
+# -- fork into a stream that already exists --------------------------------------------------------
+
+
+async def test_fork_into_an_open_stream_serves_the_forked_memory(make_conductor):
+    async with make_conductor(max_new_tokens=4) as conductor:
+        await conductor.open_stream("copy")  # opened (version 0) before the fork
+        await interact(conductor, "src", "remember this")
+        info = await conductor.fork("src", "copy")
+        assert info.memory_id == "copy" and info.stm_version == 1
+        events = await interact(conductor, "copy", "what was that?")
+        done = next(e for e in events if e.type == "rx.response.done")
+        assert done.data.stm_version == 1  # answered from the fork, not from the initial STM
+        assert events[-1].type == "rx.memory.updated" and events[-1].data.version == 2
+
+
+async def test_fork_into_a_stream_of_another_memory_is_refused_before_any_write(make_conductor):
+    async with make_conductor(max_new_tokens=4) as conductor:
+        await conductor.open_stream("member", memory="team")
+        await interact(conductor, "src", "remember this")
+        with pytest.raises(StaleVersionError, match="member"):
+            await conductor.fork("src", "member")
+        assert (await conductor.engine.handle("member")).version == 0  # no orphan memory written
+        assert (await conductor.open_stream("member")).memory_id == "team"
+
+
+async def test_fork_into_a_memory_with_versions_is_refused(make_conductor):
+    async with make_conductor(max_new_tokens=4) as conductor:
+        await interact(conductor, "src", "remember this")
+        await interact(conductor, "src", "and this")
+        await interact(conductor, "copy", "something else")
+        before = (await conductor.memory("copy"))[1]
+        with pytest.raises(StaleVersionError):
+            await conductor.fork("src", "copy")
+        version, after = await conductor.memory("copy")
+        assert version == 1
+        torch.testing.assert_close(after, before)
+        events = await interact(conductor, "copy", "still mine?")  # the lane still serves its own memory
+        assert events[-1].type == "rx.memory.updated" and events[-1].data.version == 2
