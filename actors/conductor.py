@@ -404,6 +404,7 @@ class Conductor:
         if current is not None and not current.ended and current.task is not None and not current.task.done():
             raise ReactorError(f"stream {stream.stream_id!r} is already thinking (loop {current.loop_id})")
         loop = ThoughtLoop(stream.stream_id, seed, Budget.of(budget), stop, resume, pause_on_query)
+        self._job(self._step_query(loop, seed, stream), stream)  # a seed too long fails here, not in the loop
         self._start_loop(loop)
         return loop.loop_id
 
@@ -439,28 +440,51 @@ class Conductor:
         self._loops[loop.stream_id] = loop
         loop.task = asyncio.get_running_loop().create_task(self._run_loop(loop))
 
+    def _step_query(self, loop: ThoughtLoop, text: str, stream: _Stream) -> Query:
+        """The internal query of the loop's next step."""
+        return Query(subject=stream.stream_id, source=self.config.source,
+                     data={"text": text, "internal": True,
+                           "max_new_tokens": loop.token_allowance(self.config.max_new_tokens)})
+
     async def _run_loop(self, loop: ThoughtLoop) -> None:
         text: str | None = loop.seed
+        interaction = ""
         try:
             while text is not None:
                 stream = await self._stream(loop.stream_id)
-                query = Query(subject=stream.stream_id, source=self.config.source,
-                              data={"text": text, "internal": True,
-                                    "max_new_tokens": loop.token_allowance(self.config.max_new_tokens)})
                 done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+                query = self._step_query(loop, text, stream)
+                interaction = query.interaction or query.id
                 try:
                     job = self._job(query, stream)
-                except ReactorError as exc:
-                    await self._error(stream.stream_id, query.interaction, exc)
+                except ReactorError as exc:  # e.g. a response too long to be the next query
+                    await self._error(stream.stream_id, interaction, exc)
+                    await self._loop_failed(loop, interaction)
                     return
                 job.thought = _ThoughtStep(loop, done)
                 lane = self._lane(stream.memory_id)
                 await lane.queue.put(job)  # waits, rather than failing, when the lane is full
                 self._ensure_worker(lane)
                 text = await done
+        except Exception as exc:  # anything unforeseen still ends the loop for its watchers
+            log.exception("conductor.thought_loop_failed", loop=loop.loop_id)
+            await self._error(loop.stream_id, interaction or loop.loop_id, exc)
+            await self._loop_failed(loop, interaction or loop.loop_id)
         finally:
             if self._loops.get(loop.stream_id) is loop:
                 del self._loops[loop.stream_id]
+
+    async def _loop_failed(self, loop: ThoughtLoop, interaction: str) -> None:
+        """After the step's ``rx.error``: the loop's final response (reason ``error``), so watchers end."""
+        loop.ended = "error"
+        try:
+            await self._publish(ThoughtResponse(
+                subject=loop.stream_id, source=self.config.source, interaction=interaction,
+                data={"text": "", "step": loop.step, "loop": loop.loop_id, "final": True, "reason": "error",
+                      "state": loop.state()},
+            ))
+        except Exception:
+            log.exception("conductor.thought_end_failed", loop=loop.loop_id)
 
     # -- live learning ----------------------------------------------------------------------------
 
@@ -607,7 +631,8 @@ class Conductor:
                 self._seen.pop(interaction, None)  # a failed interaction may be sent again (same id)
                 await self._error(item.stream.stream_id, interaction, exc)
                 if item.thought is not None and not item.thought.done.done():
-                    item.thought.done.set_result(None)  # the error event says why the loop ended
+                    await self._loop_failed(item.thought.loop, interaction)  # the error event says why
+                    item.thought.done.set_result(None)
 
     async def _interact(self, lane: _Lane, job: _Job, interaction: str) -> None:
         subject = job.stream.stream_id

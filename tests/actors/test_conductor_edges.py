@@ -9,7 +9,7 @@ import torch
 
 from reactor_rt.actors.conductor import Conductor, ConductorConfig
 from reactor_rt.actors.engine import LocalEngine
-from reactor_rt.errors import StaleVersionError
+from reactor_rt.errors import EmptyQueryError, QueryTooLongError, ReactorError, StaleVersionError
 from reactor_rt.events import Event, Query
 from reactor_rt.events.bus import InProcessBus
 from reactor_rt.events.log import EventLog
@@ -111,3 +111,83 @@ async def test_fork_into_a_memory_with_versions_is_refused(make_conductor):
         torch.testing.assert_close(after, before)
         events = await interact(conductor, "copy", "still mine?")  # the lane still serves its own memory
         assert events[-1].type == "rx.memory.updated" and events[-1].data.version == 2
+
+
+# -- thought loops that fail -----------------------------------------------------------------------
+
+
+async def test_think_rejects_a_seed_over_the_query_limit(make_conductor, text_model):
+    long_seed = "x" * (text_model.config.max_query_tokens + 10)
+    async with make_conductor(max_new_tokens=4) as conductor:
+        with pytest.raises(QueryTooLongError):
+            await conductor.think("t", long_seed, 2)
+        with pytest.raises(EmptyQueryError):
+            await conductor.think("t", "   ", 2)
+        assert "t" not in conductor._loops
+        with anyio.fail_after(20):  # nothing was queued for the stream
+            version, _ = await conductor.memory("t")
+        assert version == 0
+
+
+async def test_a_failed_step_ends_the_loop_with_a_final_response(make_conductor):
+    async with make_conductor(max_new_tokens=4) as conductor:
+        await conductor.open_stream("f")
+        real_update = conductor.engine.update
+        calls = 0
+
+        async def update(*args: object, **kwargs: object):
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                raise ReactorError("the memory updater broke")
+            return await real_update(*args, **kwargs)
+
+        conductor.engine.update = update
+        sub = await conductor.bus.subscribe(subject="f", types={"rx.thought.", "rx.error"})
+        loop_id = await conductor.think("f", "Let me think.", 5)
+        events: list[Event] = []
+        async with sub:
+            with anyio.fail_after(60):
+                async for ev in sub:
+                    events.append(ev)
+                    if ev.type == "rx.thought.response" and ev.data.final:
+                        break
+        types = [e.type for e in events]
+        assert types == ["rx.thought.query", "rx.thought.response", "rx.thought.query", "rx.error",
+                         "rx.thought.response"]
+        final = events[-1]
+        assert final.data.loop == loop_id and final.data.reason == "error"
+        assert final.data.step == 1 and final.data.state.used_steps == 1
+        assert final.interaction == events[-2].interaction == events[-3].interaction
+        with anyio.fail_after(10):
+            while "f" in conductor._loops:
+                await anyio.sleep(0.01)
+
+
+async def test_a_step_that_cannot_be_queued_ends_the_loop_with_a_final_response(make_conductor, text_model):
+    """A response too long to be the next query (over the query limit) ends the loop with rx.error and a
+    final response."""
+    async with make_conductor(max_new_tokens=4) as conductor:
+        await conductor.open_stream("g")
+        limit = text_model.config.max_query_tokens
+        real_generate = conductor.engine.generate
+
+        async def generate(request):  # a long first answer, as a model could give
+            async for chunk in real_generate(request):
+                yield chunk
+            yield text_model.tokenizer.encode("y" * (limit + 10))
+
+        conductor.engine.generate = generate
+        sub = await conductor.bus.subscribe(subject="g", types={"rx.thought.", "rx.error"})
+        loop_id = await conductor.think("g", "Let me think.", 3)
+        events: list[Event] = []
+        async with sub:
+            with anyio.fail_after(60):
+                async for ev in sub:
+                    events.append(ev)
+                    if ev.type == "rx.thought.response" and ev.data.final:
+                        break
+        assert [e.type for e in events] == ["rx.thought.query", "rx.thought.response", "rx.error",
+                                            "rx.thought.response"]
+        assert events[2].data.code == "query_too_long"
+        assert events[-1].data.loop == loop_id and events[-1].data.reason == "error"
