@@ -53,7 +53,6 @@ class HubSubscriber(Generic[P]):
     chunk_high_water: int  # drop-chunks: chunks are dropped once this many events are buffered
     remaining: int | None  # events left before `limit` ends the subscription; None = no limit
     replay: list[P] = field(default_factory=list)  # logged events to deliver before the live ones
-    skip_upto: int = 0  # live events on `subject` with seq <= this were already replayed
     subjects: set[str] | None = None  # a watch list: only these subjects (see `Hub.watch`)
     queued: int = 0  # events sent and not yet taken by the consumer
     dropped: int = 0  # chunks dropped by the drop-chunks policy
@@ -150,8 +149,13 @@ class Hub(Generic[P]):
             rows: list[_Row] = []
             for subject, type_, payload in items:
                 seq = (counters[subject] if subject in counters else self.last_seq(subject)) + 1
+                try:
+                    stamped = stamp(payload, seq)
+                except BaseException:
+                    self._give_back(rows)  # a payload that cannot be stamped: nothing is published
+                    raise
                 counters[subject] = seq
-                rows.append((subject, type_, seq, stamp(payload, seq)))
+                rows.append((subject, type_, seq, stamped))
             if self.log is not None:
                 # log before delivery: a subscriber never sees a durable event that a replay could miss
                 durable, to_frame = self._durable, self._to_frame
@@ -160,12 +164,16 @@ class Hub(Generic[P]):
                         [LogRecord(sj, seq, ty, to_frame(p) if ty in durable else None) for sj, ty, seq, p in rows]
                     )
                 except BaseException:
-                    for row in rows:  # nothing was published: give the numbers back, no gap
-                        counters[row[0]] -= 1
+                    self._give_back(rows)
                     raise
             if self._subs:
                 await self._fan_out(rows)
             return [r[3] for r in rows]
+
+    def _give_back(self, rows: list[_Row]) -> None:
+        """Nothing of a publish went out: its numbers are free again (no gap in a subject's seq)."""
+        for row in rows:
+            self._counters[row[0]] -= 1
 
     async def _fan_out(self, rows: list[_Row]) -> None:
         # match each distinct (subject, type) once per subscriber, not every event
@@ -175,8 +183,6 @@ class Hub(Generic[P]):
             if not wanted:
                 continue
             picked = rows if len(wanted) == len(kinds) else [r for r in rows if (r[0], r[1]) in wanted]
-            if sub.skip_upto:  # resumed past the current seq: drop what the client already has
-                picked = [r for r in picked if r[0] != sub.subject or r[2] > sub.skip_upto]
             if picked:
                 rest = self._offer(sub, picked)
                 if rest:
@@ -284,6 +290,8 @@ class Hub(Generic[P]):
         size = buffer or self.buffer
         if size < 1:
             raise ValueError(f"buffer must be >= 1, got {size}")
+        if types is not None and not isinstance(types, str):
+            types = list(types)  # read twice (the filter, the replay): an iterator would be empty the second time
         type_filter = TypeFilter(types)
         async with self._lock:  # never between a publish's log append and its delivery
             if self.closed:
@@ -306,8 +314,11 @@ class Hub(Generic[P]):
                 if self.log is not None and upto > after:
                     frames = self.log.read_frames(subject, after, types=types, limit=limit)
                     sub.replay = self._from_frames(frames)
-                # live events from here on; the client already holds everything up to `after`
-                sub.skip_upto = max(upto, after)
+                elif after > upto:
+                    # the client saw numbers this bus has not given (chunk numbers are not logged, and
+                    # a hard crash or a throwaway log loses them): they will be given again, and live
+                    # events are delivered whatever their number, never taken for ones already seen
+                    log.warning("event_bus.resumed_ahead", subject=subject, after=after, last_seq=upto)
                 if sub.remaining is not None:
                     sub.remaining -= len(sub.replay)
                     if sub.remaining <= 0:
