@@ -6,8 +6,9 @@ encoded frames (bytes) so that nothing is decoded inside the actor. Each publish
 subscriber the events it matches as one batch (a list), so fan-out costs one send per subscriber per
 publish, not one per event. Everything a publish does happens under one lock, so per-subject order is
 the order of seq, and a subscription registered while no publish is in flight sees every later event
-exactly once. A full subscriber can hold that lock (all publishers) for at most `overflow_wait`, once:
-then the policy removes it or drops its chunks.
+exactly once. Full subscribers can hold that lock (all publishers) for at most `overflow_wait` per
+publish, however many of them are full (they share one deadline): then the policy removes them or
+drops their chunks.
 """
 
 from __future__ import annotations
@@ -93,8 +94,9 @@ class Hub(Generic[P]):
         from_frames: turns logged frames back into payloads (for replay).
         buffer: default bound on each subscriber's buffered events.
         overflow: default slow-subscriber policy.
-        overflow_wait: how long a publish may wait for a full subscriber before the policy applies
-            (seconds); bounds how long a slow subscriber can hold publishers up.
+        overflow_wait: how long a publish may wait for full subscribers before the policy applies
+            (seconds, one deadline for all of them); bounds how long slow subscribers can hold
+            publishers up.
     """
 
     def __init__(
@@ -178,6 +180,7 @@ class Hub(Generic[P]):
     async def _fan_out(self, rows: list[_Row]) -> None:
         # match each distinct (subject, type) once per subscriber, not every event
         kinds = {(r[0], r[1]) for r in rows}
+        deadline: float | None = None  # one wait per publish, shared by every full subscriber
         for sub in tuple(self._subs):
             wanted = {k for k in kinds if sub.matches(k[0], k[1])}
             if not wanted:
@@ -186,7 +189,9 @@ class Hub(Generic[P]):
             if picked:
                 rest = self._offer(sub, picked)
                 if rest:
-                    await self._wait_for_room(sub, rest)
+                    if deadline is None:
+                        deadline = anyio.current_time() + self.overflow_wait
+                    await self._wait_for_room(sub, rest, deadline)
 
     def _offer(self, sub: HubSubscriber[P], rows: list[_Row]) -> list[_Row]:
         """Send `sub` what fits now (after the drop-chunks policy); return the rows that did not fit."""
@@ -204,10 +209,11 @@ class Hub(Generic[P]):
             self._send(sub, rows[:room])
         return rows[max(room, 0) :]
 
-    async def _wait_for_room(self, sub: HubSubscriber[P], rows: list[_Row]) -> None:
+    async def _wait_for_room(self, sub: HubSubscriber[P], rows: list[_Row], deadline: float) -> None:
         # shielded: once stamped and logged, the events must reach this subscriber even if the
-        # publisher is cancelled meanwhile; the wait is bounded by overflow_wait anyway
-        with anyio.move_on_after(self.overflow_wait, shield=True):
+        # publisher is cancelled meanwhile; the wait is bounded by the publish's deadline anyway. Past
+        # it, what fits is still sent (no checkpoint before the first await), the rest disconnects.
+        with anyio.CancelScope(deadline=deadline, shield=True):
             while rows and not sub.ended:
                 room = sub.capacity - sub.queued
                 if room > 0:

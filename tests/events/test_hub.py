@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import anyio
 import pytest
@@ -133,3 +134,37 @@ async def test_types_given_as_an_iterator_on_the_bus_core(anyio_backend):
         frames, _, _ = await core.open_stream(sid).__anext__()
     assert len(frames) == 2
     await core.close()
+
+
+# ---------------------------------------------------------------- stalled subscribers
+
+
+async def test_stalled_subscribers_share_one_overflow_wait_per_publish(anyio_backend):
+    bus = InProcessBus(buffer=1, overflow_wait=0.2)
+    s = fresh_subject()
+    stalled = [await bus.subscribe(subject=s) for _ in range(5)]  # nobody reads them
+    start = time.monotonic()
+    await bus.publish_many([query(s), query(s)])  # one more than each buffer holds
+    elapsed = time.monotonic() - start
+    assert elapsed < 0.6, f"publish held for {elapsed:.2f} s: 5 waits in a row would be 1.0 s"
+    assert all(sub.overflowed for sub in stalled)
+    await bus.close()
+
+
+async def test_a_subscriber_that_made_room_during_the_shared_wait_keeps_its_events(anyio_backend):
+    bus = InProcessBus(buffer=1, overflow_wait=0.3)
+    s = fresh_subject()
+    stalled = await bus.subscribe(subject=s)  # waited on first, until the deadline
+    reader = await bus.subscribe(subject=s)  # full too, but read while the publish waits on `stalled`
+    got: list[int] = []
+
+    async def read_late() -> None:
+        await anyio.sleep(0.1)
+        got.extend(e.seq for e in await take(reader, 2))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read_late)
+        await bus.publish_many([query(s), query(s)])
+    assert got == [1, 2]
+    assert stalled.overflowed and not reader.overflowed
+    await bus.close()
