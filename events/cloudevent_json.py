@@ -29,6 +29,8 @@ def from_cloudevent_json(text: str | bytes) -> Event:
         doc = json.loads(text)
     except (ValueError, TypeError) as exc:
         raise EventDecodeError(f"not a JSON document: {exc}") from exc
+    except RecursionError:  # json's decoder recurses once per nesting level
+        raise EventDecodeError("JSON document nests too deeply to be an event") from None
     if not isinstance(doc, dict):
         raise EventDecodeError("a CloudEvents JSON document must be an object")
     content_type = doc.pop("datacontenttype", _DATA_CONTENT_TYPE)

@@ -90,3 +90,14 @@ def test_response_done_data_survives_json():
     data = {"text": "héllo ✓", "tokens": 2, "stm_version": 1, "generate_ms": 12.5}
     ev = ResponseDone(subject="a", source="s", data=data)
     assert from_cloudevent_json(ev.to_cloudevent_json()) == ev
+
+
+@pytest.mark.parametrize("depth", [100_000, 900])
+def test_a_deeply_nested_document_is_an_event_decode_error(depth):
+    nested = "[" * depth + "]" * depth
+    doc = ('{"specversion":"1.0","id":"x","source":"t","type":"rx.query","subject":"s",'
+           f'"time":"2024-01-01T00:00:00Z","data":{{"text":{nested}}}}}')
+    with pytest.raises(EventDecodeError):
+        from_cloudevent_json(doc)
+    with pytest.raises(EventDecodeError):
+        from_cloudevent_json(nested.encode())
