@@ -61,14 +61,18 @@ class Inbox:
         """A queue that receives ``interaction``'s events on ``subject``; live when this returns, so
         publish the query after it."""
         feed = await self._open()
-        if subject not in feed.watched:
+        new = subject not in feed.watched
+        if new:
+            # every concurrent first question waits for the watch (live when it returns); adding a
+            # subject twice is harmless, and the one that gets here second keeps the other's count
             await feed.subscription.watch([subject])
-            feed.watched[subject] = 0
-            await self._trim(feed)
-        feed.watched[subject] += 1
+        # counted before the trim (no await in between): a subject with a question is never idle
+        feed.watched[subject] = feed.watched.get(subject, 0) + 1
         feed.watched.move_to_end(subject)
         queue: asyncio.Queue[InboxItem] = asyncio.Queue()
         feed.routes[interaction] = queue
+        if new:
+            await self._trim(feed, keep=subject)
         return queue
 
     def release(self, subject: str, interaction: str) -> None:
@@ -118,8 +122,8 @@ class Inbox:
             self._feed = None
         self._fail(feed, error)
 
-    async def _trim(self, feed: _Feed) -> None:
-        idle = [s for s, n in feed.watched.items() if n == 0]
+    async def _trim(self, feed: _Feed, keep: str) -> None:
+        idle = [s for s, n in feed.watched.items() if n == 0 and s != keep]
         drop = idle[: max(0, len(idle) - self._max_idle)]
         if drop:
             for subject in drop:

@@ -92,3 +92,47 @@ async def test_closing_fails_waiting_questions_and_idle_streams_leave_the_watch_
     assert len([s for s, n in watched.items() if n == 0]) <= 2
     await inbox.close()
     assert isinstance(await next_item(waiting), RuntimeUnavailableError)
+
+
+class SlowWatchBus(InProcessBus):
+    """A bus whose subscription takes a round trip to change its watch list (as over a link)."""
+
+    async def subscribe(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        sub = await super().subscribe(*args, **kwargs)
+        watch = sub.watch
+
+        async def slow_watch(subjects, add=True):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(0.01)
+            await watch(subjects, add)
+
+        sub.watch = slow_watch
+        return sub
+
+
+async def test_concurrent_first_questions_on_a_new_stream_are_both_counted():
+    bus = SlowWatchBus()
+    inbox = Inbox(bus, max_idle=1)
+    first, second = await asyncio.gather(inbox.register("s", "i-1"), inbox.register("s", "i-2"))
+    assert inbox._feed.watched["s"] == 2
+    inbox.release("s", "i-1")
+    await inbox.register("other", "i-3")
+    inbox.release("other", "i-3")
+    await inbox.register("third", "i-4")  # trims idle streams: "s" still has a question in flight
+    assert "other" in inbox._feed.watched  # the one idle stream kept
+    assert "s" in inbox._feed.watched
+    await bus.publish(done("s", "i-2", "for the second"))
+    assert (await next_item(second)).data.text == "for the second"
+    assert first.empty()
+    await inbox.close()
+
+
+async def test_with_no_idle_streams_kept_a_question_still_registers_and_gets_its_events():
+    bus = InProcessBus()
+    inbox = Inbox(bus, max_idle=0)
+    q = await inbox.register("s", "i-1")
+    await bus.publish(done("s", "i-1", "answer"))
+    assert (await next_item(q)).data.text == "answer"
+    inbox.release("s", "i-1")
+    await inbox.register("t", "i-2")  # "s" is idle now: dropped from the watch list
+    assert list(inbox._feed.watched) == ["t"]
+    await inbox.close()
