@@ -1,10 +1,11 @@
 """The Ray-backed bus: `EventBusActor` (an async actor holding the seq counters, the log and the
 subscriber buffers) and `RayBus`, the `EventBus` client usable from the driver or from other actors.
 
-Events cross process boundaries as encoded frames: the client encodes once, the actor stamps the seq
-into the frame in place (`codec.stamp_seq`), logs and fans out the bytes without decoding them, and
-each subscriber receives them in batches through an async streaming generator with bounded
-backpressure, then decodes on its own side.
+Events cross process boundaries as encoded frames: the client encodes once, the actor checks each
+frame it is sent (a client's bytes are not trusted: one decode, and the record must name the event's
+subject and type), stamps the seq into the frame in place (`codec.stamp_seq`), logs and fans out the
+bytes without decoding them again, and each subscriber receives them in batches through an async
+streaming generator with bounded backpressure, then decodes on its own side.
 
 A client on the actor's own node sends the same calls and reads the same batches over a local link
 (`events.local_link`: a Unix socket, ~30x faster than an actor call); elsewhere, or with
@@ -25,9 +26,17 @@ import ray
 import structlog
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
-from reactor_rt.errors import ReactorError, RuntimeUnavailableError, SubscriberOverflowError
+from reactor_rt.errors import EventDecodeError, ReactorError, RuntimeUnavailableError, SubscriberOverflowError
 from reactor_rt.events.bus import Subscription
-from reactor_rt.events.codec import decode, decode_batch, encode, frame_seq, stamp_seq
+from reactor_rt.events.codec import (
+    DEFAULT_LIMITS,
+    CodecLimits,
+    decode,
+    decode_batch,
+    encode,
+    frame_seq,
+    stamp_seq,
+)
 from reactor_rt.events.handlers import HandlerRegistry
 from reactor_rt.events.hub import Hub, HubSubscriber, OverflowPolicy
 from reactor_rt.events.local_link import LinkClosedError, LinkHost, LinkResolver, LinkServer, LinkStream
@@ -57,6 +66,11 @@ class EventBusCore:
         durable_types: the types the log keeps.
         max_age, max_rows: log retention (see `EventLog`).
         buffer, overflow, overflow_wait: the slow-subscriber policy (see `InProcessBus`).
+        limits: what a frame from a client may hold (see `publish_untrusted`).
+
+    Two ways in: `publish_many` trusts its frames (this process encoded them: `CoreBus`), and
+    `publish_untrusted` checks each one first (frames from other processes: the Ray method and the
+    local link's call both use it).
     """
 
     def __init__(
@@ -69,7 +83,9 @@ class EventBusCore:
         buffer: int = 1024,
         overflow: OverflowPolicy = "disconnect",
         overflow_wait: float = 0.1,
+        limits: CodecLimits = DEFAULT_LIMITS,
     ) -> None:
+        self.limits = limits
         event_log = (
             EventLog(log_path, durable_types=durable_types, max_age=max_age, max_rows=max_rows)
             if log_path is not None
@@ -95,8 +111,29 @@ class EventBusCore:
         return event_log.prune()
 
     async def publish_many(self, records: Sequence[tuple[str, str, bytes]]) -> list[int]:
-        """Publish `(subject, type, frame)` records; returns the seq assigned to each."""
+        """Publish `(subject, type, frame)` records encoded in this process by `codec.encode` (trusted:
+        nothing is decoded); returns the seq assigned to each."""
         return [frame_seq(f) for f in await self.hub.publish(records)]
+
+    async def publish_untrusted(self, records: Sequence[Sequence[Any]]) -> list[int]:
+        """`publish_many` for records from outside this process: each frame must decode (within
+        `limits`) to an event of the record's subject and type, or `EventDecodeError` is raised and
+        nothing of the batch is published. What is logged and delivered is the event re-encoded, so a
+        frame that decodes but is laid out otherwise (or repeats a key) cannot make the log unreadable."""
+        return await self.publish_many([self._checked(record) for record in records])
+
+    def _checked(self, record: Sequence[Any]) -> tuple[str, str, bytes]:
+        try:
+            subject, type_, frame = record
+        except (TypeError, ValueError):
+            raise EventDecodeError("a publish record is (subject, type, frame)") from None
+        event = decode(frame, self.limits)
+        if event.subject != subject or event.type != type_:
+            raise EventDecodeError(
+                f"the record says subject {str(subject)[:256]!r}, type {str(type_)[:64]!r}; its frame holds "
+                f"{event.subject[:256]!r}, {event.type!r}"
+            )
+        return event.subject, event.type, encode(event, self.limits)
 
     async def subscribe(
         self,
@@ -213,7 +250,8 @@ def bus_link_server(core: EventBusCore) -> LinkServer:
     async def last_seq(subject: str) -> int:
         return core.last_seq(subject)
 
-    calls = {"publish_many": core.publish_many, "subscribe": core.subscribe, "watch": watch,
+    # clients call this: their frames are checked (`EventBusCore.publish_untrusted`)
+    calls = {"publish_many": core.publish_untrusted, "subscribe": core.subscribe, "watch": watch,
              "unsubscribe": unsubscribe, "replay": replay, "last_seq": last_seq}
     return LinkServer(calls, {"stream": core.stream})
 
@@ -229,7 +267,8 @@ class BusHost(LinkHost):
         return True
 
     async def publish_many(self, records: list[tuple[str, str, bytes]]) -> list[int]:
-        return await self.bus_core.publish_many(records)
+        """Publish a client's records: frames from another process are checked first."""
+        return await self.bus_core.publish_untrusted(records)
 
     async def subscribe(self, types: list[str] | None = None, subject: str | None = None, after: int | None = None,
                         limit: int | None = None, buffer: int | None = None,
@@ -455,7 +494,7 @@ class RayBus(HandlerRegistry):
     ) -> RayBus:
         """Start an `EventBusActor` (named `name` in `namespace`; None for an anonymous one) and return a
         client. `options` go to `EventBusCore`: durable_types, max_age, max_rows, buffer, overflow,
-        overflow_wait. Ray must be initialised."""
+        overflow_wait, limits. Ray must be initialised."""
         actor_options: dict[str, Any] = {"max_restarts": max_restarts, "get_if_exists": get_if_exists}
         if name is not None:
             actor_options["name"] = name

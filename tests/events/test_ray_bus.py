@@ -5,7 +5,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from reactor_rt import BusClosedError, RuntimeUnavailableError
+from reactor_rt import BusClosedError, EventDecodeError, RuntimeUnavailableError
+from reactor_rt.events import Query
 from reactor_rt.events.codec import decode, encode
 from reactor_rt.events.testing import example_event
 
@@ -215,3 +216,121 @@ async def test_an_abandoned_subscription_is_released(ray_local):
         while (await bus.actor.stats.remote())["subscribers"]:
             await anyio.sleep(0.05)
     bus.kill()
+
+
+# ---------------------------------------------------------------- frames from clients are checked
+
+_NOT_AN_EVENT = b"\x81\xa3seq\xcf" + bytes(8)  # the seq slot of encode's layout, and nothing else
+
+
+def _with_second_seq(frame: bytes, seq: int) -> bytes:
+    """`frame` with another "seq" key at the end: msgpack readers keep the last one."""
+    import msgpack
+
+    return bytes((frame[0] + 1,)) + frame[1:] + b"\xa3seq" + msgpack.packb(seq)
+
+
+async def test_a_client_frame_that_is_not_an_event_is_refused_and_the_log_stays_readable():
+    from reactor_rt.events.ray_bus import EventBusCore
+
+    core = EventBusCore(":memory:")
+    with pytest.raises(EventDecodeError):
+        await core.publish_untrusted([record("rx.query", "s"), ("s", "rx.query", _NOT_AN_EVENT)])
+    assert core.last_seq("s") == 0 and core.replay("s") == []  # nothing of the batch went out
+    assert await core.publish_untrusted([record("rx.query", "s")]) == [1]
+    assert [decode(f).seq for f in core.replay("s")] == [1]
+    await core.close()
+
+
+async def test_a_client_record_must_name_its_frames_subject_and_type():
+    from reactor_rt.events.ray_bus import EventBusCore
+
+    core = EventBusCore(":memory:")
+    _, _, frame = record("rx.query", "s")
+    for subject, type_ in [("other", "rx.query"), ("s", "rx.response.done"), ("s", "rx.response.chunk")]:
+        with pytest.raises(EventDecodeError, match="the record says"):
+            await core.publish_untrusted([(subject, type_, frame)])
+    with pytest.raises(EventDecodeError):
+        await core.publish_untrusted([("s", "rx.query")])  # not a (subject, type, frame) record
+    assert (core.last_seq("s"), core.last_seq("other")) == (0, 0)
+    await core.close()
+
+
+async def test_a_client_frame_over_the_size_limit_is_refused():
+    from reactor_rt.events.codec import CodecLimits
+    from reactor_rt.events.ray_bus import EventBusCore
+
+    core = EventBusCore(":memory:", limits=CodecLimits(max_frame_bytes=1024))
+    big = ("s", "rx.query", encode(Query(subject="s", source="t", data={"text": "x" * 2000})))
+    with pytest.raises(EventDecodeError, match="limit"):
+        await core.publish_untrusted([big])
+    assert await core.publish_untrusted([record("rx.query", "s")]) == [1]
+    await core.close()
+
+
+async def test_a_client_frame_that_repeats_its_seq_key_is_logged_with_the_seq_the_bus_gave():
+    from reactor_rt.events.ray_bus import EventBusCore
+
+    core = EventBusCore(":memory:")
+    _, _, frame = record("rx.query", "s")
+    assert decode(_with_second_seq(frame, 77)).seq == 77  # the last key wins when read
+    assert await core.publish_untrusted([("s", "rx.query", _with_second_seq(frame, 77))]) == [1]
+    assert [decode(f).seq for f in core.replay("s")] == [1]
+    await core.close()
+
+
+async def test_the_methods_clients_call_check_their_frames():
+    from reactor_rt.events.local_link import LinkClient
+    from reactor_rt.events.ray_bus import BusHost, EventBusCore, bus_link_server
+
+    class Host(BusHost):  # the remote methods, as the bus actor and the conductor inherit them
+        def __init__(self) -> None:
+            self.bus_core = EventBusCore(":memory:")
+            self.link = bus_link_server(self.bus_core)
+
+    host = Host()
+    with pytest.raises(EventDecodeError):
+        await host.publish_many([("s", "rx.query", _NOT_AN_EVENT)])
+    client = await LinkClient.connect(await host.link.start())
+    try:
+        with pytest.raises(EventDecodeError):
+            await client.call("publish_many", [("s", "rx.query", _NOT_AN_EVENT)])
+        with pytest.raises(EventDecodeError):
+            await client.call("publish_many", [("s", "rx.response.done", record("rx.query", "s")[2])])
+        assert await client.call("publish_many", [record("rx.query", "s")]) == [1]
+    finally:
+        client.close()
+        await host.link.close()
+    assert [decode(f).seq for f in host.bus_core.replay("s")] == [1]
+    await host.bus_core.close()
+
+
+async def test_the_conductors_own_publishes_are_not_decoded_again(monkeypatch):
+    from reactor_rt.events import ray_bus
+    from reactor_rt.events.core_bus import CoreBus
+
+    def no_decode(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("a trusted publish decoded its frame")
+
+    core = ray_bus.EventBusCore(":memory:")
+    monkeypatch.setattr(ray_bus, "decode", no_decode)
+    assert (await CoreBus(core).publish(Query(subject="s", source="t", data={"text": "hi"}))).seq == 1
+    await core.close()
+
+
+@pytest.mark.ray
+async def test_a_bad_frame_sent_over_ray_or_the_link_is_an_event_decode_error(ray_local):
+    from reactor_rt.events.ray_bus import RayBus
+
+    bus = RayBus.create(name=None, log_path=":memory:")
+    await bus.wait_ready()
+    try:
+        for local_link in (True, False):
+            client = RayBus(bus.actor, local_link=local_link)
+            with pytest.raises(EventDecodeError):
+                await client._invoke("publish_many", [("s", "rx.query", _NOT_AN_EVENT)])
+        assert await bus.last_seq("s") == 0
+        assert [e.seq for e in await bus.publish_many([Query(subject="s", source="t", data={"text": "x"})])] == [1]
+        assert [e.seq for e in await bus.replay("s")] == [1]
+    finally:
+        bus.kill()
