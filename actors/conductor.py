@@ -60,6 +60,9 @@ log = structlog.get_logger()
 # an event's list holds at most this many entries (events.codec's container limit): a longer
 # interaction is not logged for replay, and a crash during its update ends it with rx.error
 _MAX_LOGGED_IDS = 4096
+# the longest a facade call waits for its stream's last query to reach the conductor (normally microseconds);
+# past it the call goes on, so a query this conductor can never see (its log pruned) cannot hang it
+_CAUGHT_UP_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -221,8 +224,12 @@ class Conductor:
             return
         if seq > await self.bus.last_seq(subject):
             return
-        async with self._pumped_changed:
-            await self._pumped_changed.wait_for(lambda: self._pumped.get(subject, 0) >= seq)
+        try:
+            async with asyncio.timeout(_CAUGHT_UP_TIMEOUT_S), self._pumped_changed:
+                await self._pumped_changed.wait_for(lambda: self._pumped.get(subject, 0) >= seq)
+        except TimeoutError:  # e.g. that query's events were pruned from the log before a restart
+            log.warning("conductor.caught_up_timeout", subject=subject[:256], seq=seq,
+                        pumped=self._pumped.get(subject, 0))
 
     async def recover(self) -> dict[str, list[str]]:
         """At start, finish what the durable log shows a crash cut short; returns the interaction ids

@@ -73,6 +73,34 @@ async def test_a_restarted_conductor_treats_an_old_seq_as_caught_up(text_model, 
         await bus.close()
 
 
+async def test_an_old_seq_whose_query_was_pruned_does_not_hang(text_model, tmp_path, monkeypatch):
+    """The log kept under retention bounds lost the stream's last query before the restart: the
+    conductor cannot know it took it in, and waits only a bounded time."""
+    from reactor_rt.actors import conductor as conductor_module
+
+    monkeypatch.setattr(conductor_module, "_CAUGHT_UP_TIMEOUT_S", 0.5)
+    model, store, log_path = text_model, MemorySTMStore(), str(tmp_path / "events.db")
+    config = ConductorConfig(max_new_tokens=4)
+    bus = InProcessBus(log=EventLog(log_path))
+    first = Conductor(bus, LocalEngine(model, store), model.tokenizer, model.config, config)
+    await first.start()
+    old_seq = (await interact(first, "s", "remember this"))[0].seq
+    await first.stop()
+    await bus.close()
+    with EventLog(log_path, max_rows=1) as pruned:
+        pruned.prune()  # only rx.memory.updated is left
+    bus = InProcessBus(log=EventLog(log_path))
+    second = Conductor(bus, LocalEngine(model, store), model.tokenizer, model.config, config)
+    await second.start()
+    try:
+        with anyio.fail_after(20):
+            version, _ = await second.memory("s", after_seq=old_seq)
+        assert version == 1
+    finally:
+        await second.stop()
+        await bus.close()
+
+
 # -- fork into a stream that already exists --------------------------------------------------------
 
 
