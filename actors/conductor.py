@@ -744,7 +744,8 @@ class ConductorActorImpl(BusHost):
         self.bus_core = EventBusCore(log_path, **bus_options)
         self.bus_core.prune_log()  # a log kept under new bounds shrinks now, not 1000 events later
         self.bus = CoreBus(self.bus_core)
-        self.link = bus_link_server(self.bus_core)  # clients on this node reach the bus over it
+        # clients on this node reach the bus over it; like the Ray methods, it starts the conductor first
+        self.link = bus_link_server(self.bus_core, ready=self._ensure_started)
         engine = RayEngine(actors, local_link=config.local_link if config is not None else True)
         self.conductor = Conductor(self.bus, engine, tokenizer, model_config, config)
         # Ray re-runs this constructor after a crash, and nobody calls start() then: the first call

@@ -18,7 +18,7 @@ import contextlib
 import os
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import anyio
@@ -234,8 +234,20 @@ class EventBusCore:
 _STREAM_WINDOW = 4
 
 
-def bus_link_server(core: EventBusCore) -> LinkServer:
-    """The bus's calls and its subscriber streams, served over a local link (see the module doc)."""
+def bus_link_server(core: EventBusCore, ready: Callable[[], Awaitable[None]] | None = None) -> LinkServer:
+    """The bus's calls and its subscriber streams, served over a local link (see the module doc).
+    ``ready`` is awaited before a publish or a subscribe is served (the host's start, e.g. the
+    conductor's: a query must never reach a bus nobody listens to), as the host's Ray methods do."""
+
+    async def publish_many(records: list[tuple[str, str, bytes]]) -> list[int]:
+        if ready is not None:
+            await ready()
+        return await core.publish_untrusted(records)
+
+    async def subscribe(*args: Any, **kwargs: Any) -> str:
+        if ready is not None:
+            await ready()
+        return await core.subscribe(*args, **kwargs)
 
     async def watch(sid: str, subjects: list[str], add: bool = True) -> None:
         core.watch(sid, subjects, add)
@@ -251,7 +263,7 @@ def bus_link_server(core: EventBusCore) -> LinkServer:
         return core.last_seq(subject)
 
     # clients call this: their frames are checked (`EventBusCore.publish_untrusted`)
-    calls = {"publish_many": core.publish_untrusted, "subscribe": core.subscribe, "watch": watch,
+    calls = {"publish_many": publish_many, "subscribe": subscribe, "watch": watch,
              "unsubscribe": unsubscribe, "replay": replay, "last_seq": last_seq}
     return LinkServer(calls, {"stream": core.stream})
 

@@ -305,6 +305,29 @@ async def test_the_methods_clients_call_check_their_frames():
     await host.bus_core.close()
 
 
+async def test_the_link_starts_its_host_before_a_publish_or_a_subscribe():
+    """A same-node client after a conductor restart: its query must not reach a bus nobody listens to."""
+    from reactor_rt.events.local_link import LinkClient
+    from reactor_rt.events.ray_bus import EventBusCore, bus_link_server
+
+    core, started = EventBusCore(":memory:"), []
+
+    async def ready() -> None:
+        started.append(core.last_seq("s"))  # what the bus held when the host was asked to be ready
+
+    link = bus_link_server(core, ready=ready)
+    client = await LinkClient.connect(await link.start())
+    try:
+        assert await client.call("publish_many", [record("rx.query", "s")]) == [1]
+        await client.call("subscribe", None, "s")
+        assert await client.call("last_seq", "s") == 1
+    finally:
+        client.close()
+        await link.close()
+    assert started == [0, 1]  # before the publish (nothing published yet), and before the subscribe
+    await core.close()
+
+
 async def test_the_conductors_own_publishes_are_not_decoded_again(monkeypatch):
     from reactor_rt.events import ray_bus
     from reactor_rt.events.core_bus import CoreBus
