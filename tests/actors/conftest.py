@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import anyio
 import pytest
 import torch
 
 from reactor_rt.actors.conductor import Conductor, ConductorConfig
 from reactor_rt.actors.engine import LocalEngine
+from reactor_rt.events import Event, Query
 from reactor_rt.events.bus import InProcessBus
 from reactor_rt.events.log import EventLog
 from reactor_rt.model import ReactiveTransformer, RxTConfig
@@ -65,3 +67,27 @@ def make_conductor(text_model: ReactiveTransformer) -> Callable[..., AsyncIterat
             await bus.close()
 
     return build
+
+
+async def _interact(conductor, subject: str, text: str, **data: object) -> list[Event]:
+    """Publish a query and collect its interaction's events up to the memory update (or an error)."""
+    query = Query(subject=subject, source="test", data={"text": text, **data})
+    sub = await conductor.bus.subscribe(subject=subject)
+    async with sub:
+        await conductor.bus.publish(query)
+        events: list[Event] = []
+        with anyio.fail_after(60):
+            async for ev in sub:
+                if ev.interaction != query.interaction:
+                    continue
+                events.append(ev)
+                if ev.type in ("rx.memory.updated", "rx.error"):
+                    return events
+    raise AssertionError("subscription ended early")
+
+
+@pytest.fixture
+def interact() -> Callable[..., Awaitable[list[Event]]]:
+    """``await interact(conductor, subject, text, **data)``: publish a query and collect its
+    interaction's events up to the memory update (or an error)."""
+    return _interact

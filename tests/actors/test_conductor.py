@@ -6,7 +6,7 @@ import anyio
 import pytest
 import torch
 
-from reactor_rt.events import Event, Query
+from reactor_rt.events import Query
 
 pytestmark = pytest.mark.anyio
 
@@ -21,24 +21,7 @@ def compress(types: list[str]) -> list[str]:
     return out
 
 
-async def interact(conductor, subject: str, text: str, **data: object) -> list[Event]:
-    """Publish a query and collect its interaction's events up to the memory update (or an error)."""
-    query = Query(subject=subject, source="test", data={"text": text, **data})
-    sub = await conductor.bus.subscribe(subject=subject)
-    async with sub:
-        await conductor.bus.publish(query)
-        events: list[Event] = []
-        with anyio.fail_after(60):
-            async for ev in sub:
-                if ev.interaction != query.interaction:
-                    continue
-                events.append(ev)
-                if ev.type in ("rx.memory.updated", "rx.error"):
-                    return events
-    raise AssertionError("subscription ended early")
-
-
-async def test_one_interaction_emits_events_in_order(make_conductor):
+async def test_one_interaction_emits_events_in_order(make_conductor, interact):
     async with make_conductor() as conductor:
         await conductor.open_stream("alice")  # else rx.stream.opened would take a seq in between
         events = await interact(conductor, "alice", "hello there")
@@ -53,7 +36,7 @@ async def test_one_interaction_emits_events_in_order(make_conductor):
     assert events[-1].data.version == 1
 
 
-async def test_answer_matches_direct_generation(make_conductor, text_model):
+async def test_answer_matches_direct_generation(make_conductor, text_model, interact):
     model = text_model
     """The conductor's answer is exactly the model's greedy generation from the same prompt and STM."""
     from reactor_rt.template import build_prompt
@@ -69,7 +52,7 @@ async def test_answer_matches_direct_generation(make_conductor, text_model):
     assert done.data.text == model.tokenizer.decode(out)
 
 
-async def test_streams_keep_their_order_and_do_not_leak(make_conductor):
+async def test_streams_keep_their_order_and_do_not_leak(make_conductor, interact):
     """8 streams x 5 turns sent together: each stream's turns run in order, and every stream's answers
     and STM equal those of the same stream run alone."""
     texts = {f"s{i}": [f"turn {t} of stream {i}" for t in range(5)] for i in range(8)}
@@ -141,7 +124,7 @@ async def test_full_queue_is_a_clear_error(make_conductor):
 
 
 @pytest.mark.parametrize(("text", "code"), [("   ", "empty_query"), ("x" * 5000, "query_too_long")])
-async def test_bad_queries_are_errors_and_serving_goes_on(make_conductor, text, code):
+async def test_bad_queries_are_errors_and_serving_goes_on(make_conductor, text, code, interact):
     async with make_conductor(max_new_tokens=4) as conductor:
         events = await interact(conductor, "b", text)
         assert [e.type for e in events][-1] == "rx.error"
@@ -150,7 +133,7 @@ async def test_bad_queries_are_errors_and_serving_goes_on(make_conductor, text, 
         assert ok[-1].type == "rx.memory.updated"
 
 
-async def test_closed_stream_rejects_queries(make_conductor):
+async def test_closed_stream_rejects_queries(make_conductor, interact):
     async with make_conductor(max_new_tokens=4) as conductor:
         await conductor.open_stream("c")
         await conductor.close_stream("c")
@@ -160,7 +143,7 @@ async def test_closed_stream_rejects_queries(make_conductor):
         assert (await interact(conductor, "c", "hi"))[-1].type == "rx.memory.updated"
 
 
-async def test_streams_sharing_a_memory_write_one_stm(make_conductor):
+async def test_streams_sharing_a_memory_write_one_stm(make_conductor, interact):
     async with make_conductor(max_new_tokens=4) as conductor:
         one = await conductor.open_stream("chat-1", memory="team")
         two = await conductor.open_stream("chat-2", memory="team")
@@ -182,7 +165,7 @@ async def test_duplicate_query_is_applied_once(make_conductor):
         assert version == 1
 
 
-async def test_fork_copies_the_memory(make_conductor):
+async def test_fork_copies_the_memory(make_conductor, interact):
     async with make_conductor(max_new_tokens=4) as conductor:
         await interact(conductor, "src", "remember this")
         info = await conductor.fork("src", "copy")

@@ -18,27 +18,11 @@ from reactor_rt.store import MemorySTMStore
 pytestmark = pytest.mark.anyio
 
 
-async def interact(conductor: Conductor, subject: str, text: str) -> list[Event]:
-    """Publish a query; its interaction's events up to the memory update (or an error)."""
-    query = Query(subject=subject, source="test", data={"text": text})
-    sub = await conductor.bus.subscribe(subject=subject)
-    async with sub:
-        await conductor.bus.publish(query)
-        events: list[Event] = []
-        with anyio.fail_after(60):
-            async for ev in sub:
-                if ev.interaction == query.interaction:
-                    events.append(ev)
-                    if ev.type in ("rx.memory.updated", "rx.error"):
-                        return events
-    raise AssertionError("subscription ended early")
-
-
 # -- a restarted conductor and a stream handle's old seq -------------------------------------------
 
 
 @pytest.mark.parametrize("same_bus", [True, False], ids=["same-bus", "new-bus-same-log"])
-async def test_a_restarted_conductor_treats_an_old_seq_as_caught_up(text_model, tmp_path, same_bus):
+async def test_a_restarted_conductor_treats_an_old_seq_as_caught_up(text_model, tmp_path, same_bus, interact):
     """A client keeps the seq of its last query across a restart: memory/fork/import with it return
     (the query was taken in by the conductor before), and a query sent after the restart is still
     waited for."""
@@ -73,7 +57,7 @@ async def test_a_restarted_conductor_treats_an_old_seq_as_caught_up(text_model, 
         await bus.close()
 
 
-async def test_an_old_seq_whose_query_was_pruned_does_not_hang(text_model, tmp_path, monkeypatch):
+async def test_an_old_seq_whose_query_was_pruned_does_not_hang(text_model, tmp_path, monkeypatch, interact):
     """The log kept under retention bounds lost the stream's last query before the restart: the
     conductor cannot know it took it in, and waits only a bounded time."""
     from reactor_rt.actors import conductor as conductor_module
@@ -104,7 +88,7 @@ async def test_an_old_seq_whose_query_was_pruned_does_not_hang(text_model, tmp_p
 # -- fork into a stream that already exists --------------------------------------------------------
 
 
-async def test_fork_into_an_open_stream_serves_the_forked_memory(make_conductor):
+async def test_fork_into_an_open_stream_serves_the_forked_memory(make_conductor, interact):
     async with make_conductor(max_new_tokens=4) as conductor:
         await conductor.open_stream("copy")  # opened (version 0) before the fork
         await interact(conductor, "src", "remember this")
@@ -116,7 +100,7 @@ async def test_fork_into_an_open_stream_serves_the_forked_memory(make_conductor)
         assert events[-1].type == "rx.memory.updated" and events[-1].data.version == 2
 
 
-async def test_fork_into_a_stream_of_another_memory_is_refused_before_any_write(make_conductor):
+async def test_fork_into_a_stream_of_another_memory_is_refused_before_any_write(make_conductor, interact):
     async with make_conductor(max_new_tokens=4) as conductor:
         await conductor.open_stream("member", memory="team")
         await interact(conductor, "src", "remember this")
@@ -126,7 +110,7 @@ async def test_fork_into_a_stream_of_another_memory_is_refused_before_any_write(
         assert (await conductor.open_stream("member")).memory_id == "team"
 
 
-async def test_fork_into_a_memory_with_versions_is_refused(make_conductor):
+async def test_fork_into_a_memory_with_versions_is_refused(make_conductor, interact):
     async with make_conductor(max_new_tokens=4) as conductor:
         await interact(conductor, "src", "remember this")
         await interact(conductor, "src", "and this")
@@ -157,6 +141,20 @@ async def test_think_rejects_a_seed_over_the_query_limit(make_conductor, text_mo
         assert version == 0
 
 
+async def think_until_final(conductor: Conductor, subject: str, budget: int) -> tuple[str, list[Event]]:
+    """Start a thought loop; its thought events and errors up to the final response."""
+    sub = await conductor.bus.subscribe(subject=subject, types={"rx.thought.", "rx.error"})
+    loop_id = await conductor.think(subject, "Let me think.", budget)
+    events: list[Event] = []
+    async with sub:
+        with anyio.fail_after(60):
+            async for ev in sub:
+                events.append(ev)
+                if ev.type == "rx.thought.response" and ev.data.final:
+                    break
+    return loop_id, events
+
+
 async def test_a_failed_step_ends_the_loop_with_a_final_response(make_conductor):
     async with make_conductor(max_new_tokens=4) as conductor:
         await conductor.open_stream("f")
@@ -171,15 +169,7 @@ async def test_a_failed_step_ends_the_loop_with_a_final_response(make_conductor)
             return await real_update(*args, **kwargs)
 
         conductor.engine.update = update
-        sub = await conductor.bus.subscribe(subject="f", types={"rx.thought.", "rx.error"})
-        loop_id = await conductor.think("f", "Let me think.", 5)
-        events: list[Event] = []
-        async with sub:
-            with anyio.fail_after(60):
-                async for ev in sub:
-                    events.append(ev)
-                    if ev.type == "rx.thought.response" and ev.data.final:
-                        break
+        loop_id, events = await think_until_final(conductor, "f", 5)
         types = [e.type for e in events]
         assert types == ["rx.thought.query", "rx.thought.response", "rx.thought.query", "rx.error",
                          "rx.thought.response"]
@@ -206,15 +196,7 @@ async def test_a_step_that_cannot_be_queued_ends_the_loop_with_a_final_response(
             yield text_model.tokenizer.encode("y" * (limit + 10))
 
         conductor.engine.generate = generate
-        sub = await conductor.bus.subscribe(subject="g", types={"rx.thought.", "rx.error"})
-        loop_id = await conductor.think("g", "Let me think.", 3)
-        events: list[Event] = []
-        async with sub:
-            with anyio.fail_after(60):
-                async for ev in sub:
-                    events.append(ev)
-                    if ev.type == "rx.thought.response" and ev.data.final:
-                        break
+        loop_id, events = await think_until_final(conductor, "g", 3)
         assert [e.type for e in events] == ["rx.thought.query", "rx.thought.response", "rx.error",
                                             "rx.thought.response"]
         assert events[2].data.code == "query_too_long"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 
 import anyio
@@ -16,13 +15,6 @@ from reactor_rt.events.hub import Hub
 from reactor_rt.events.ray_bus import EventBusCore
 
 pytestmark = pytest.mark.anyio
-
-_subjects = itertools.count()
-
-
-def fresh_subject() -> str:
-    return f"h{next(_subjects)}"
-
 
 def query(subject: str, text: str = "hi") -> Query:
     return Query(subject=subject, source="test", data={"text": text})
@@ -47,7 +39,7 @@ async def take(sub, n: int, timeout: float = 5.0) -> list:
 
 async def test_a_client_ahead_of_a_throwaway_bus_gets_the_next_events_whatever_their_number(anyio_backend):
     bus = InProcessBus()  # no log: a new bus numbers from 1 again
-    s = fresh_subject()
+    s = "s"  # each test has a bus of its own
     await bus.publish(query(s))  # seq 1
     with capture_logs() as logs:
         sub = await bus.subscribe(subject=s, after=3)  # the client saw 1..3 on an earlier bus
@@ -60,7 +52,7 @@ async def test_a_client_ahead_of_a_throwaway_bus_gets_the_next_events_whatever_t
 
 async def test_after_a_hard_crash_reused_chunk_numbers_still_reach_a_resumed_client(anyio_backend, tmp_path):
     path = tmp_path / "log.db"
-    s = fresh_subject()
+    s = "s"  # each test has a bus of its own
     first = InProcessBus(EventLog(str(path)))
     await first.publish(query(s))  # 1, logged
     await first.publish_many([chunk(s), chunk(s)])  # 2 and 3: chunks, their counter written later
@@ -76,7 +68,7 @@ async def test_after_a_hard_crash_reused_chunk_numbers_still_reach_a_resumed_cli
 
 async def test_resuming_behind_the_bus_still_replays_without_duplicates(anyio_backend):
     bus = InProcessBus(EventLog(":memory:"))
-    s = fresh_subject()
+    s = "s"  # each test has a bus of its own
     await bus.publish_many([query(s) for _ in range(3)])
     sub = await bus.subscribe(subject=s, after=1)
     await bus.publish(query(s))
@@ -89,7 +81,7 @@ async def test_resuming_behind_the_bus_still_replays_without_duplicates(anyio_ba
 
 async def test_a_frame_that_cannot_be_stamped_gives_its_numbers_back(anyio_backend):
     core = EventBusCore(":memory:")
-    s = fresh_subject()
+    s = "s"  # each test has a bus of its own
     good = encode(query(s))
     with pytest.raises(EventDecodeError):  # not encode's layout: stamping decodes it, and it is junk
         await core.publish_many([(s, "rx.query", good), (s, "rx.query", good), (s, "rx.query", b"\x80junk")])
@@ -117,7 +109,7 @@ async def test_a_failing_stamp_after_earlier_subjects_leaves_no_gap_on_any_of_th
 
 async def test_types_given_as_a_generator_filter_both_the_replay_and_the_live_events(anyio_backend):
     bus = InProcessBus(EventLog(":memory:"))
-    s = fresh_subject()
+    s = "s"  # each test has a bus of its own
     await bus.publish_many([query(s), chunk(s), query(s)])
     sub = await bus.subscribe(types=(t for t in ["rx.query"]), subject=s, after=0)
     await bus.publish_many([chunk(s), query(s)])
@@ -127,7 +119,7 @@ async def test_types_given_as_a_generator_filter_both_the_replay_and_the_live_ev
 
 async def test_types_given_as_an_iterator_on_the_bus_core(anyio_backend):
     core = EventBusCore(":memory:")
-    s = fresh_subject()
+    s = "s"  # each test has a bus of its own
     await core.publish_many([(s, "rx.query", encode(query(s))) for _ in range(2)])
     sid = await core.subscribe(iter(["rx.query"]), s, 0)
     with anyio.fail_after(5):
@@ -141,7 +133,7 @@ async def test_types_given_as_an_iterator_on_the_bus_core(anyio_backend):
 
 async def test_stalled_subscribers_share_one_overflow_wait_per_publish(anyio_backend):
     bus = InProcessBus(buffer=1, overflow_wait=0.2)
-    s = fresh_subject()
+    s = "s"  # each test has a bus of its own
     stalled = [await bus.subscribe(subject=s) for _ in range(5)]  # nobody reads them
     start = time.monotonic()
     await bus.publish_many([query(s), query(s)])  # one more than each buffer holds
@@ -153,7 +145,7 @@ async def test_stalled_subscribers_share_one_overflow_wait_per_publish(anyio_bac
 
 async def test_a_subscriber_that_made_room_during_the_shared_wait_keeps_its_events(anyio_backend):
     bus = InProcessBus(buffer=1, overflow_wait=0.3)
-    s = fresh_subject()
+    s = "s"  # each test has a bus of its own
     stalled = await bus.subscribe(subject=s)  # waited on first, until the deadline
     reader = await bus.subscribe(subject=s)  # full too, but read while the publish waits on `stalled`
     got: list[int] = []
