@@ -121,6 +121,7 @@ class _Served:
     query: str
     answer: str
     answer_ids: list[int]
+    stream_id: str  # feedback on it must come on this stream's subject
 
 
 @dataclass
@@ -521,9 +522,10 @@ class Conductor:
         subject, tag = feedback.subject, feedback.interaction or feedback.id
         target = feedback.data.target
         served = self._recent.get(target)
-        if served is None:
+        if served is None or served.stream_id != subject:  # a stream learns only from its own answers
             await self._error(subject, tag, ReactorError(
-                f"no recent interaction {target!r} to learn from"), code="unknown_interaction")
+                f"no recent interaction {target!r} of stream {subject[:256]!r} to learn from"),
+                code="unknown_interaction")
             return
         stm = await self.engine.stm_at(served.memory_id, served.stm_version)
         if stm is None:
@@ -691,7 +693,7 @@ class Conductor:
                   "weights_version": self._weights_version},
         )
         self._remember(interaction, _Served(lane.memory_id, handle.version, job.text, "".join(parts),
-                                            [t for t in answer_ids if t != eos]))
+                                            [t for t in answer_ids if t != eos], stream_id=subject))
         # the encoder sees a closed interaction, as in training: [BOS][Q] query [A] answer [EOS]
         full = job.prompt + answer_ids + ([eos] if finished != "eos" and eos >= 0 else [])
         # logged before the update runs (write-ahead): a crash before the new version is stored is

@@ -85,3 +85,14 @@ async def test_feedback_on_an_unknown_interaction_is_an_error(make_conductor, mo
     async with make_conductor(model=copy.deepcopy(model), learner=LearnerCore(copy.deepcopy(model))) as conductor:
         err = await feedback(conductor, "u", "no-such-interaction", reward=1.0)
         assert err.type == "rx.error" and err.data.code == "unknown_interaction"
+
+
+async def test_a_stream_learns_only_from_its_own_answers(make_conductor, model):
+    """Feedback names an interaction of the stream it is sent on (another stream's is refused)."""
+    async with make_conductor(model=copy.deepcopy(model), learner=LearnerCore(copy.deepcopy(model))) as conductor:
+        served = done(await ask(conductor, "owner", "hello"))
+        err = await feedback(conductor, "intruder", served.interaction, reward=1.0)
+        assert err.type == "rx.error" and err.data.code == "unknown_interaction"
+        assert conductor.weights_version == 0
+        applied = await feedback(conductor, "owner", served.interaction, reward=1.0)
+        assert applied.type == "rx.learning.applied" and conductor.weights_version == 1
