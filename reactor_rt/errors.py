@@ -20,6 +20,7 @@ __all__ = [
     "StreamClosedError",
     "SubscriberOverflowError",
     "TokenizerError",
+    "TrainingError",
 ]
 
 
@@ -89,3 +90,7 @@ class StaleVersionError(StoreError):
 
 class RuntimeUnavailableError(ReactorError):
     """Raised when an actor of the runtime cannot be reached, even after restarts and retries."""
+
+
+class TrainingError(ReactorError):
+    """Raised when training diverges: too many consecutive steps with a non-finite loss or gradient."""

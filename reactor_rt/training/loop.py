@@ -21,7 +21,10 @@ import structlog
 import torch
 from torch import Tensor, nn
 
+from reactor_rt.errors import TrainingError
+
 __all__ = [
+    "MAX_NONFINITE_STREAK",
     "OptimConfig",
     "StageResult",
     "StepFn",
@@ -35,6 +38,9 @@ __all__ = [
 log = structlog.get_logger()
 
 StepFn = Callable[[int], tuple[Tensor, dict[str, float]]]
+
+# A few non-finite steps in a row are skipped (a rare overflow); this many mean the run has diverged.
+MAX_NONFINITE_STREAK = 10
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,10 @@ def run_loop(
     ``last.pt``. ``before_step(step)`` may change which parameters train (gradual unfreezing).
     ``extra_modules`` (e.g. a critic) are optimised and checkpointed with the model. ``finalize``
     may add figures to the result (e.g. an evaluation) before it is saved with ``done.pt``.
+
+    A step whose loss or gradient norm is not finite is skipped (no optimiser step, a warning, counted
+    in ``extra["nonfinite_steps"]``), so one overflow cannot turn every weight to NaN and be saved;
+    `MAX_NONFINITE_STREAK` such steps in a row raise `TrainingError`.
     """
     from tqdm.auto import tqdm
 
@@ -148,6 +158,7 @@ def run_loop(
     opt = make_optimizer(all_params, cfg)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     start, losses, stats_log, elapsed = 0, [], [], 0.0
+    skipped, streak = 0, 0  # non-finite steps: in total, and in a row
 
     def modules_state() -> dict[str, Any]:
         return {"model": model.state_dict(), **{k: m.state_dict() for k, m in extra_modules.items()}}
@@ -160,13 +171,14 @@ def run_loop(
     if ckpt_dir is not None and resume:
         done = ckpt_dir / "done.pt"
         last = ckpt_dir / "last.pt"
+        # the loop's checkpoints hold only tensors and plain containers/numbers/strings
         if done.exists():
-            state = torch.load(done, weights_only=False)
+            state = torch.load(done, weights_only=True)
             load_modules(state["modules"])
             log.info("stage already done, loaded", stage=name)
             return StageResult(**state["result"])
         if last.exists():
-            state = torch.load(last, weights_only=False)
+            state = torch.load(last, weights_only=True)
             load_modules(state["modules"])
             opt.load_state_dict(state["optimizer"])
             start, losses, stats_log, elapsed = (
@@ -175,6 +187,7 @@ def run_loop(
                 state["stats"],
                 state["seconds"],
             )
+            skipped = state.get("nonfinite_steps", 0)
             log.info("stage resumed", stage=name, step=start)
 
     model.train()
@@ -190,15 +203,32 @@ def run_loop(
             group["lr"] = lr
         loss, stats = step_fn(step)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in all_params if p.grad is not None], cfg.clip)
-        opt.step()
-        losses.append(float(loss.detach()))
-        stats_log.append(stats)
-        bar.update(1)
-        window = losses[-20:]
-        bar.set_postfix(loss=f"{sum(window) / len(window):.3f}", lr=f"{lr:.2e}", refresh=False)
+        loss_value = float(loss.detach())
+        grad_norm = float("nan")
+        if math.isfinite(loss_value):
+            loss.backward()
+            grad_norm = _grad_norm([p for p in all_params if p.grad is not None], cfg.clip)
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+            opt.zero_grad(set_to_none=True)  # drop the bad gradients; the weights stay as they were
+            skipped, streak = skipped + 1, streak + 1
+            log.warning(
+                "non-finite step skipped", stage=name, step=step, loss=loss_value, grad_norm=grad_norm
+            )
+            if streak >= MAX_NONFINITE_STREAK:
+                raise TrainingError(
+                    f"stage {name!r}: {streak} consecutive steps with a non-finite loss or gradient "
+                    f"(last at step {step}, loss {loss_value}, grad norm {grad_norm}); training diverged"
+                    " — lower the learning rate or check the data"
+                )
+            bar.update(1)
+        else:
+            streak = 0
+            opt.step()
+            losses.append(loss_value)
+            stats_log.append(stats)
+            bar.update(1)
+            window = losses[-20:]
+            bar.set_postfix(loss=f"{sum(window) / len(window):.3f}", lr=f"{lr:.2e}", refresh=False)
         if ckpt_dir is not None and save_every and (step + 1) % save_every == 0 and step + 1 < cfg.steps:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             _save_atomic(
@@ -209,6 +239,7 @@ def run_loop(
                     "losses": losses,
                     "stats": stats_log,
                     "seconds": time.perf_counter() - t0,
+                    "nonfinite_steps": skipped,
                 },
                 ckpt_dir / "last.pt",
             )
@@ -224,6 +255,8 @@ def run_loop(
         extra=_mean_stats(stats_log[-window:]),
         first_extra=_mean_stats(stats_log[:window]),
     )
+    if skipped:
+        result.extra["nonfinite_steps"] = skipped
     if finalize is not None:
         finalize(result)
     if ckpt_dir is not None:
@@ -232,6 +265,15 @@ def run_loop(
         (ckpt_dir / "last.pt").unlink(missing_ok=True)
     log.info("stage done", stage=name, summary=result.line())
     return result
+
+
+def _grad_norm(params: list[nn.Parameter], clip: float) -> float:
+    """The total gradient norm before clipping; clips to ``clip`` when it is > 0."""
+    if not params:
+        return 0.0
+    if clip > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, clip))
+    return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
 
 
 def _mean_stats(rows: list[dict[str, float]]) -> dict[str, float]:
