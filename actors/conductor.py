@@ -266,9 +266,11 @@ class Conductor:
                 current = await self.engine.handle(data.memory)
                 if current.version < data.from_version:
                     raise ReactorError(f"the store holds version {current.version}, older than {data.from_version}")
-                start = STMHandle(data.memory, data.from_version, current.stm) if current.version > data.from_version \
-                    else current
-                new = await self.engine.update(start, list(data.input_ids), interaction)
+                # the store moved past from_version: the crash came after this update's write (a memory's
+                # interactions run one at a time, so that write is this one): announce it. Recomputing it
+                # from the newer STM would apply the interaction twice in the engine's caches.
+                new = current if current.version > data.from_version else \
+                    await self.engine.update(current, list(data.input_ids), interaction)
             except Exception as exc:
                 log.warning("conductor.recover_failed", interaction=interaction, error=str(exc)[:200])
                 await self._error(event.subject, interaction, exc)

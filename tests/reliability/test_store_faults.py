@@ -100,6 +100,44 @@ async def test_a_crash_between_update_and_write_is_replayed_bit_for_bit(local_ru
         assert nxt[-1].type == "rx.memory.updated" and nxt[-1].data.version == 4
 
 
+async def test_a_crash_after_the_write_is_announced_without_recomputing(local_runtime, run_query, query, tmp_path):
+    """The store holds the update, its rx.memory.updated was never published: the restart announces the
+    stored version and computes nothing (recomputing from the newer STM would apply the turn twice)."""
+    db, log_path = tmp_path / "stm.db", str(tmp_path / "events.db")
+    async with local_runtime(store=SQLiteSTMStore(db), log_path=log_path) as rt:
+        await run_query(rt.bus, query("s", "My name is Ada."))
+        written = asyncio.Event()
+        real_update = rt.engine.update
+
+        async def write_then_die(*args, **kwargs):
+            await real_update(*args, **kwargs)  # the new version is stored...
+            written.set()
+            await asyncio.Event().wait()  # ...and the process dies before announcing it
+
+        rt.engine.update = write_then_die
+        last = query("s", "I like tea.")
+        await rt.bus.publish(last)
+        with anyio.fail_after(60):
+            await written.wait()
+        stored = rt.store.load("s")
+        rt.engine.update = real_update
+    assert stored.version == 2
+    async with local_runtime(store=SQLiteSTMStore(db), log_path=log_path, recover=False) as rt:
+        recomputed = []
+        real_update = rt.engine.update
+
+        async def spy(*args, **kwargs):
+            recomputed.append(args)
+            return await real_update(*args, **kwargs)
+
+        rt.engine.update = spy
+        report = await rt.conductor.recover()
+        assert report["announced"] == [last.id] and recomputed == []
+        ended = [e for e in rt.log.read_types(["rx.memory.updated"]) if e.interaction == last.id]
+        assert len(ended) == 1 and ended[0].data.version == 2
+        assert torch.equal(rt.store.load("s").stm, stored.stm)
+
+
 async def test_an_unanswered_query_in_the_log_ends_with_an_error_after_a_restart(local_runtime, run_query, query, tmp_path):
     db, log_path = tmp_path / "stm.db", str(tmp_path / "events.db")
     async with local_runtime(store=SQLiteSTMStore(db), log_path=log_path) as rt:
