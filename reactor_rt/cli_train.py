@@ -135,7 +135,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--recipe", default="tiny", help="recipe name (tiny, micro)")
     p.add_argument("--out", default=None, help="output directory (default runs/<recipe>)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-resume", dest="resume", action="store_false", help="start over, clearing --out")
+    p.add_argument(
+        "--no-resume", "--restart", dest="resume", action="store_false", help="start over, clearing --out"
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--no-eval", dest="evaluate", action="store_false", help="skip the final recall table")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS)
@@ -158,17 +160,26 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; returns its exit status (1 with ``error: ...`` on a ReactorError)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = argparse.ArgumentParser(prog="python -m reactor_rt.cli_train")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_parser(sub)
     add_eval_parser(sub)
     args = parser.parse_args(argv)
-    if args.command == "train":
-        return train_command(
-            args.recipe, args.out, args.seed, args.resume, args.progress, args.threads, args.evaluate
+    from reactor_rt.errors import ReactorError
+
+    try:
+        if args.command == "train":
+            return train_command(
+                args.recipe, args.out, args.seed, args.resume, args.progress, args.threads, args.evaluate
+            )
+        return eval_recall_command(
+            args.model, args.json, args.n, args.ks, args.seed, args.ablation, args.threads
         )
-    return eval_recall_command(args.model, args.json, args.n, args.ks, args.seed, args.ablation, args.threads)
+    except ReactorError as exc:  # an expected failure (bad recipe, mismatched run dir): no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

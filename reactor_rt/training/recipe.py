@@ -49,6 +49,7 @@ from typing import Any
 import structlog
 import torch
 
+from reactor_rt.errors import CheckpointError, ConfigError
 from reactor_rt.model import ReactiveTransformer, RxTConfig
 from reactor_rt.tokenizer import HFTokenizer, load_tokenizer
 from reactor_rt.training.bpe import save_tokenizer, train_bpe_tokenizer
@@ -69,7 +70,7 @@ from reactor_rt.training.stages import (
 )
 from reactor_rt.training.values import VALUE_PIECES_PATTERN
 
-__all__ = ["RECIPES", "TINY_MODEL", "Recipe", "TrainSummary", "get_recipe", "train", "with_steps"]
+__all__ = ["RECIPES", "RUN_FILE", "TINY_MODEL", "Recipe", "TrainSummary", "get_recipe", "train", "with_steps"]
 
 log = structlog.get_logger()
 
@@ -157,9 +158,9 @@ RECIPES: dict[str, Recipe] = {
 
 
 def get_recipe(name: str) -> Recipe:
-    """A named recipe; ValueError listing the known names otherwise."""
+    """A named recipe; `ConfigError` (a ValueError) listing the known names otherwise."""
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
+        raise ConfigError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
     return RECIPES[name]
 
 
@@ -191,6 +192,42 @@ class TrainSummary:
         return "\n".join(lines)
 
 
+RUN_FILE = "run.json"
+
+
+def _run_identity(recipe: Recipe, seed: int) -> dict[str, Any]:
+    """What a run directory's checkpoints depend on; JSON round-tripped so it compares with the file."""
+    ident = {"recipe": recipe.name, "seed": seed, "vocab_size": recipe.vocab_size, "model": recipe.model}
+    return json.loads(json.dumps(ident))
+
+
+def _check_run_dir(recipe: Recipe, out: Path, seed: int) -> None:
+    """Refuse to resume into ``out`` when it holds a run of another recipe, seed or model; else record ours.
+
+    Without this the tokenizer and every finished stage of the earlier run would be reused silently.
+    """
+    path = out / RUN_FILE
+    ours = _run_identity(recipe, seed)
+    if path.exists():
+        try:
+            theirs = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path} is unreadable ({exc}); use another --out or --no-resume") from exc
+        if theirs != ours:
+            diff = ", ".join(
+                f"{k} {theirs.get(k)!r} vs {ours[k]!r}" for k in ours if theirs.get(k) != ours[k]
+            )
+            raise CheckpointError(
+                f"{out} holds a run of recipe {theirs.get('recipe')!r} seed {theirs.get('seed')!r}, "
+                f"not recipe {recipe.name!r} seed {seed} ({diff}); resuming would reuse its tokenizer "
+                "and checkpoints. Use another --out, or --restart (--no-resume) to clear it"
+            )
+        return
+    if (out / "tokenizer").exists() or (out / "stages").exists():
+        log.warning("run dir has no run.json (older run); cannot check seed/recipe", out=str(out))
+    path.write_text(json.dumps(ours, indent=1))
+
+
 def _tokenizer(recipe: Recipe, out: Path, seed: int) -> HFTokenizer:
     tok_dir = out / "tokenizer"
     if (tok_dir / "tokenizer.json").exists():
@@ -215,17 +252,20 @@ def train(
     ``out`` receives ``tokenizer/``, ``stages/<n_stage>/`` (``last.pt`` while a stage runs, ``done.pt``
     when it is finished), ``model/`` (the final checkpoint, loadable with
     `ReactiveTransformer.from_pretrained`, with ``recall.json`` — the recall table — and
-    ``fixed_eval.json`` — the small eval the tests re-check — beside it) and ``summary.json``.
-    With ``resume`` a rerun skips the finished stages and continues the interrupted one; without it
-    the previous run's files in ``out`` are removed first. Deterministic for a seed (same machine, same thread count).
+    ``fixed_eval.json`` — the small eval the tests re-check — beside it), ``summary.json`` and
+    ``run.json`` (recipe, seed, model config). With ``resume`` a rerun skips the finished stages and
+    continues the interrupted one — `CheckpointError` if ``run.json`` names another recipe, seed or
+    model; without it the previous run's files in ``out`` are removed first. Deterministic for a seed (same machine, same thread count).
     """
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     out = Path(out)
     if not resume:  # start over: remove only what a run writes, never the rest of ``out``
         for sub in ("tokenizer", "stages", "model"):
             shutil.rmtree(out / sub, ignore_errors=True)
-        (out / "summary.json").unlink(missing_ok=True)
+        for name in ("summary.json", RUN_FILE):
+            (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    _check_run_dir(recipe, out, seed)
     t0 = time.perf_counter()
     tok = _tokenizer(recipe, out, seed)
     torch.manual_seed(seed)

@@ -1,0 +1,58 @@
+"""A run directory remembers its recipe, seed and model; resuming with others is refused, not reused."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from reactor_rt.cli_train import main
+from reactor_rt.errors import CheckpointError, ConfigError
+from reactor_rt.training.recipe import RECIPES, RUN_FILE, get_recipe, train, with_steps
+
+# the micro recipe cut to one step a stage: only the run directory's bookkeeping is under test
+ONE_STEP = with_steps(RECIPES["micro"], joint_lm=1, sft=1, memory_pretrain=1, memory_aware=1, mrl=1)
+
+
+def _train(out, recipe=ONE_STEP, seed=0, resume=True):
+    return train(recipe, out, seed=seed, resume=resume, progress=False, evaluate=False)
+
+
+def test_run_json_and_mismatches_refused(tmp_path):
+    out = tmp_path / "run"
+    _train(out, seed=0)
+    run = json.loads((out / RUN_FILE).read_text())
+    assert run["recipe"] == "micro" and run["seed"] == 0 and run["model"]["dim"] == ONE_STEP.model["dim"]
+
+    with pytest.raises(CheckpointError, match=r"seed 0.*seed 1") as info:
+        _train(out, seed=1)
+    assert "--out" in str(info.value) and "--restart" in str(info.value)
+
+    other = replace(ONE_STEP, name="micro2", model={**ONE_STEP.model, "dim": 48})
+    with pytest.raises(CheckpointError, match=r"'micro'.*'micro2'"):
+        _train(out, recipe=other)
+
+    # same recipe and seed resumes; a restart with another seed clears the directory and records it
+    assert _train(out, seed=0).seed == 0
+    s = _train(out, seed=1, resume=False)
+    assert s.seed == 1 and json.loads((out / RUN_FILE).read_text())["seed"] == 1
+
+
+def test_unknown_recipe_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"unknown recipe 'huge'.*micro.*tiny"):
+        get_recipe("huge")
+
+
+def test_cli_reports_errors_without_traceback(tmp_path, capsys):
+    assert main(["train", "--recipe", "huge", "--out", str(tmp_path / "x"), "--threads", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown recipe 'huge'") and "Traceback" not in err
+
+    out = tmp_path / "run"
+    _train(out, seed=0)
+    # a run dir of seed 0: the CLI asked for seed 5 refuses before training anything
+    argv = ["train", "--recipe", "micro", "--out", str(out), "--seed", "5", "--no-progress", "--threads", "0"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "seed 5" in err
