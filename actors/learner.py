@@ -15,6 +15,7 @@ import torch
 
 from reactor_rt.errors import CheckpointError
 from reactor_rt.learning import LearningExample, LearningResult, LiveLearner, saved_version
+from reactor_rt.learning.learner import LearnerSnapshot
 from reactor_rt.model import ReactiveTransformer
 
 __all__ = ["LearnerActor", "LearnerActorImpl", "LearnerCore"]
@@ -40,11 +41,17 @@ class LearnerCore:
         return self.learner.weights_version
 
     def apply(self, example: LearningExample) -> LearningResult:
-        """One update (or a rejection); an accepted one is on disk when this returns."""
-        result = self.learner.apply(example)
-        if result.accepted:
-            self._persist()
-        return result
+        """One update (or a rejection); an accepted one is on disk when this returns.
+
+        When saving it fails, the update is undone (weights, optimizer, version, kept versions, baseline)
+        before the error propagates: an update reported as failed never reaches serving.
+        """
+        with self.learner._lock:  # nothing reads the weights between the update and its undo
+            before = self.learner.snapshot() if self.save_dir is not None else None
+            result = self.learner.apply(example)
+            if result.accepted:
+                self._persist(before)
+            return result
 
     def weights(self) -> tuple[int, dict[str, torch.Tensor]]:
         """(version, the changed parameters by name), read together."""
@@ -58,17 +65,24 @@ class LearnerCore:
 
     def rollback(self, version: int) -> int:
         """Return to a kept earlier version's weights as a new version (saved); ValueError if not kept."""
-        new = self.learner.rollback(version)
-        self._persist()
-        return new
+        with self.learner._lock:
+            before = self.learner.snapshot() if self.save_dir is not None else None
+            new = self.learner.rollback(version)
+            self._persist(before)
+            return new
 
-    def _persist(self) -> None:
+    def _persist(self, before: LearnerSnapshot | None) -> None:
+        """Save the learner; on any failure put `before` back, then raise (CheckpointError for I/O)."""
         if self.save_dir is None:
             return
+        assert before is not None
         try:
             self.learner.save(self.save_dir)
-        except OSError as exc:
-            raise CheckpointError(f"cannot save the learned weights to {self.save_dir}: {exc}") from exc
+        except BaseException as exc:
+            self.learner.restore(before)
+            if isinstance(exc, OSError):
+                raise CheckpointError(f"cannot save the learned weights to {self.save_dir}: {exc}") from exc
+            raise
 
 
 class LearnerActorImpl:

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -39,9 +40,20 @@ from reactor_rt.learning.persistence import (
 from reactor_rt.learning.rate_limit import TokenBucket
 from reactor_rt.model import ReactiveTransformer
 
-__all__ = ["LiveLearner"]
+__all__ = ["LearnerSnapshot", "LiveLearner"]
 
 log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class LearnerSnapshot:
+    """A LiveLearner's state at one moment (see `LiveLearner.snapshot`)."""
+
+    params: dict[str, Tensor]
+    optimizer: dict
+    version: int
+    history: OrderedDict[int, dict[str, Tensor]]
+    baseline: tuple[float, int]
 
 
 class LiveLearner:
@@ -152,9 +164,8 @@ class LiveLearner:
             return self._apply(example)
 
     def _apply(self, example: LearningExample) -> LearningResult:
+        # validate first: feedback that is rejected anyway must not spend the rate limit's tokens
         self._check_stm(example)
-        if not self.bucket.take():
-            return self._reject("rate_limited", "too many updates per minute; feedback dropped", example)
         batch = answer_batch(self.model, example)
         if batch.length - 1 > self.model.config.max_seq_len:
             return self._reject(
@@ -169,9 +180,13 @@ class LiveLearner:
         advantage = None
         if example.correction is None:
             assert example.reward is not None
+            if not math.isfinite(example.reward):
+                return self._reject("non_finite_loss", f"reward is {example.reward}", example)
             advantage = self.baseline.advantage(example.reward)
             if advantage == 0.0:
                 return self._reject("no_signal", "reward equals the running baseline", example)
+        if not self.bucket.take():
+            return self._reject("rate_limited", "too many updates per minute; feedback dropped", example)
         # Adam normalises the gradient's scale away, so |advantage| would barely matter; scale the step
         # size by it instead (capped at 1: a full-size step, as for a correction)
         scale = 1.0 if advantage is None else min(1.0, abs(advantage))
@@ -276,6 +291,27 @@ class LiveLearner:
         while len(self._history) > self.keep_versions:
             self._history.popitem(last=False)
 
+    def snapshot(self) -> LearnerSnapshot:
+        """Everything `apply` and `rollback` change (weights, optimizer state, version, kept versions,
+        baseline), for `restore` when what follows the update (saving it) fails."""
+        with self._lock:
+            return LearnerSnapshot(
+                params={n: p.detach().clone() for n, p in self._params.items()},
+                optimizer=copy.deepcopy(self.optimizer.state_dict()),
+                version=self._version,
+                history=OrderedDict(self._history),  # kept tensors are never changed in place
+                baseline=(self.baseline.value, self.baseline.count),
+            )
+
+    def restore(self, snapshot: LearnerSnapshot) -> None:
+        """Put back exactly the state `snapshot` took: the update(s) since then never happened."""
+        with self._lock:
+            self._restore(snapshot.params, snapshot.optimizer)
+            self._version = snapshot.version
+            self._history = OrderedDict(snapshot.history)
+            self.baseline.value, self.baseline.count = snapshot.baseline
+            log.warning("learning.restored", version=self._version)
+
     # ---------------------------------------------------------------- versions
     def rollback(self, version: int) -> int:
         """Restore the weights of a kept earlier version, as a *new* version (returned).
@@ -298,7 +334,12 @@ class LiveLearner:
 
     # ---------------------------------------------------------------- persistence
     def save(self, directory: str | Path) -> Path:
-        """Persist weights, version, optimizer state, baseline and the kept versions (safetensors)."""
+        """Persist weights, version, optimizer state, baseline and the kept versions (safetensors).
+
+        The state file is written last (atomically, by rename): a save that fails before it leaves the
+        directory loading as the previously saved version. Old version files are pruned after it, best
+        effort.
+        """
         with self._lock:
             path = Path(directory)
             tensors: dict[str, Tensor] = {}
@@ -309,16 +350,25 @@ class LiveLearner:
                     tensors[f"exp_avg/{name}"] = state["exp_avg"]
                     tensors[f"exp_avg_sq/{name}"] = state["exp_avg_sq"]
                     tensors[f"step/{name}"] = torch.as_tensor(state["step"], dtype=torch.float32).reshape(1)
-            write_tensors(path / STATE_FILE, tensors, self._metadata(self._version))
             on_disk = version_files(path)
             for version, weights in self._history.items():
                 existing = on_disk.get(version)
-                if existing is None or read_tensors(existing, True)[1].get("lineage") != self._lineage:
+                # the current version's file is always rewritten: a failed earlier save may have left one
+                # of the same number and lineage holding an update that was undone
+                if (
+                    version == self._version
+                    or existing is None
+                    or read_tensors(existing, True)[1].get("lineage") != self._lineage
+                ):
                     file = path / VERSIONS_DIR / f"v{version}.safetensors"
                     write_tensors(file, weights, self._metadata(version))
+            write_tensors(path / STATE_FILE, tensors, self._metadata(self._version))
             for version, file in on_disk.items():
                 if version not in self._history:
-                    file.unlink(missing_ok=True)
+                    try:
+                        file.unlink(missing_ok=True)
+                    except OSError as exc:  # the new state is saved; a stale file only wastes space
+                        log.warning("learning.prune_failed", file=str(file), error=str(exc))
             return path
 
     def load(self, directory: str | Path) -> int:
@@ -331,28 +381,42 @@ class LiveLearner:
             path = Path(directory)
             tensors, meta = read_tensors(path / STATE_FILE)
             weights = self._checked_weights(tensors, meta, path / STATE_FILE)
+            try:
+                version, lineage = int(meta["weights_version"]), meta["lineage"]
+                baseline = (float(meta["baseline"]), int(meta["baseline_count"]))
+            except (KeyError, ValueError) as exc:
+                raise CheckpointError(f"{path / STATE_FILE} has bad metadata: {exc!r}") from exc
+            moments = {}
+            for name, p in self._params.items():
+                if f"exp_avg/{name}" in tensors:
+                    moments[name] = {
+                        "step": tensors[f"step/{name}"].reshape(()).clone(),
+                        "exp_avg": tensors[f"exp_avg/{name}"].to(p.device),
+                        "exp_avg_sq": tensors[f"exp_avg_sq/{name}"].to(p.device),
+                    }
+            history: OrderedDict[int, dict[str, Tensor]] = OrderedDict()
+            for older_version, file in sorted(version_files(path).items()):
+                if older_version >= version:
+                    continue
+                # a bad history file costs only that rollback target, never the learned state
+                try:
+                    older, older_meta = read_tensors(file)
+                    if older_meta.get("lineage") == lineage:
+                        history[older_version] = self._checked_weights(older, older_meta, file, prefix="")
+                except CheckpointError as exc:
+                    log.warning("learning.history_skipped", file=str(file), error=str(exc))
+
+            # everything is read and checked: only now change the learner
             with torch.no_grad():
                 for name, p in self._params.items():
                     p.copy_(weights[name])
             self.optimizer.state.clear()
             for name, p in self._params.items():
-                if f"exp_avg/{name}" in tensors:
-                    self.optimizer.state[p] = {
-                        "step": tensors[f"step/{name}"].reshape(()).clone(),
-                        "exp_avg": tensors[f"exp_avg/{name}"].to(p.device),
-                        "exp_avg_sq": tensors[f"exp_avg_sq/{name}"].to(p.device),
-                    }
-            self._version = int(meta["weights_version"])
-            self._lineage = meta["lineage"]
-            self.baseline.value = float(meta["baseline"])
-            self.baseline.count = int(meta["baseline_count"])
-            self._history.clear()
-            for version, file in sorted(version_files(path).items()):
-                if version >= self._version:
-                    continue
-                older, older_meta = read_tensors(file)
-                if older_meta.get("lineage") == self._lineage:
-                    self._history[version] = self._checked_weights(older, older_meta, file, prefix="")
+                if name in moments:
+                    self.optimizer.state[p] = moments[name]
+            self._version, self._lineage = version, lineage
+            self.baseline.value, self.baseline.count = baseline
+            self._history = history
             self._remember()
             log.info("learning.loaded", version=self._version, kept=list(self._history))
             return self._version

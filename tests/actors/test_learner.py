@@ -76,3 +76,81 @@ def test_learner_actor_over_ray(ray_local, model, tmp_path):
         assert saved_version(tmp_path) == 1
     finally:
         ray_local.kill(actor)
+
+
+@pytest.mark.parametrize("fail_after_state_file", [False, True])
+def test_an_update_whose_save_fails_is_undone_in_memory_and_on_disk(model, tmp_path, monkeypatch, fail_after_state_file):
+    from reactor_rt.errors import CheckpointError
+    from reactor_rt.learning import learner as learner_module
+
+    core = LearnerCore(copy.deepcopy(model), tmp_path, max_updates_per_minute=None, steps_per_feedback=1)
+    stm = _stm(model)
+    assert core.apply(LearningExample(QUERY, "?", stm, correction="Paris.")).accepted
+    assert core.apply(LearningExample(QUERY, "Lyon.", stm, reward=1.0)).accepted
+    learner = core.learner
+    version = core.weights_version
+    params = learner.state_dict_for_serving()
+    moments = {n: {k: v.clone() for k, v in s.items()} for n, s in learner.optimizer.state_dict()["state"].items()}
+    kept, baseline = learner.kept_versions, (learner.baseline.value, learner.baseline.count)
+
+    real_write = learner_module.write_tensors
+
+    def failing_write(path, tensors, metadata):
+        # disk full: either on the new version's file, or once the state file already says N+1
+        if fail_after_state_file and path.name == "learner.safetensors":
+            real_write(path, tensors, metadata)
+            raise OSError(28, "No space left on device")
+        if not fail_after_state_file:
+            raise OSError(28, "No space left on device")
+        real_write(path, tensors, metadata)
+
+    monkeypatch.setattr(learner_module, "write_tensors", failing_write)
+    with pytest.raises(CheckpointError, match="No space"):
+        core.apply(LearningExample(QUERY, "Lyon.", stm, reward=-1.0))
+    monkeypatch.undo()
+
+    assert core.weights_version == version and core.weights_since(version) == (version, None)
+    after = learner.state_dict_for_serving()
+    assert all(torch.equal(after[n], params[n]) for n in params)
+    state = learner.optimizer.state_dict()["state"]
+    assert all(torch.equal(state[n][k], moments[n][k]) for n in moments for k in moments[n])
+    assert learner.kept_versions == kept and (learner.baseline.value, learner.baseline.count) == baseline
+    if not fail_after_state_file:
+        assert saved_version(tmp_path) == version  # the state file never switched
+    # the next accepted update is version N+1 and carries only its own change; its save replaces any
+    # version file the failed save left
+    good = core.apply(LearningExample(QUERY, "?", stm, correction="Paris."))
+    assert good.accepted and good.weights_version == version + 1 == saved_version(tmp_path)
+    restarted = LearnerCore(copy.deepcopy(model), tmp_path, max_updates_per_minute=None)
+    assert restarted.weights_version == version + 1
+    assert restarted.learner.rollback(version) == version + 2
+    back = restarted.learner.state_dict_for_serving()
+    assert all(torch.equal(back[n], params[n]) for n in params)
+
+
+def test_a_failed_save_leaves_the_directory_loading_as_the_previous_version(model, tmp_path, monkeypatch):
+    from reactor_rt.errors import CheckpointError
+    from reactor_rt.learning import learner as learner_module
+
+    core = LearnerCore(copy.deepcopy(model), tmp_path, max_updates_per_minute=None, steps_per_feedback=1)
+    stm = _stm(model)
+    assert core.apply(LearningExample(QUERY, "?", stm, correction="Paris.")).accepted
+    params = core.learner.state_dict_for_serving()
+    calls = {"n": 0}
+    real_write = learner_module.write_tensors
+
+    def second_write_fails(path, tensors, metadata):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise CheckpointError("disk full")
+        real_write(path, tensors, metadata)
+
+    monkeypatch.setattr(learner_module, "write_tensors", second_write_fails)
+    with pytest.raises(CheckpointError, match="disk full"):
+        core.apply(LearningExample(QUERY, "?", stm, correction="Marseille."))
+    monkeypatch.undo()
+    assert saved_version(tmp_path) == 1 == core.weights_version
+    restarted = LearnerCore(copy.deepcopy(model), tmp_path, max_updates_per_minute=None)
+    assert restarted.weights_version == 1
+    loaded = restarted.learner.state_dict_for_serving()
+    assert all(torch.equal(loaded[n], params[n]) for n in params)
