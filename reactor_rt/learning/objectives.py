@@ -23,7 +23,7 @@ from reactor_rt.model import ReactiveTransformer
 from reactor_rt.template import answer_start, build_interaction, build_prompt
 from reactor_rt.training.losses import masked_token_loss
 
-__all__ = ["AnswerBatch", "RunningBaseline", "answer_batch", "answer_nll", "read_stm", "source_ids"]
+__all__ = ["REWARD_BOUND", "AnswerBatch", "RunningBaseline", "answer_batch", "answer_nll", "read_stm", "source_ids"]
 
 
 @dataclass(frozen=True)
@@ -91,17 +91,31 @@ def answer_nll(model: ReactiveTransformer, batch: AnswerBatch, stm: Tensor) -> t
     return masked_token_loss(logits, batch.ids, batch.target), aux
 
 
+REWARD_BOUND = 1.0
+"""The largest |reward| that enters the running baseline (see `RunningBaseline`)."""
+
+
 class RunningBaseline:
     """Exponential moving average of the rewards seen: REINFORCE's variance-reducing baseline.
 
     Starts at 0, so the first reward's sign decides the first step's direction (starting at the first
     reward would make the first advantage exactly zero).
+
+    The feedback schema gives rewards no range, so what enters the average is clipped to
+    [-bound, bound] (`REWARD_BOUND`, 1.0: the learner's step size already saturates at |advantage| = 1,
+    so rewards are meant on a unit scale). One huge reward then moves the baseline by at most
+    (1 - momentum) * bound, instead of turning hundreds of later positive rewards into un-learning steps.
+    The advantage itself uses the reward as given.
     """
 
-    def __init__(self, momentum: float = 0.9, value: float = 0.0, count: int = 0) -> None:
+    def __init__(
+        self, momentum: float = 0.9, value: float = 0.0, count: int = 0, bound: float = REWARD_BOUND
+    ) -> None:
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"baseline momentum must be in [0, 1), got {momentum}")
-        self.momentum, self.value, self.count = momentum, value, count
+        if not bound > 0.0:
+            raise ValueError(f"baseline bound must be > 0, got {bound}")
+        self.momentum, self.value, self.count, self.bound = momentum, value, count, bound
 
     def advantage(self, reward: float) -> float:
         """reward - baseline (NaN in, NaN out: the caller rejects a non-finite loss)."""
@@ -111,5 +125,6 @@ class RunningBaseline:
         """Fold one (finite) reward into the average."""
         if not math.isfinite(reward):
             raise ValueError(f"reward must be finite, got {reward}")
-        self.value = self.momentum * self.value + (1.0 - self.momentum) * float(reward)
+        clipped = max(-self.bound, min(self.bound, float(reward)))
+        self.value = self.momentum * self.value + (1.0 - self.momentum) * clipped
         self.count += 1

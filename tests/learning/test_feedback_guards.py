@@ -1,0 +1,68 @@
+"""Feedback guards: an outlier reward cannot poison the baseline, invalid feedback spends no rate-limit
+token, and a bad history file neither half-loads a learner nor stops it from loading."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from reactor_rt.errors import CheckpointError
+from reactor_rt.learning import LearningExample, LiveLearner, objectives
+from reactor_rt.learning.objectives import RunningBaseline
+from reactor_rt.learning.persistence import VERSIONS_DIR
+
+
+def _reward(kit, stm, reward: float) -> LearningExample:
+    return LearningExample(kit.QUERY, "Lyon.", stm, reward=reward, target="i-3")
+
+
+def test_one_huge_reward_moves_the_baseline_by_at_most_the_bound():
+    baseline = RunningBaseline(0.9)
+    baseline.update(1e30)
+    assert baseline.value == (1 - 0.9) * objectives.REWARD_BOUND
+    baseline.update(-1e30)
+    assert abs(baseline.value) <= objectives.REWARD_BOUND
+    # the next ordinary positive reward still counts as a positive signal
+    assert baseline.advantage(1.0) > 0
+
+
+def test_after_a_huge_reward_a_positive_reward_still_reinforces(kit, model, stm):
+    learner = LiveLearner(model, max_updates_per_minute=None, steps_per_feedback=1)
+    assert learner.apply(_reward(kit, stm, 1e15)).accepted  # large, yet its gradient stays finite
+    assert learner.baseline.value <= objectives.REWARD_BOUND
+    assert learner.baseline.advantage(0.5) > 0  # was 0.5 - 1e14: an un-learning step
+
+
+def test_invalid_feedback_spends_no_rate_limit_token(kit, model, stm, clock):
+    learner = LiveLearner(model, max_updates_per_minute=6, burst=1, clock=clock, steps_per_feedback=1)
+    assert learner.apply(_reward(kit, stm, math.nan)).reason == "non_finite_loss"
+    too_long = LearningExample(kit.QUERY, "?", stm, correction="x" * (model.config.max_seq_len + 10))
+    assert learner.apply(too_long).reason == "too_long"
+    assert learner.apply(_reward(kit, stm, 0.0)).reason == "no_signal"
+    # the one token in the bucket is still there for valid feedback
+    assert learner.apply(_reward(kit, stm, 1.0)).accepted
+
+
+def test_a_bad_history_file_is_skipped_and_load_changes_nothing_before_it_has_read_all(kit, model, stm, tmp_path):
+    learner = LiveLearner(model, max_updates_per_minute=None, steps_per_feedback=1)
+    for text in ("Paris.", "Rome.", "Oslo."):
+        assert learner.apply(LearningExample(kit.QUERY, "?", stm, correction=text)).accepted
+    learner.save(tmp_path)
+    (tmp_path / VERSIONS_DIR / "v1.safetensors").write_bytes(b"not a safetensors file")
+
+    fresh_model = kit.make_model()
+    fresh = LiveLearner(fresh_model, max_updates_per_minute=None)
+    assert fresh.load(tmp_path) == 3
+    assert fresh.kept_versions == [0, 2, 3]  # v1 skipped, the rest kept
+    assert not kit.changed(fresh_model, kit.snapshot(model))
+    assert fresh.rollback(2) == 4
+
+    # a bad state file: nothing of the learner changes
+    (tmp_path / "learner.safetensors").write_bytes(b"garbage")
+    other_model = kit.make_model(seed=7)
+    before = kit.snapshot(other_model)
+    other = LiveLearner(other_model, max_updates_per_minute=None)
+    with pytest.raises(CheckpointError):
+        other.load(tmp_path)
+    assert not kit.changed(other_model, before) and other.weights_version == 0
