@@ -116,6 +116,10 @@ def eval_recall_command(
     """
     json = json if json_output is None else json_output
     n = n if dialogues is None else dialogues
+    if n < 1:
+        from reactor_rt.errors import ConfigError
+
+        raise ConfigError(f"the recall evaluation needs at least 1 dialogue per cell, not {n}")
     _set_threads(threads)
     from reactor_rt.training.eval_recall import evaluate_recall, format_table
 

@@ -56,3 +56,10 @@ def test_cli_reports_errors_without_traceback(tmp_path, capsys):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "seed 5" in err
+
+
+def test_eval_with_no_dialogues_is_a_clear_error(capsys):
+    from reactor_rt.cli import main
+
+    assert main(["eval", "recall", "--dialogues", "0"]) == 1
+    assert "at least 1 dialogue" in capsys.readouterr().err
