@@ -430,6 +430,10 @@ class DecoderActorImpl(LinkHost):
             except Exception:  # only a lost head start: submit() loads the STM itself
                 log.exception("decoder.prepare_failed", memory=handle.memory_id[:256], version=handle.version)
 
+    async def loaded_weights_version(self) -> int:
+        """The learned weights this actor serves (0 after a restart, until they are pushed again)."""
+        return self.weights_version
+
     async def set_weights(self, version: int, state: dict[str, torch.Tensor]) -> int:
         await self.service.set_weights(state)
         self.weights_version = version

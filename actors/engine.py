@@ -289,12 +289,21 @@ class RayEngine:
             retried = True
 
     async def _resync_weights(self) -> None:
-        """A restarted actor comes back with the checkpoint's weights: load the learned ones again."""
+        """A restarted actor comes back with the checkpoint's weights: load the serving ones again, into
+        the actors that lack them only (this runs inside an interaction: a decoder serving other
+        streams refuses new weights, and the others must not move past it)."""
         if self.actors.learner is None or self.weights_version == 0:
             return
         version, state = await self.actors.learner.weights_since.remote(0)
-        if state is not None:
-            await push_weights(self.actors, version, state)
+        if state is None or version != self.weights_version:
+            # the learner is past what serves: its update waits for the swap between interactions,
+            # which loads it into every actor; loading it now would mix versions mid-interaction
+            log.warning("engine.resync_deferred", serving=self.weights_version, learner=version)
+            return
+        model_actors = (self.actors.decoder, self.actors.encoder, self.actors.memory)
+        loaded = await asyncio.gather(*(actor.loaded_weights_version.remote() for actor in model_actors))
+        await asyncio.gather(*(actor.set_weights.remote(version, state)
+                               for actor, have in zip(model_actors, loaded, strict=True) if have != version))
 
     async def _same_version(self, request: GenerateRequest) -> GenerateRequest:
         """The request with a fresh handle on the same version (the STM store may have restarted,

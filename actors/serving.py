@@ -20,11 +20,18 @@ class ServingModelActor(LinkHost):
 
     core: Any
 
+    weights_version = 0  # the learned weights loaded (0: the checkpoint's, e.g. after a restart)
+
     async def set_weights(self, version: int, state: dict[str, torch.Tensor]) -> int:
         """Load learned parameters in place (the conductor swaps only between interactions)."""
         with torch.no_grad():
             apply_serving_state(self.core.model, state)
+        self.weights_version = version
         return version
+
+    async def loaded_weights_version(self) -> int:
+        """The learned weights this actor serves (0 after a restart, until they are pushed again)."""
+        return self.weights_version
 
     async def ping(self) -> bool:
         return True

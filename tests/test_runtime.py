@@ -223,3 +223,5 @@ async def test_feedback_updates_the_weights_between_interactions(rx):
     assert answer[0].data.weights_version == 1 and answer[0].data.loss_after < answer[0].data.loss_before
     events = [ev async for ev in stream.ask("hello again")]
     assert next(e for e in events if e.type == "rx.response.done").data.weights_version == 1
+    for name in ("decoder", "encoder", "memory"):  # what a resync after an actor restart compares against
+        assert await ray.get_actor(name, namespace="reactor_rt").loaded_weights_version.remote() == 1

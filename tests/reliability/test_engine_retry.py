@@ -247,3 +247,23 @@ async def test_answers_share_one_channel_and_a_refused_request_raises_its_own_er
         await task
     await gen.aclose()
     await eng.close()
+
+
+def _model_actor(loaded: int) -> SimpleNamespace:
+    return SimpleNamespace(loaded_weights_version=Method(loaded), set_weights=Method(lambda v, s: v))
+
+
+@pytest.mark.parametrize("learner_version", [3, 4], ids=["serving-version", "newer-update-pending"])
+async def test_a_resync_loads_the_serving_weights_into_the_restarted_actors_only(learner_version):
+    """Inside an interaction, after an actor restarted: only the actors that came back with the
+    checkpoint's weights get the serving version; an update still waiting for its swap is left to it."""
+    decoder, encoder, memory = _model_actor(3), _model_actor(0), _model_actor(3)  # the encoder restarted
+    learner = SimpleNamespace(weights_since=Method((learner_version, {"w": 1.0})))
+    rx_engine = RayEngine(ActorSet(decoder=decoder, encoder=encoder, memory=memory, stm=None, learner=learner),
+                          retry=FAST, weights_version=3)
+    await rx_engine._resync_weights()
+    pushed = [a.set_weights.args for a in (decoder, encoder, memory)]
+    if learner_version == 3:
+        assert pushed == [[], [(3, {"w": 1.0})], []]  # the busy decoder is not asked to swap
+    else:
+        assert pushed == [[], [], []]  # version 4 reaches every actor at the next swap, not mid-answer
