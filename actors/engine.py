@@ -329,7 +329,7 @@ class RayEngine:
         for handle, _, _ in items:
             try:
                 ref, index = await self._stm_source(handle)
-            except ray.exceptions.RayError:
+            except (ray.exceptions.RayError, ReactorError):  # e.g. one version no longer kept: that item fails alone
                 return await self._one_at_a_time(items)
             picks.append((where.setdefault(id(ref), len(sources)), index))
             if len(sources) < len(where):

@@ -267,3 +267,22 @@ async def test_a_resync_loads_the_serving_weights_into_the_restarted_actors_only
         assert pushed == [[], [(3, {"w": 1.0})], []]  # the busy decoder is not asked to swap
     else:
         assert pushed == [[], [], []]  # version 4 reaches every actor at the next swap, not mid-answer
+
+
+async def test_an_update_whose_version_is_no_longer_kept_fails_alone_in_its_batch():
+    """Over Ray (no local links), one item of a batch whose STM can no longer be fetched: it ends with
+    its StaleVersionError, the others are updated."""
+    handles = [STMHandle("m0", 1, "ref0"), STMHandle("m1", 1, None), STMHandle("m2", 1, "ref2")]
+    commits = {("m0", 1): STMHandle("m0", 2, "a"), ("m2", 1): STMHandle("m2", 2, "c")}
+    eng, encoder, memory, stm, _ = batching_engine(commits)
+    stm.handle_at = Method(None)  # m1's version 1 was committed without its reference and is gone
+    stm.handle = Method(STMHandle("m1", 3, "ref-3"))  # the store moved on
+    encoder.encode = Method("enc")
+    memory.update = Method("new")
+    stm.commit = Method(lambda memory_id, version, new_stm, interaction: commits[(memory_id, version)])
+    for _ in handles:
+        eng._updates.expect()
+    results = await asyncio.gather(*(eng.update(h, [i], f"i{i}") for i, h in enumerate(handles)),
+                                   return_exceptions=True)
+    assert results[0].version == 2 and results[2].version == 2
+    assert isinstance(results[1], StaleVersionError)
