@@ -251,10 +251,14 @@ class DecodeBatch:
         with _attention_backends(device):
             logits, _ = self.model.run_decoder(ids, mem, self.model.rope.tables(width), _PrefillHook(self, index),
                                                need_aux=False, at=last)
-        for i, slot in enumerate(slots):
+        new_rows, first_tokens = [], []
+        for i in range(len(slots)):  # sample every row before registering any: a failure leaves no row behind
             sampler = samplers[i] or Sampler.from_config(self.model.config)
             row = _Row(lengths[i], min(max_new_tokens[i], self.max_len - lengths[i] + 1), sampler, generators[i])
-            self.pending[rows[i]] = row.sampler.sample(logits[i : i + 1, -1], row.generator)[0]
+            first_tokens.append(row.sampler.sample(logits[i : i + 1, -1], row.generator)[0])
+            new_rows.append(row)
+        for i, (slot, row) in enumerate(zip(slots, new_rows, strict=True)):
+            self.pending[rows[i]] = first_tokens[i]
             self._rows[slot] = row
             self._cache_row[slot] = rows[i]
             self._slot_at.append(slot)

@@ -120,6 +120,23 @@ def test_rows_prefilled_together_equal_rows_prefilled_alone(model):
         db.add_many([prompt(3, 1)] * 3, [model.memory_kv(s[0:1])] * 3, [None] * 3, [4] * 3, [None] * 3)
 
 
+def test_a_prefill_that_fails_while_sampling_leaves_no_row_behind(model):
+    """add_many whose second row's sampler fails (e.g. NaN probabilities): no slot of that prefill stays
+    taken, so the rows can be admitted again and the batch keeps its capacity."""
+
+    class Broken(Sampler):
+        def sample(self, logits, generator=None):  # type: ignore[no-untyped-def]
+            raise RuntimeError("probability tensor contains nan")
+
+    db = DecodeBatch(model, capacity=2)
+    kv = model.memory_kv(stms(1))
+    with pytest.raises(RuntimeError, match="nan"):
+        db.add_many([prompt(3, 1), prompt(4, 2)], [kv, kv], [None, Broken()], [4, 4], [None, None])
+    assert db.free_slots == [0, 1] and db.active == []
+    slots = db.add_many([prompt(3, 1), prompt(4, 2)], [kv, kv], [None, None], [4, 4], [None, None])
+    assert len(slots) == 2 and len(db.step()) == 2
+
+
 @pytest.fixture(scope="module")
 def lively():
     """Weights perturbed enough that every token depends on the prompt and the STM (the `model`
