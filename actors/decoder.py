@@ -32,6 +32,8 @@ __all__ = ["DecoderActor", "DecoderActorImpl", "DecoderCore", "DecoderService"]
 
 log = structlog.get_logger()
 
+_CLOSED_CHANNELS_KEPT = 1024  # channel ids whose reader has gone, remembered so late submits start nothing
+
 # (tokens produced since the last call, finished?, the error that ended the request or None) -> None
 TokenSink = Callable[[list[int], bool, BaseException | None], None]
 
@@ -265,8 +267,12 @@ class DecoderService:
                         load_stm: Callable[[STMHandle], Awaitable[torch.Tensor]]) -> None:
         """Start ``request``; its chunks arrive in ``channel``'s batches under ``key``. A request that
         cannot start ends there with its error."""
+        if not channel.wants(key):  # its consumer left (or the channel closed) before it started
+            return
         try:
             stm = None if self.core.has_memory(request.handle) else await load_stm(request.handle)
+            if not channel.wants(key):  # ... while its STM was loading
+                return
             outlet = channel.outlet(key)
 
             def sink(tokens: list[int], done: bool, error: BaseException | None) -> None:
@@ -281,11 +287,18 @@ class DecoderService:
         self._ensure_running()
 
     def cancel_in(self, channel: Channel, key: int) -> None:
-        """Stop request ``key`` of ``channel`` (its consumer went away)."""
+        """Stop request ``key`` of ``channel`` (its consumer went away); one whose submit is still on its
+        way does not start."""
         channel.drop(key)
         request_id = self._requests.pop((id(channel), key), None)
         if request_id is not None:
             self._cancel(request_id)
+
+    def close_channel(self, channel: Channel) -> None:
+        """Its reader is gone: close it and stop every request still running on it."""
+        channel.close()
+        for _, key in [k for k in self._requests if k[0] == id(channel)]:
+            self.cancel_in(channel, key)
 
     async def set_weights(self, state: dict[str, torch.Tensor]) -> None:
         """`DecoderCore.set_weights` once the step thread is idle (raises while requests are in flight)."""
@@ -357,6 +370,7 @@ class DecoderActorImpl(LinkHost):
                                       chunk_ms=chunk_ms)
         self.weights_version = 0
         self._channels: dict[str, Channel] = {}
+        self._closed_channels: OrderedDict[str, None] = OrderedDict()  # ids whose reader has gone
         self._submits = {"link_submits": 0, "ray_submits": 0}  # how requests arrived (operators, tests)
         # a conductor on this node submits and reads chunks over a local link (see events.local_link)
         self.link = LinkServer({"submit": self._submit_cached, "cancel": self.cancel,
@@ -364,7 +378,12 @@ class DecoderActorImpl(LinkHost):
 
     def _channel(self, channel_id: str) -> Channel:
         channel = self._channels.get(channel_id)
-        if channel is None:  # the first of the channel's stream and a submit (either may come first)
+        if channel is None:
+            if channel_id in self._closed_channels:  # a late submit for a reader that has gone: a closed
+                channel = self.service.open_channel()  # channel starts nothing, and is not kept
+                channel.close()
+                return channel
+            # the first of the channel's stream and a submit (either may come first)
             channel = self._channels[channel_id] = self.service.open_channel()
         return channel
 
@@ -381,9 +400,12 @@ class DecoderActorImpl(LinkHost):
             async for batch in channel.batches():
                 yield batch
         finally:
-            channel.close()
+            self.service.close_channel(channel)  # its requests stop: nobody reads their tokens now
             if self._channels.get(channel_id) is channel:
                 del self._channels[channel_id]
+            self._closed_channels[channel_id] = None
+            while len(self._closed_channels) > _CLOSED_CHANNELS_KEPT:
+                self._closed_channels.popitem(last=False)
 
     async def submit(self, channel_id: str, key: int, request: GenerateRequest) -> None:
         """Start a request; its tokens arrive on the channel (errors too). Returns once it is queued."""

@@ -20,12 +20,15 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 
 __all__ = ["Channel", "ChunkItem", "Outlet", "call_in_loop"]
 
 # (request key, tokens, finished?, the error that ended the request or None)
 ChunkItem = tuple[int, list[int], bool, BaseException | None]
+
+_DROPPED_EARLY_KEPT = 4096  # cancels that overtook their submit, remembered per channel
 
 
 def call_in_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> Callable[[], None]:
@@ -102,6 +105,7 @@ class Channel:
         self._loop = asyncio.get_running_loop()
         self._outlets: dict[int, Outlet] = {}
         self._due: dict[int, None] = {}  # keys with a chunk due, in the order they fell due
+        self._dropped_early: OrderedDict[int, None] = OrderedDict()  # dropped before their request started
         self._ready = asyncio.Event()
         self._closed = False
 
@@ -119,9 +123,21 @@ class Channel:
         outlet.push([], True, error)
 
     def drop(self, key: int) -> None:
-        """Forget request ``key`` (cancelled by its consumer)."""
-        self._outlets.pop(key, None)
+        """Forget request ``key`` (cancelled by its consumer). A key dropped before its request started
+        (the cancel overtook the submit) is remembered, so that the request does not start."""
+        if self._outlets.pop(key, None) is None:
+            self._dropped_early[key] = None
+            while len(self._dropped_early) > _DROPPED_EARLY_KEPT:
+                self._dropped_early.popitem(last=False)
         self._due.pop(key, None)
+
+    def wants(self, key: int) -> bool:
+        """False once for a request whose consumer dropped it before it started (and while closed)."""
+        return self._dropped_early.pop(key, 0) is not None and not self._closed
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         self._closed = True

@@ -112,3 +112,67 @@ async def test_service_channel_gives_each_request_its_own_tokens(model):
             alone = model.generate(torch.tensor(prompts[i])[None], stms[i][None], max_new_tokens=6)[0].tolist()
         assert got[i] == [t for t in alone if t != model.tokenizer.pad_id], i
     assert not service._requests  # finished requests leave no trace
+
+
+async def test_a_cancel_that_overtakes_its_submit_starts_nothing(model):
+    """The consumer left before its submit arrived, or while the request's STM was loading."""
+    service = DecoderService(DecoderCore(model, capacity=4), chunk_tokens=4, chunk_ms=1e9)
+    stm = model.init_stm(1)[0]
+    loading, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_load(handle):
+        loading.set()
+        await release.wait()
+        return stm
+
+    channel = service.open_channel()
+    service.cancel_in(channel, 1)  # before the submit
+    async with asyncio.timeout(10):  # (a request that started would wait for its STM for good)
+        await service.submit_to(channel, 1, GenerateRequest([5, 6, 7], STMHandle("m", 0, None), 50), slow_load)
+    assert not loading.is_set()
+    submit = asyncio.get_running_loop().create_task(
+        service.submit_to(channel, 2, GenerateRequest([5, 6, 7], STMHandle("m", 0, None), 50), slow_load))
+    await loading.wait()
+    service.cancel_in(channel, 2)  # while its STM loads
+    release.set()
+    await submit
+    assert not service.core.busy and not service._requests
+    service.close()
+
+
+async def test_closing_a_channel_stops_its_requests(model):
+    service = DecoderService(DecoderCore(model, capacity=4), chunk_tokens=4, chunk_ms=1e9)
+    stm = model.init_stm(1)[0]
+
+    async def load(handle):
+        return stm
+
+    channel = service.open_channel()
+    for key in range(3):
+        await service.submit_to(channel, key, GenerateRequest([5, 6, key], STMHandle("m", 0, None), 200), load)
+    assert service.core.busy
+    service.close_channel(channel)  # its reader has gone
+    for _ in range(200):
+        if not service.core.busy:
+            break
+        await asyncio.sleep(0.01)
+    assert not service.core.busy and not service._requests
+    await service.submit_to(channel, 9, GenerateRequest([5, 6, 7], STMHandle("m", 0, None), 200), load)
+    assert not service.core.busy  # a closed channel starts nothing
+    service.close()
+
+
+async def test_a_late_submit_to_a_channel_whose_reader_has_gone_starts_nothing(model):
+    from reactor_rt.actors.decoder import DecoderActorImpl
+
+    decoder = DecoderActorImpl(model, capacity=2)
+    reader = decoder._batches("conductor-1")
+    first = asyncio.get_running_loop().create_task(reader.__anext__())
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    await reader.aclose()  # the reader has gone: the channel is closed and forgotten
+    assert "conductor-1" not in decoder._channels
+    await decoder._start("conductor-1", 5, GenerateRequest([5, 6, 7], STMHandle("m", 0, None), 20), "ray_submits")
+    assert "conductor-1" not in decoder._channels and not decoder.service.core.busy
+    decoder.service.close()
