@@ -46,7 +46,7 @@ class LearnerCore:
         When saving it fails, the update is undone (weights, optimizer, version, kept versions, baseline)
         before the error propagates: an update reported as failed never reaches serving.
         """
-        with self.learner._lock:  # nothing reads the weights between the update and its undo
+        with self.learner.locked():  # nothing reads the weights between the update and its undo
             before = self.learner.snapshot() if self.save_dir is not None else None
             result = self.learner.apply(example)
             if result.accepted:
@@ -65,7 +65,7 @@ class LearnerCore:
 
     def rollback(self, version: int) -> int:
         """Return to a kept earlier version's weights as a new version (saved); ValueError if not kept."""
-        with self.learner._lock:
+        with self.learner.locked():
             before = self.learner.snapshot() if self.save_dir is not None else None
             new = self.learner.rollback(version)
             self._persist(before)

@@ -12,6 +12,7 @@ parameters with `state_dict_for_serving()` and swaps them in between interaction
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import threading
@@ -290,6 +291,11 @@ class LiveLearner:
         self._history[self._version] = {n: p.detach().clone() for n, p in self._params.items()}
         while len(self._history) > self.keep_versions:
             self._history.popitem(last=False)
+
+    def locked(self) -> contextlib.AbstractContextManager[object]:
+        """Hold the learner (re-entrant) across several calls, e.g. an update, its save and, should the
+        save fail, its undo: nothing reads or changes the weights in between."""
+        return self._lock
 
     def snapshot(self) -> LearnerSnapshot:
         """Everything `apply` and `rollback` change (weights, optimizer state, version, kept versions,

@@ -220,15 +220,14 @@ def run_loop(
                     f"(last at step {step}, loss {loss_value}, grad norm {grad_norm}); training diverged"
                     " — lower the learning rate or check the data"
                 )
-            bar.update(1)
         else:
             streak = 0
             opt.step()
             losses.append(loss_value)
             stats_log.append(stats)
-            bar.update(1)
             window = losses[-20:]
             bar.set_postfix(loss=f"{sum(window) / len(window):.3f}", lr=f"{lr:.2e}", refresh=False)
+        bar.update(1)
         if ckpt_dir is not None and save_every and (step + 1) % save_every == 0 and step + 1 < cfg.steps:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             _save_atomic(

@@ -18,6 +18,11 @@ from reactor_rt.store import MemorySTMStore
 pytestmark = pytest.mark.anyio
 
 
+def conductor_over(bus: InProcessBus, model, store: MemorySTMStore) -> Conductor:
+    """A conductor (as after a restart: a new one) over this bus and store."""
+    return Conductor(bus, LocalEngine(model, store), model.tokenizer, model.config, ConductorConfig(max_new_tokens=4))
+
+
 # -- a restarted conductor and a stream handle's old seq -------------------------------------------
 
 
@@ -27,9 +32,8 @@ async def test_a_restarted_conductor_treats_an_old_seq_as_caught_up(text_model, 
     (the query was taken in by the conductor before), and a query sent after the restart is still
     waited for."""
     model, store, log_path = text_model, MemorySTMStore(), str(tmp_path / "events.db")
-    config = ConductorConfig(max_new_tokens=4)
     bus = InProcessBus(log=EventLog(log_path))
-    first = Conductor(bus, LocalEngine(model, store), model.tokenizer, model.config, config)
+    first = conductor_over(bus, model, store)
     await first.start()
     events = await interact(first, "s", "remember this")
     old_seq = events[0].seq
@@ -38,7 +42,7 @@ async def test_a_restarted_conductor_treats_an_old_seq_as_caught_up(text_model, 
     if not same_bus:
         await bus.close()
         bus = InProcessBus(log=EventLog(log_path))
-    second = Conductor(bus, LocalEngine(model, store), model.tokenizer, model.config, config)
+    second = conductor_over(bus, model, store)
     await second.start()
     try:
         with anyio.fail_after(20):
@@ -64,9 +68,8 @@ async def test_an_old_seq_whose_query_was_pruned_does_not_hang(text_model, tmp_p
 
     monkeypatch.setattr(conductor_module, "_CAUGHT_UP_TIMEOUT_S", 0.5)
     model, store, log_path = text_model, MemorySTMStore(), str(tmp_path / "events.db")
-    config = ConductorConfig(max_new_tokens=4)
     bus = InProcessBus(log=EventLog(log_path))
-    first = Conductor(bus, LocalEngine(model, store), model.tokenizer, model.config, config)
+    first = conductor_over(bus, model, store)
     await first.start()
     old_seq = (await interact(first, "s", "remember this"))[0].seq
     await first.stop()
@@ -74,7 +77,7 @@ async def test_an_old_seq_whose_query_was_pruned_does_not_hang(text_model, tmp_p
     with EventLog(log_path, max_rows=1) as pruned:
         pruned.prune()  # only rx.memory.updated is left
     bus = InProcessBus(log=EventLog(log_path))
-    second = Conductor(bus, LocalEngine(model, store), model.tokenizer, model.config, config)
+    second = conductor_over(bus, model, store)
     await second.start()
     try:
         with anyio.fail_after(20):
