@@ -38,6 +38,10 @@ class CodecLimits:
     max_depth: int = 8  # events nest 2 levels (event -> data); room for optional nested fields
     max_str_len: int = 2 * 1024 * 1024
     max_container_len: int = 4096  # entries of one map or array
+    # msgpack objects in the whole frame (maps, arrays, keys, values): one byte on the wire can be an empty
+    # container (~60 bytes in Python), so without this a 4 MiB frame decodes to ~4M objects (~280 MB).
+    # Real events hold ~30, plus at most one token-id list (<= max_container_len).
+    max_total_items: int = 65536
 
 
 DEFAULT_LIMITS = CodecLimits()
@@ -47,6 +51,8 @@ _SEQ_KEY = b"\xa3seq\xcf"
 _SEQ_AT = 1 + len(_SEQ_KEY)  # offset of the 8 value bytes
 _SEQ_END = _SEQ_AT + 8
 _CONTAINERS = (dict, list)
+_ARRAY_HEADS = frozenset((*range(0x90, 0xA0), 0xDC, 0xDD))  # fixarray, array 16, array 32
+_MAP_HEADS = frozenset((*range(0x80, 0x90), 0xDE, 0xDF))  # fixmap, map 16, map 32
 
 
 def encode(event: Event, limits: CodecLimits = DEFAULT_LIMITS) -> bytes:
@@ -94,6 +100,10 @@ def decode(raw: bytes | bytearray | memoryview, limits: CodecLimits = DEFAULT_LI
         raise EventDecodeError(f"expected bytes, got {type(raw).__name__}")
     if len(raw) > limits.max_frame_bytes:
         raise EventDecodeError(f"frame of {len(raw)} bytes is over the {limits.max_frame_bytes}-byte limit")
+    # every msgpack object takes at least one byte, so only a frame longer than the bound can exceed it:
+    # nearly every real event skips this walk (a long text is one object: its walk is a few steps)
+    if len(raw) > limits.max_total_items:
+        _check_shape(raw, limits)
     try:
         obj = msgpack.unpackb(
             raw,
@@ -151,3 +161,46 @@ def _check_depth(obj: dict[str, Any], max_depth: int) -> None:
         for value in node.values() if isinstance(node, dict) else node:
             if isinstance(value, dict | list):
                 stack.append((value, depth + 1))
+
+
+def _check_shape(raw: bytes | bytearray | memoryview, limits: CodecLimits) -> None:
+    """Refuse a frame nesting deeper than ``max_depth`` or holding more than ``max_total_items`` msgpack
+    objects, reading only its headers (nothing is built): a decode never holds more.
+
+    Counting as msgpack builds the containers (its list/object hooks) is not enough: they run as each
+    container completes, and a deep frame keeps every level's entries alive until the innermost ends.
+    """
+    unpacker = msgpack.Unpacker(
+        max_str_len=limits.max_str_len,
+        max_bin_len=limits.max_str_len,
+        max_array_len=limits.max_container_len,
+        max_map_len=limits.max_container_len,
+        max_ext_len=64,
+    )
+    unpacker.feed(raw)
+    bound, max_depth = limits.max_total_items, limits.max_depth
+    left = [1]  # objects still to read in each open container, outermost first (a map entry is 2)
+    items = 0
+    try:
+        while left:
+            if not left[-1]:
+                left.pop()
+                continue
+            left[-1] -= 1
+            items += 1
+            if items > bound:
+                raise EventDecodeError(f"frame holds more than {bound} msgpack objects")
+            head = raw[unpacker.tell()]
+            if head in _ARRAY_HEADS:
+                left.append(unpacker.read_array_header())
+            elif head in _MAP_HEADS:
+                left.append(2 * unpacker.read_map_header())
+            else:
+                unpacker.skip()  # a scalar: skipped without building it
+                continue
+            if len(left) - 1 > max_depth:
+                raise EventDecodeError(f"frame nests deeper than {max_depth} levels")
+    except EventDecodeError:
+        raise
+    except Exception as exc:  # truncated or malformed: OutOfData, IndexError, ValueError, ...
+        raise EventDecodeError(f"malformed msgpack frame: {exc}") from exc

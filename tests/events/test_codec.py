@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reactor_rt import EventDecodeError, EventEncodeError, ReactorError
-from reactor_rt.events import EVENT_TYPES, Query, ResponseChunk, ResponseDone, codec
+from reactor_rt.events import EVENT_TYPES, MemoryUpdating, Query, ResponseChunk, ResponseDone, codec
 from reactor_rt.events.codec import CodecLimits, decode, encode, frame_seq, stamp_seq
 from reactor_rt.events.testing import EXAMPLE_DATA, example_event
 
@@ -147,3 +149,61 @@ def test_round_trip_any_text_and_seq(text, seq):
         ResponseDone(subject=text or "s", source="t", seq=seq, data={"text": text, "tokens": 0, "stm_version": 0}),
     ):
         assert decode(encode(ev)) == ev
+
+
+# ---------------------------------------------------------------- memory bound of one decode
+
+
+def _array(items: list[bytes]) -> bytes:
+    return b"\xdc" + len(items).to_bytes(2, "big") + b"".join(items)
+
+
+def _in_a_frame(value: bytes) -> bytes:
+    return b"\x81\xa4data" + value  # {"data": value}
+
+
+def _peak_during_refused_decode(frame: bytes) -> tuple[str, float]:
+    tracemalloc.start()
+    try:
+        with pytest.raises(EventDecodeError) as info:
+            decode(frame)
+        return str(info.value), tracemalloc.get_traced_memory()[1] / 1e6
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_frame_of_many_empty_containers_is_refused_without_building_them():
+    # ~4 MiB: 4096 arrays of 1000 empty arrays (one byte each on the wire, ~60 bytes each in Python:
+    # decoded whole this is ~4M lists, over 250 MB)
+    frame = _in_a_frame(_array([_array([b"\x90"] * 1000)] * 4096))
+    assert len(frame) <= codec.DEFAULT_LIMITS.max_frame_bytes
+    message, peak_mb = _peak_during_refused_decode(frame)
+    assert peak_mb < 50 and "more than" in message
+
+
+def test_a_deep_frame_is_refused_before_its_levels_are_built():
+    # every level holds 4095 two-letter strings and the next level: nothing ends before the innermost
+    level = _array([b"\xa2" + bytes((65 + i % 26, 65 + i // 26 % 26)) for i in range(4095)] + [b""])
+    frame = _in_a_frame(level * 300 + b"\x90")
+    message, peak_mb = _peak_during_refused_decode(frame)
+    assert peak_mb < 50 and "deeper than" in message
+
+
+def test_the_item_bound_is_far_above_real_events():
+    ids = list(range(100_000, 100_000 + codec.DEFAULT_LIMITS.max_container_len))  # a full token-id list
+    ev = MemoryUpdating(subject="s", source="t", data={"memory": "m", "from_version": 1, "input_ids": ids})
+    frame = encode(ev)
+    assert decode(frame) == ev
+    assert decode(frame, CodecLimits(max_total_items=len(frame) - 1)) == ev  # walked, and within the bound
+    with pytest.raises(EventDecodeError, match="more than 100 msgpack objects"):
+        decode(frame, CodecLimits(max_total_items=100))
+    long = ResponseDone(subject="s", source="t", data={"text": "x" * 1_000_000, "tokens": 1, "stm_version": 1})
+    assert decode(encode(long)) == long  # a large frame with few items passes the walk
+
+
+def test_a_truncated_large_frame_is_a_decode_error():
+    frame = _in_a_frame(_array([_array([b"\x90"] * 4096)] * 16))
+    assert len(frame) > 65536  # long enough to be walked
+    for cut in (1, 4096, len(frame) // 2):
+        with pytest.raises(EventDecodeError, match="malformed"):
+            decode(frame[:-cut], CodecLimits(max_total_items=len(frame) - 1))
