@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,10 @@ from reactor_rt.events import (
     ResponseDone,
     ThoughtQuery,
 )
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from event_streams import take
 
 pytestmark = pytest.mark.anyio
 
@@ -41,16 +46,6 @@ def chunk(subject: str, text: str = "x") -> ResponseChunk:
 
 def done(subject: str, text: str = "hello") -> ResponseDone:
     return ResponseDone(subject=subject, source="test", data={"text": text, "tokens": 1, "stm_version": 0})
-
-
-async def take(sub: Any, n: int, timeout: float = 10.0) -> list[Any]:
-    got = []
-    with anyio.fail_after(timeout):
-        async for ev in sub:
-            got.append(ev)
-            if len(got) == n:
-                break
-    return got
 
 
 async def drain(sub: Any, timeout: float = 10.0) -> list[Any]:

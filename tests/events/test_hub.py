@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import anyio
 import pytest
@@ -14,7 +16,12 @@ from reactor_rt.events.codec import encode
 from reactor_rt.events.hub import Hub
 from reactor_rt.events.ray_bus import EventBusCore
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+from event_streams import take
+
 pytestmark = pytest.mark.anyio
+
 
 def query(subject: str, text: str = "hi") -> Query:
     return Query(subject=subject, source="test", data={"text": text})
@@ -22,16 +29,6 @@ def query(subject: str, text: str = "hi") -> Query:
 
 def chunk(subject: str, text: str = "x") -> ResponseChunk:
     return ResponseChunk(subject=subject, source="test", data={"text": text})
-
-
-async def take(sub, n: int, timeout: float = 5.0) -> list:
-    got = []
-    with anyio.fail_after(timeout):
-        async for ev in sub:
-            got.append(ev)
-            if len(got) == n:
-                break
-    return got
 
 
 # ---------------------------------------------------------------- resuming ahead of the bus
