@@ -54,9 +54,9 @@ class DecoderCore:
     on ``(memory_id, version, token)``, so a stream's later turns on the same version (and other
     streams sharing that memory) skip the projection.
 
-    Threads: `submit`, `has_memory` and `warm` may run on one thread while another runs `step` (the
-    pending queue is a deque, the cache has a lock); `cancel`, `fail_all` and `set_weights` must run
-    where the steps run, or between them.
+    Threads: `submit`, `cached_memory`, `has_memory` and `warm` may run on one thread while another
+    runs `step` (the pending queue is a deque, the cache has a lock); `cancel`, `fail_step` and
+    `set_weights` must run where the steps run, or between them.
     """
 
     def __init__(self, model: ReactiveTransformer, capacity: int = 16, memory_cache_size: int = 256) -> None:
@@ -67,6 +67,7 @@ class DecoderCore:
         self._cache_lock = threading.Lock()
         self._pending: deque[_Pending] = deque()
         self._rows: dict[int, _Pending] = {}  # slot -> request
+        self._admitting: dict[int, _Pending] = {}  # request id -> taken by this step, not yet placed nor ended
         self._ids = itertools.count(1)
 
     def set_weights(self, state: dict[str, torch.Tensor]) -> None:
@@ -86,19 +87,27 @@ class DecoderCore:
         self._memory_kv(handle, stm)
 
     def has_memory(self, handle: STMHandle) -> bool:
-        """Whether the pre-computed memory keys/values of this STM version are cached."""
+        """Whether the pre-computed memory keys/values of this STM version are cached (now: a `warm` on
+        another thread may evict them right after; to use them, take them with `cached_memory`)."""
         with self._cache_lock:
             return handle.cache_key in self._memory_cache
+
+    def cached_memory(self, handle: STMHandle) -> Any:
+        """The cached memory keys/values of this STM version (now the most recently used), or None. Pass
+        them to `submit` as ``memory_kv``: once taken, an eviction cannot lose them."""
+        return self._cached_memory_kv(handle)
 
     @property
     def busy(self) -> bool:
         return bool(self._pending or self._rows)
 
-    def submit(self, request: GenerateRequest, stm: torch.Tensor | None, sink: TokenSink) -> int:
-        """Queue a request; it joins the batch at the next step. ``stm`` may be None when cached: the
-        cached keys/values are taken now, so an eviction before the request is admitted cannot lose them."""
-        memory_kv = None
-        if stm is None:
+    def submit(self, request: GenerateRequest, stm: torch.Tensor | None, sink: TokenSink,
+               memory_kv: Any = None) -> int:
+        """Queue a request; it joins the batch at the next step. Its memory is ``stm`` or, when that is
+        None, ``memory_kv`` (taken with `cached_memory`) or else the cached keys/values, taken now
+        (ValueError when the version is not cached). Keys/values taken stay with the request, so an
+        eviction before it is admitted cannot lose them."""
+        if stm is None and memory_kv is None:
             memory_kv = self._cached_memory_kv(request.handle)
             if memory_kv is None:
                 raise ValueError("the STM tensor is needed: its memory keys/values are not cached")
@@ -116,17 +125,28 @@ class DecoderCore:
                 self.batch.remove(slot)
                 del self._rows[slot]
 
-    def fail_all(self, error: BaseException) -> None:
-        """End every admitted and pending request with ``error`` (after a failed step)."""
+    def fail_step(self, error: BaseException) -> None:
+        """After `step` raised: end the requests that were in that step with ``error``, and only those.
+
+        They are every admitted row (a failed batched step leaves the batch state suspect for all of
+        them, just admitted or not), and any request the step's admission had taken from the queue but
+        neither placed in a row nor ended (an error escaped `_admit`; its per-request failures end their
+        request there). Every row of the batch is freed, one the core lost track of too. Requests still
+        queued (submitted while the step ran, or finding no free row) had no part in it: they stay and
+        join the next step."""
         for slot, pending in list(self._rows.items()):
             self.batch.remove(slot)
             pending.sink([], True, error)
         self._rows.clear()
-        while self._pending:
-            self._pending.popleft().sink([], True, error)
+        for slot in set(range(self.batch.capacity)) - set(self.batch.free_slots):
+            self.batch.remove(slot)  # placed by a failed admission before it could be recorded
+        while self._admitting:
+            _, pending = self._admitting.popitem()
+            pending.sink([], True, error)
 
     def step(self) -> None:
-        """Admit what fits, then run one batched decode step and hand each row its token."""
+        """Admit what fits, then run one batched decode step and hand each row its token. When it raises,
+        `fail_step` ends the requests that were in it."""
         self._admit()
         if not self._rows:
             return
@@ -148,6 +168,7 @@ class DecoderCore:
         free = len(self.batch.free_slots)
         while self._pending and len(ready) < free:
             pending = self._pending.popleft()
+            self._admitting[pending.request_id] = pending  # part of this step now: fails with it
             req = pending.request
             try:
                 memory_kv = pending.memory_kv if pending.stm is None else self._memory_kv(req.handle, pending.stm)
@@ -155,7 +176,7 @@ class DecoderCore:
                 sampler = Sampler(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p)
             except Exception as exc:
                 log.exception("decoder.admit_failed", request_id=pending.request_id)
-                pending.sink([], True, exc)
+                self._end(pending, exc)
                 continue
             ready.append((pending, memory_kv, sampler, generator))
         if len(ready) > 1:
@@ -169,7 +190,7 @@ class DecoderCore:
                 log.debug("decoder.batched_admit_failed", requests=len(ready))
             else:
                 for (pending, _, _, _), slot in zip(ready, slots, strict=True):
-                    self._rows[slot] = pending
+                    self._place(slot, pending)
                 return
         for pending, memory_kv, sampler, generator in ready:
             try:
@@ -183,9 +204,18 @@ class DecoderCore:
                     )
             except Exception as exc:
                 log.exception("decoder.admit_failed", request_id=pending.request_id)
-                pending.sink([], True, exc)
+                self._end(pending, exc)
                 continue
-            self._rows[slot] = pending
+            self._place(slot, pending)
+
+    def _place(self, slot: int, pending: _Pending) -> None:
+        del self._admitting[pending.request_id]
+        self._rows[slot] = pending
+
+    def _end(self, pending: _Pending, error: BaseException) -> None:
+        """End a request taken by `_admit` that could not be admitted (it alone)."""
+        del self._admitting[pending.request_id]
+        pending.sink([], True, error)
 
     def _cached_memory_kv(self, handle: STMHandle) -> Any:
         """The cached keys/values of this version (now the most recently used), or None."""
@@ -240,10 +270,12 @@ class DecoderService:
         self, request: GenerateRequest, load_stm: Callable[[STMHandle], Awaitable[torch.Tensor]]
     ) -> AsyncIterator[list[int]]:
         """Yield the answer's token ids in chunks; the last chunk ends with EOS when one was produced."""
-        stm = None if self.core.has_memory(request.handle) else await load_stm(request.handle)
+        # taken, not checked: a warm on another thread may evict the version between a check and a submit
+        memory_kv = self.core.cached_memory(request.handle)
+        stm = None if memory_kv is not None else await load_stm(request.handle)
         ready = asyncio.Event()
         outlet = Outlet(self.chunk_tokens, self.chunk_s, call_in_loop(asyncio.get_running_loop(), ready.set))
-        request_id = self.core.submit(request, stm, outlet.push)
+        request_id = self.core.submit(request, stm, outlet.push, memory_kv)
         self._ensure_running()
         done = False
         try:
@@ -264,15 +296,25 @@ class DecoderService:
         return Channel(self.chunk_tokens, self.chunk_s)
 
     async def submit_to(self, channel: Channel, key: int, request: GenerateRequest,
-                        load_stm: Callable[[STMHandle], Awaitable[torch.Tensor]]) -> None:
+                        load_stm: Callable[[STMHandle], Awaitable[torch.Tensor]] | None) -> bool:
         """Start ``request``; its chunks arrive in ``channel``'s batches under ``key``. A request that
-        cannot start ends there with its error."""
+        cannot start ends there with its error.
+
+        The version's cached memory keys/values are taken at once (a hit awaits nothing); on a miss the
+        STM is loaded with ``load_stm``, or, when that is None, nothing is done and False is returned
+        (the caller sends the request again with a way to load it). True otherwise."""
         if not channel.wants(key):  # its consumer left (or the channel closed) before it started
-            return
+            return True
         try:
-            stm = None if self.core.has_memory(request.handle) else await load_stm(request.handle)
-            if not channel.wants(key):  # ... while its STM was loading
-                return
+            # taken, not checked: a warm on another thread may evict the version between a check and a submit
+            memory_kv = self.core.cached_memory(request.handle)
+            stm = None
+            if memory_kv is None:
+                if load_stm is None:
+                    return False
+                stm = await load_stm(request.handle)
+                if not channel.wants(key):  # ... while its STM was loading
+                    return True
             outlet = channel.outlet(key)
 
             def sink(tokens: list[int], done: bool, error: BaseException | None) -> None:
@@ -280,11 +322,12 @@ class DecoderService:
                 if done:
                     self._requests.pop((id(channel), key), None)
 
-            self._requests[(id(channel), key)] = self.core.submit(request, stm, sink)
+            self._requests[(id(channel), key)] = self.core.submit(request, stm, sink, memory_kv)
         except Exception as exc:
             channel.fail(key, exc)
-            return
+            return True
         self._ensure_running()
+        return True
 
     def cancel_in(self, channel: Channel, key: int) -> None:
         """Stop request ``key`` of ``channel`` (its consumer went away); one whose submit is still on its
@@ -352,9 +395,9 @@ class DecoderService:
             try:
                 self.core.step()
             except Exception as exc:
-                # a failed batched step fails every request in it; the service keeps serving new ones
+                # a failed batched step fails the requests in it; those queued meanwhile run next
                 log.exception("decoder.step_failed")
-                self.core.fail_all(exc)
+                self.core.fail_step(exc)
             stats["steps"] += 1
             stats["step_wall_ms"] += 1000 * (time.perf_counter() - wall)
             stats["step_cpu_ms"] += 1000 * (time.thread_time() - cpu)
@@ -411,24 +454,26 @@ class DecoderActorImpl(LinkHost):
         """Start a request; its tokens arrive on the channel (errors too). Returns once it is queued."""
         await self._start(channel_id, key, request, "ray_submits")
 
-    async def _start(self, channel_id: str, key: int, request: GenerateRequest, via: str) -> None:
-        self._submits[via] += 1
+    async def _start(self, channel_id: str, key: int, request: GenerateRequest, via: str) -> bool:
+        """`DecoderService.submit_to` on the channel; ``via`` "link_submits": the request came without
+        its STM reference, so only a cached version starts (False on a miss, with nothing done)."""
         channel = self._channel(channel_id)
 
         async def load(handle: STMHandle) -> torch.Tensor:
             return await handle.stm
 
-        await self.service.submit_to(channel, key, request, load)
+        taken = await self.service.submit_to(channel, key, request, None if via == "link_submits" else load)
+        if taken:
+            self._submits[via] += 1
+        return taken
 
     async def _submit_cached(self, channel_id: str, key: int, fields: dict[str, Any]) -> bool:
         """`submit` for a request sent without its STM reference (over the local link): starts it and
-        returns True when this version's memory keys/values are cached, else returns False (the caller
-        then sends it with the reference through Ray)."""
-        request = GenerateRequest.from_wire(fields)
-        if not self.service.core.has_memory(request.handle):
-            return False
-        await self._start(channel_id, key, request, "link_submits")
-        return True
+        returns True when this version's memory keys/values are cached (True too when it is not wanted
+        any more: cancelled, or its reader has gone), else returns False with nothing done (the caller
+        then sends it with the reference through Ray). The check is the taking: a version evicted
+        meanwhile is a miss, not a failed request."""
+        return await self._start(channel_id, key, GenerateRequest.from_wire(fields), "link_submits")
 
     async def _prepare_wired(self, handles: list[list[Any] | None], stms: list[list[Any] | None]) -> None:
         """`prepare_many` as the local link carries it (handles and tensors as plain fields)."""

@@ -151,7 +151,8 @@ async def test_service_streams_the_same_tokens_in_chunks(model):
 
     chunks = [c async for c in service.generate(GenerateRequest(prompt, STMHandle("m", 0, None), 12), load)]
     assert len(chunks[0]) == 1  # the first token goes out alone
-    assert all(len(c) >= 4 for c in chunks[1:-1])
+    # what gathered behind it is due at once, however little (see `Outlet.drain`); later ones by count
+    assert all(len(c) >= 4 for c in chunks[2:-1])
     assert [t for c in chunks for t in c] == _alone(model, prompt, stm, 12)
 
 
