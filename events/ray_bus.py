@@ -14,6 +14,7 @@ A client on the actor's own node sends the same calls and reads the same batches
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import uuid
@@ -67,6 +68,9 @@ class EventBusCore:
         max_age, max_rows: log retention (see `EventLog`).
         buffer, overflow, overflow_wait: the slow-subscriber policy (see `InProcessBus`).
         limits: what a frame from a client may hold (see `publish_untrusted`).
+        open_timeout: seconds a subscription may wait for its stream to be opened (`stream` or
+            `open_stream`) after `subscribe` returns; past it, it is unsubscribed and its buffer dropped
+            (a client that died in between would otherwise leave both here for good). None: no bound.
 
     Two ways in: `publish_many` trusts its frames (this process encoded them: `CoreBus`), and
     `publish_untrusted` checks each one first (frames from other processes: the Ray method and the
@@ -84,8 +88,12 @@ class EventBusCore:
         overflow: OverflowPolicy = "disconnect",
         overflow_wait: float = 0.1,
         limits: CodecLimits = DEFAULT_LIMITS,
+        open_timeout: float | None = 10.0,
     ) -> None:
+        if open_timeout is not None and open_timeout <= 0:
+            raise ValueError(f"open_timeout must be > 0 (or None), got {open_timeout}")
         self.limits = limits
+        self.open_timeout = open_timeout
         event_log = (
             EventLog(log_path, durable_types=durable_types, max_age=max_age, max_rows=max_rows)
             if log_path is not None
@@ -101,6 +109,8 @@ class EventBusCore:
             overflow_wait=overflow_wait,
         )
         self._subs: dict[str, HubSubscriber[bytes]] = {}
+        # subscriptions whose stream is not open yet: the timer that drops each one (see `open_timeout`)
+        self._unopened: dict[str, asyncio.TimerHandle] = {}
 
     def prune_log(self) -> int:
         """Apply the log's retention bounds now (they also apply every `EventLog.prune_every` appended
@@ -145,11 +155,44 @@ class EventBusCore:
         overflow: OverflowPolicy | None = None,
         watch: bool = False,
     ) -> str:
-        """Register a subscriber; returns its id for `stream` and `unsubscribe`."""
+        """Register a subscriber; returns its id for `stream` (or `open_stream`) and `unsubscribe`. Its
+        stream must be opened within `open_timeout` seconds, or the subscription is dropped."""
         sub = await self.hub.subscribe(types, subject, after, limit, buffer=buffer, overflow=overflow, watch=watch)
         sid = uuid.uuid4().hex
         self._subs[sid] = sub
+        # the clock starts once the replay (`after=`) is read and the id is handed out: however long
+        # that took, the client has the whole `open_timeout` to open the stream
+        if self.open_timeout is not None:
+            loop = asyncio.get_running_loop()
+            self._unopened[sid] = loop.call_later(self.open_timeout, self._drop_unopened, sid)
         return sid
+
+    def _drop_unopened(self, sid: str) -> None:
+        self._unopened.pop(sid, None)
+        sub = self._subs.get(sid)
+        if sub is None:
+            return
+        log.warning("event_bus.subscription_never_opened", sid=sid, subject=sub.subject,
+                    open_timeout=self.open_timeout)
+        self.unsubscribe(sid)  # its hub side ends: nothing more is buffered for it
+        sub.replay = []
+        with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
+            while True:  # drop what was buffered (the stream is closed: this ends)
+                sub.receive.receive_nowait()
+        sub.receive.close()
+
+    def _opened(self, sid: str) -> HubSubscriber[bytes]:
+        """Subscriber `sid`, its stream now open (no longer dropped for not being opened)."""
+        timer = self._unopened.pop(sid, None)
+        if timer is not None:
+            timer.cancel()
+        sub = self._subs.get(sid)
+        if sub is None:
+            raise ValueError(
+                f"no subscriber {sid!r}: unsubscribed, or its stream was not opened within "
+                f"open_timeout={self.open_timeout} s of subscribing"
+            )
+        return sub
 
     def watch(self, sid: str, subjects: Sequence[str], add: bool = True) -> None:
         """Change a watching subscriber's list of subjects (see `Hub.watch`)."""
@@ -161,17 +204,19 @@ class EventBusCore:
     async def stream(self, sid: str, max_batch: int = 1024) -> AsyncIterator[tuple[list[bytes], int, str | None]]:
         """Yield `(frames, dropped, end)` batches for subscriber `sid`: the replay first, then live events
         as they come (each batch takes whatever is buffered, up to `max_batch`). `end` is "overflow" on the
-        last batch of a subscriber disconnected for falling behind, else None."""
-        sub = self._subs.get(sid)
-        if sub is None:
+        last batch of a subscriber disconnected for falling behind, else None. An unknown `sid` raises
+        `ValueError` (see `open_stream`), except on a closed bus, where every stream ends."""
+        if self.hub.closed and sid not in self._subs:
             return
+        sub = self._opened(sid)
         async for item in self._batches(sid, sub, max_batch):
             yield item
 
     def open_stream(self, sid: str, max_batch: int = 256) -> AsyncIterator[tuple[list[bytes], int, str | None]]:
         """`stream`, with the subscriber looked up now rather than at the first read (for an in-process
-        reader: events buffered before a `close` still arrive)."""
-        sub = self._subs[sid]
+        reader: events buffered before a `close` still arrive). `ValueError` if there is no subscriber
+        `sid` (e.g. it was not opened within `open_timeout` of subscribing and was dropped)."""
+        sub = self._opened(sid)
         return self._batches(sid, sub, max_batch)
 
     async def _batches(
@@ -204,6 +249,9 @@ class EventBusCore:
 
     def unsubscribe(self, sid: str) -> None:
         """Stop delivering to subscriber `sid` (its stream ends after what is buffered)."""
+        timer = self._unopened.pop(sid, None)
+        if timer is not None:
+            timer.cancel()
         sub = self._subs.pop(sid, None)
         if sub is not None:
             self.hub.unsubscribe(sub)
@@ -221,13 +269,18 @@ class EventBusCore:
         return self.hub.last_seq(subject)
 
     def stats(self) -> dict[str, Any]:
-        """Counters for operators and tests."""
-        return {"subscribers": self.hub.subscriber_count, "closed": self.hub.closed, "pid": os.getpid()}
+        """Counters for operators and tests: live hub subscribers, subscription ids held (``subscriptions``)
+        and of those the ones whose stream is not open yet (``unopened``)."""
+        return {"subscribers": self.hub.subscriber_count, "subscriptions": len(self._subs),
+                "unopened": len(self._unopened), "closed": self.hub.closed, "pid": os.getpid()}
 
     async def close(self) -> None:
         """End every subscription and close the log."""
         await self.hub.close()
         self._subs.clear()
+        for timer in self._unopened.values():
+            timer.cancel()
+        self._unopened.clear()
 
 
 # most stream batches a subscriber's side holds unread before the bus waits (then its overflow policy)
@@ -506,7 +559,7 @@ class RayBus(HandlerRegistry):
     ) -> RayBus:
         """Start an `EventBusActor` (named `name` in `namespace`; None for an anonymous one) and return a
         client. `options` go to `EventBusCore`: durable_types, max_age, max_rows, buffer, overflow,
-        overflow_wait, limits. Ray must be initialised."""
+        overflow_wait, limits, open_timeout. Ray must be initialised."""
         actor_options: dict[str, Any] = {"max_restarts": max_restarts, "get_if_exists": get_if_exists}
         if name is not None:
             actor_options["name"] = name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import anyio
 import pytest
 
@@ -357,3 +359,137 @@ async def test_a_bad_frame_sent_over_ray_or_the_link_is_an_event_decode_error(ra
         assert [e.seq for e in await bus.replay("s")] == [1]
     finally:
         bus.kill()
+
+
+# ---------------------------------------------------------------- subscriptions never opened
+
+
+async def test_a_subscription_never_opened_is_dropped_with_its_buffer():
+    from reactor_rt.events.ray_bus import EventBusCore
+
+    core = EventBusCore(None, open_timeout=0.2)
+    sid = await core.subscribe(subject="a")  # a client that dies before it opens the stream
+    sub = core._subs[sid]  # (held here only to look at its buffer afterwards)
+    await core.publish_many([record("rx.query") for _ in range(3)])
+    assert sub.receive.statistics().current_buffer_used == 1  # one publish, one batch
+    assert {k: core.stats()[k] for k in ("subscribers", "subscriptions", "unopened")} == {
+        "subscribers": 1, "subscriptions": 1, "unopened": 1}
+    with anyio.fail_after(5):
+        while core.stats()["subscriptions"]:
+            await anyio.sleep(0.05)
+    assert {k: core.stats()[k] for k in ("subscribers", "subscriptions", "unopened")} == {
+        "subscribers": 0, "subscriptions": 0, "unopened": 0}
+    assert sub.receive.statistics().current_buffer_used == 0
+    assert await core.publish_many([record("rx.query")]) == [4]  # nothing buffers for it any more
+    with pytest.raises(ValueError, match=r"not opened within open_timeout=0\.2 s"):
+        core.open_stream(sid)
+    with pytest.raises(ValueError, match="not opened within"):
+        await collect(core, sid)
+    await core.close()
+
+
+async def test_an_opened_subscription_outlives_the_open_timeout():
+    from reactor_rt.events.ray_bus import EventBusCore
+
+    core = EventBusCore(None, open_timeout=0.1)
+    in_process, remote = await core.subscribe(subject="a"), await core.subscribe(subject="a")
+    batches = core.open_stream(in_process)
+    async with anyio.create_task_group() as tg:
+        got: list[int] = []
+
+        async def read_remote() -> None:
+            async with contextlib.aclosing(core.stream(remote)) as stream:
+                async for frames, _, _ in stream:
+                    got.extend(decode(f).seq for f in frames)
+                    if len(got) == 2:
+                        return
+
+        tg.start_soon(read_remote)
+        await anyio.sleep(0.3)  # three times the timeout
+        assert core.stats()["unopened"] == 0 and core.stats()["subscriptions"] == 2
+        await core.publish_many([record("rx.query"), record("rx.query")])
+        with anyio.fail_after(5):
+            frames, _, _ = await batches.__anext__()
+    assert [decode(f).seq for f in frames] == [1, 2] and got == [1, 2]
+    await batches.aclose()
+    assert core.stats()["subscriptions"] == 0  # ending a stream unsubscribes as before
+    await core.close()
+
+
+async def test_a_slow_replay_does_not_count_against_the_open_timeout(monkeypatch):
+    import time
+
+    from reactor_rt.events.ray_bus import EventBusCore
+
+    core = EventBusCore(":memory:", open_timeout=0.3)
+    await core.publish_many([record("rx.query") for _ in range(40)])
+    read_frames = core.hub.log.read_frames
+
+    def slow_read(*args, **kwargs):
+        time.sleep(0.4)  # longer than open_timeout: a large log on a slow disk
+        return read_frames(*args, **kwargs)
+
+    monkeypatch.setattr(core.hub.log, "read_frames", slow_read)
+    sid = await core.subscribe(subject="a", after=0, limit=41)
+    await anyio.sleep(0.2)  # the client takes a while to open, still within open_timeout of the reply
+    seqs: list[int] = []
+    with anyio.fail_after(5):
+        async for frames, _, _ in core.stream(sid, max_batch=8):
+            seqs.extend(decode(f).seq for f in frames)
+            if len(seqs) == 40:
+                await core.publish_many([record("rx.query")])
+            await anyio.sleep(0.1)  # a slow reader: the replay alone takes longer than open_timeout
+    assert seqs == list(range(1, 42))
+    await core.close()
+
+
+async def test_closing_the_core_ends_unopened_subscriptions_and_their_timers():
+    from reactor_rt.events.ray_bus import EventBusCore
+
+    core = EventBusCore(None, open_timeout=0.1)
+    sid = await core.subscribe(subject="a")
+    await core.close()
+    assert core.stats()["unopened"] == 0 and await collect(core, sid) == []  # ends, as every stream on close
+    await anyio.sleep(0.2)  # the cancelled timer does not fire
+
+
+def test_open_timeout_must_be_positive():
+    from reactor_rt.events.ray_bus import EventBusCore
+
+    with pytest.raises(ValueError, match="open_timeout"):
+        EventBusCore(None, open_timeout=0)
+
+
+@pytest.mark.ray
+async def test_ray_and_link_clients_open_their_streams_in_time(ray_local):
+    from reactor_rt.events.ray_bus import RayBus
+
+    bus = RayBus.create(name=None, open_timeout=0.5)
+    await bus.wait_ready()
+    try:
+        for local_link in (True, False):
+            client = RayBus(bus.actor, local_link=local_link)
+            sub = await client.subscribe(subject=f"s{local_link}")
+            await anyio.sleep(1.5)  # the stream opened with the subscribe: the timeout does not apply
+            await client.publish(Query(subject=f"s{local_link}", source="t", data={"text": "x"}))
+            with anyio.fail_after(10):
+                assert (await sub.__anext__()).seq == 1
+            await sub.aclose()
+        stats = await bus.actor.stats.remote()
+        assert stats["unopened"] == 0
+        # a client that subscribed and never opened: dropped, and a late open is refused clearly
+        sid = await bus._invoke("subscribe", None, "late", None, None, None, None, False)
+        await anyio.sleep(1.5)
+        assert (await bus.actor.stats.remote())["subscriptions"] == 0
+        late = bus.actor.stream.remote(sid, 16)
+        with pytest.raises(ValueError, match="not opened within"):
+            async for ref in late:
+                await _call_ref(ref)
+    finally:
+        bus.kill()
+
+
+async def _call_ref(ref):
+    from reactor_rt.events.ray_bus import _call
+
+    return await _call(ref)
