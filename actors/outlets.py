@@ -103,15 +103,8 @@ class Channel:
         self.chunk_tokens = chunk_tokens
         self.chunk_s = chunk_s
         self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
         self._outlets: dict[int, Outlet] = {}
         self._due: dict[int, None] = {}  # keys with a chunk due, in the order they fell due
-        # keys marked due from other threads, handed to the loop by one wake-up for all of them: a batched
-        # step makes many rows due at once, and each wake-up is a syscall and a GIL hand-over (measured:
-        # 7 % of the step thread's time at 16 streams when every row woke the loop itself)
-        self._incoming: list[int] = []
-        self._wake_pending = False
-        self._incoming_lock = threading.Lock()
         self._dropped_early: OrderedDict[int, None] = OrderedDict()  # dropped before their request started
         self._ready = asyncio.Event()
         self._closed = False
@@ -120,7 +113,7 @@ class Channel:
         """A new outlet for request ``key``; its chunks appear in this channel's batches."""
         if self._closed:
             raise RuntimeError("the channel is closed")
-        outlet = Outlet(self.chunk_tokens, self.chunk_s, lambda: self._notify(key))
+        outlet = Outlet(self.chunk_tokens, self.chunk_s, call_in_loop(self._loop, lambda: self._mark(key)))
         self._outlets[key] = outlet
         return outlet
 
@@ -149,27 +142,6 @@ class Channel:
     def close(self) -> None:
         self._closed = True
         self._ready.set()
-
-    def _notify(self, key: int) -> None:
-        """A chunk of ``key`` is due: marked now on the loop's thread; from another thread, queued for the
-        loop, which is woken once however many keys fall due before it runs."""
-        if threading.get_ident() == self._loop_thread:
-            self._mark(key)
-            return
-        with self._incoming_lock:
-            self._incoming.append(key)
-            if self._wake_pending:
-                return
-            self._wake_pending = True
-        with contextlib.suppress(RuntimeError):  # the loop closed (shutting down): nobody to tell
-            self._loop.call_soon_threadsafe(self._take_incoming)
-
-    def _take_incoming(self) -> None:
-        with self._incoming_lock:
-            keys, self._incoming = self._incoming, []
-            self._wake_pending = False
-        for key in keys:
-            self._mark(key)
 
     def _mark(self, key: int) -> None:
         self._due[key] = None

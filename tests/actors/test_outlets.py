@@ -84,29 +84,6 @@ async def test_channel_batches_every_due_chunk_and_forgets_finished_requests():
         await asyncio.wait_for(batches.__anext__(), timeout=5)
 
 
-async def test_rows_falling_due_together_on_another_thread_wake_the_loop_once(monkeypatch):
-    """A batched step makes every row's chunk due at once: one wake-up of the reader's loop carries them
-    all (a wake-up per row cost the step thread a syscall and a GIL hand-over each)."""
-    import threading
-
-    channel = Channel(chunk_tokens=1000, chunk_s=1e9)
-    outlets = [channel.outlet(key) for key in range(16)]
-    loop = asyncio.get_running_loop()
-    wakes = []
-    real = loop.call_soon_threadsafe
-    monkeypatch.setattr(loop, "call_soon_threadsafe", lambda *a, **k: (wakes.append(a), real(*a, **k))[1])
-    step = threading.Thread(target=lambda: [o.push([key], False, None) for key, o in enumerate(outlets)])
-    step.start()
-    step.join()
-    assert len(wakes) == 1
-    batches = channel.batches()
-    assert await asyncio.wait_for(batches.__anext__(), timeout=5) == [(key, [key], False, None) for key in range(16)]
-    outlets[3].push([30], True, None)  # on the loop's own thread: marked at once, no wake-up
-    assert len(wakes) == 1
-    assert await asyncio.wait_for(batches.__anext__(), timeout=5) == [(3, [30], True, None)]
-    await batches.aclose()
-
-
 async def test_service_channel_gives_each_request_its_own_tokens(model):
     service = DecoderService(DecoderCore(model, capacity=4), chunk_tokens=4, chunk_ms=1e9)
     stms = {i: model.init_stm(1)[0] + 0.2 * i for i in range(3)}
