@@ -53,18 +53,24 @@ async def _read(channel, keys: set[int]) -> tuple[dict[int, list[int]], dict[int
 # --- a cached version evicted between the check and the submit ------------------------------------
 
 
-@pytest.mark.anyio
-async def test_a_version_evicted_while_submitting_to_a_channel_is_still_served(model):
+def _evicting_service(model, version: int):
+    """A service whose cache holds one version, ``a``@version, evicted by another right after any check."""
     core = DecoderCore(model, capacity=2, memory_cache_size=1)
     service = DecoderService(core, chunk_tokens=1000, chunk_ms=1e9)
-    stm, other = _stm(model, 30), _stm(model, 31)
-    handle = STMHandle("a", 1, None)
+    stm, other = _stm(model, 30 + 2 * version), _stm(model, 31 + 2 * version)
+    handle = STMHandle("a", version, None)
     core.warm(handle, stm)
-    _evict_after_each_check(core, STMHandle("b", 1, None), other)
+    _evict_after_each_check(core, STMHandle("b", version, None), other)
 
     async def load(h):
         return stm
 
+    return service, handle, stm, load
+
+
+@pytest.mark.anyio
+async def test_a_version_evicted_while_submitting_to_a_channel_is_still_served(model):
+    service, handle, stm, load = _evicting_service(model, 1)
     prompt = [5, 6, 7, 8]
     channel = service.open_channel()
     await service.submit_to(channel, 1, GenerateRequest(prompt, handle, 6), load)
@@ -75,16 +81,7 @@ async def test_a_version_evicted_while_submitting_to_a_channel_is_still_served(m
 
 @pytest.mark.anyio
 async def test_a_version_evicted_while_generating_is_still_served(model):
-    core = DecoderCore(model, capacity=2, memory_cache_size=1)
-    service = DecoderService(core, chunk_tokens=1000, chunk_ms=1e9)
-    stm, other = _stm(model, 32), _stm(model, 33)
-    handle = STMHandle("a", 2, None)
-    core.warm(handle, stm)
-    _evict_after_each_check(core, STMHandle("b", 2, None), other)
-
-    async def load(h):
-        return stm
-
+    service, handle, stm, load = _evicting_service(model, 2)
     prompt = [9, 10, 11]
     tokens = [t async for c in service.generate(GenerateRequest(prompt, handle, 6), load) for t in c]
     assert tokens == _alone(model, prompt, stm, 6)
