@@ -208,11 +208,13 @@ class Conductor:
                     self._pumped_changed.notify_all()
 
     async def _query_positions(self) -> dict[str, int]:
-        """Each subject's last logged query seq (empty when the bus keeps no log)."""
-        positions: dict[str, int] = {}
-        for event in await self._logged({"rx.query"}):
-            positions[event.subject] = max(positions.get(event.subject, 0), event.seq)
-        return positions
+        """Each subject's last logged query seq (empty when the bus keeps no log); from the log's index,
+        not its frames: `recover` has just decoded them all, and a long log takes a while."""
+        reader = getattr(self.bus, "last_seqs", None)
+        if reader is not None:
+            return await reader("rx.query")
+        log_ = getattr(self.bus, "log", None)
+        return {} if log_ is None else log_.last_seqs("rx.query")
 
     async def _caught_up(self, subject: str, seq: int) -> None:
         """Wait until the query with this seq (published before the call) has been taken in.

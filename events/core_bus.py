@@ -98,6 +98,11 @@ class CoreBus:
         log = self.core.hub.log
         return [] if log is None else log.read_types(list(types))
 
+    async def last_seqs(self, event_type: str) -> dict[str, int]:
+        """Each subject's last logged seq of this type (empty without a log)."""
+        log = self.core.hub.log
+        return {} if log is None else log.last_seqs(event_type)
+
     async def last_seq(self, subject: str) -> int:
         return self.core.last_seq(subject)
 

@@ -222,6 +222,16 @@ class EventLog:
             args.append(since.timestamp() if isinstance(since, datetime) else float(since))
         return decode_batch(self._frames(sql + " ORDER BY pos", args, limit))
 
+    def last_seqs(self, event_type: str) -> dict[str, int]:
+        """Each subject's last logged seq of one type, read without decoding a frame."""
+        with self._lock:
+            try:
+                rows = self._live().execute(
+                    "SELECT subject, max(seq) FROM events WHERE type = ? GROUP BY subject", (event_type,))
+                return dict(rows.fetchall())
+            except sqlite3.Error as exc:
+                raise EventLogError(f"cannot read event log: {exc}") from exc
+
     def subjects(self) -> list[str]:
         """Every subject that has been assigned a seq."""
         with self._lock:

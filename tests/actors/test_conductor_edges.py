@@ -61,6 +61,32 @@ async def test_a_restarted_conductor_treats_an_old_seq_as_caught_up(text_model, 
         await bus.close()
 
 
+async def test_a_restart_decodes_the_logged_queries_once(text_model, tmp_path, monkeypatch, interact):
+    """`recover` decodes the log's queries; `start` takes each stream's last query seq from the log's
+    index instead of decoding them all again (a start-up cost that grew with the log)."""
+    model, store, log_path = text_model, MemorySTMStore(), str(tmp_path / "events.db")
+    bus = InProcessBus(log=EventLog(log_path))
+    first = conductor_over(bus, model, store)
+    await first.start()
+    query_seq = (await interact(first, "s", "remember this"))[0].seq
+    await first.stop()
+    await bus.close()
+    log = EventLog(log_path)
+    reads: list[list[str]] = []
+    real = log.read_types
+    monkeypatch.setattr(log, "read_types", lambda types, **kw: (reads.append(sorted(types)), real(types, **kw))[1])
+    bus = InProcessBus(log=log)
+    second = conductor_over(bus, model, store)
+    try:
+        await second.recover()
+        await second.start()
+        assert sum("rx.query" in types for types in reads) == 1
+        assert second._started_from == {"s": query_seq}
+    finally:
+        await second.stop()
+        await bus.close()
+
+
 async def test_an_old_seq_whose_query_was_pruned_does_not_hang(text_model, tmp_path, monkeypatch, interact):
     """The log kept under retention bounds lost the stream's last query before the restart: the
     conductor cannot know it took it in, and waits only a bounded time."""

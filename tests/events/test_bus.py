@@ -424,3 +424,19 @@ async def test_each_subscriber_gets_one_batch_per_publish(anyio_backend):
     assert sub._receive.statistics().current_buffer_used == 1  # one send for the publish
     assert [e.seq for e in await take(sub, 2)] == [1, 3]
     await bus.close()
+
+
+@pytest.mark.parametrize("logged", [True, False], ids=["log", "no-log"])
+async def test_the_conductors_bus_gives_each_subjects_last_query_seq(tmp_path, logged):
+    from reactor_rt.events.core_bus import CoreBus
+    from reactor_rt.events.ray_bus import EventBusCore
+    from reactor_rt.events.testing import example_event
+
+    bus = CoreBus(EventBusCore(str(tmp_path / "events.db") if logged else None))
+    try:
+        for subject in ("a", "b", "a"):
+            await bus.publish(Query(subject=subject, source="test", data={"text": "hi"}))
+        await bus.publish(example_event("rx.response.done", subject="a"))
+        assert await bus.last_seqs("rx.query") == ({"a": 2, "b": 1} if logged else {})
+    finally:
+        await bus.close()

@@ -54,6 +54,15 @@ def test_read_after_types_limit_and_subjects():
     log.close()
 
 
+def test_last_seqs_gives_each_subjects_last_logged_seq_of_one_type():
+    log = EventLog()
+    log.append_many(interaction("a", 1) + interaction("b", 1) + interaction("a", 7))
+    assert log.last_seqs("rx.query") == {"a": 7, "b": 1}
+    assert log.last_seqs("rx.memory.updated") == {"a": 12, "b": 6}
+    assert log.last_seqs("rx.response.chunk") == {}  # not stored
+    log.close()
+
+
 def test_read_types_since():
     log = EventLog()
     log.append_many(interaction("a", 1))
