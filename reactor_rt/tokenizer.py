@@ -45,7 +45,7 @@ class Tokenizer(ABC):
 
     @abstractmethod
     def encode(self, text: str) -> list[int]:
-        """Token ids for `text`; no special tokens are added."""
+        """Token ids for `text`; no special tokens are added, and text spelling one ("[A]") stays text."""
 
     @abstractmethod
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
@@ -117,6 +117,11 @@ class HFTokenizer(Tokenizer):
 
         if not isinstance(tokenizer, _HF):
             raise TokenizerError(f"expected a tokenizers.Tokenizer, got {type(tokenizer).__name__}")
+        # A copy that encodes special tokens' text as plain text: a query spelling "[A]" or "[EOS]" must
+        # not become that marker (user text could end the query, fake an answer or stop the answer).
+        # Special ids are only ever placed by the template. The caller's object is left as it was.
+        tokenizer = _HF.from_str(tokenizer.to_str())
+        tokenizer.encode_special_tokens = True
         self._tok = tokenizer
         ids = {name: tokenizer.token_to_id(name) for name in SPECIAL_TOKENS}
         missing = [name for name, i in ids.items() if i is None]
@@ -148,6 +153,7 @@ class HFTokenizer(Tokenizer):
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
+        # special tokens' text stays text (see __init__)
         return list(self._tok.encode(text, add_special_tokens=False).ids)
 
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
