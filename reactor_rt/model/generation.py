@@ -379,9 +379,10 @@ def generate(
     longest = max(int(p.numel()) for p in prompts)
     db = DecodeBatch(model, capacity=b, max_len=longest + max_new_tokens)
     sampler = sampler or Sampler.from_config(model.config)
+    generators = _row_generators(sampler, generator, b, db.pending.device)
     slots = [
         db.add(p, memory_kv=mem[i if mem.batch_size > 1 else 0], sampler=sampler,
-               max_new_tokens=max_new_tokens, generator=generator)
+               max_new_tokens=max_new_tokens, generator=generators[i])
         for i, p in enumerate(prompts)
     ]
     produced: dict[int, list[int]] = {s: [] for s in slots}
@@ -393,3 +394,19 @@ def generate(
     for i, s in enumerate(slots):
         result[i, : len(produced[s])] = torch.tensor(produced[s], dtype=torch.long)
     return result
+
+
+def _row_generators(
+    sampler: Sampler, generator: torch.Generator | None, rows: int, device: torch.device
+) -> list[torch.Generator | None]:
+    """One generator per row, seeded from `generator` (the global RNG when None) in row order.
+
+    Rows sharing one generator would take turns on it, so a row's samples would change with its
+    neighbours (how many there are, and when each stops); a seed per row makes row i depend only on the
+    caller's seed and i. Greedy decoding draws nothing.
+    """
+    if sampler.greedy:
+        return [generator] * rows
+    source = "cpu" if generator is None else generator.device
+    seeds = torch.randint(0, 2**63 - 1, (rows,), generator=generator, device=source).tolist()
+    return [torch.Generator(device=device).manual_seed(seed) for seed in seeds]

@@ -318,7 +318,9 @@ class ReactiveTransformer(nn.Module):
         """Generate up to max_new_tokens per row -> (B, n) new ids, padded with tokenizer.pad_id.
 
         ids: (B, T) or a list of 1-D tensors (ragged batch). Each row stops at [EOS] (included) or its
-        budget. KV-cached, memory K/V computed once; runs on DecodeBatch.
+        budget. KV-cached, memory K/V computed once; runs on DecodeBatch. When sampling, each row draws
+        from its own generator seeded from `generator` (or the global RNG): a row's tokens do not depend
+        on its neighbours.
         """
         from reactor_rt.model.generation import generate
 

@@ -303,3 +303,28 @@ def test_generation_and_training_interleave():
     after = m.generate(p[None], s, max_new_tokens=6)
     assert before.shape[0] == after.shape[0] == 1
     assert not torch.equal(m.decode(p[None], s), logits)  # the weights changed, and decode sees them
+
+
+@torch.no_grad()
+def test_generate_samples_each_row_independently_of_its_neighbours(model):
+    """One seeded generator for a batch: a row's sampled tokens depend on the seed and its place in the
+    batch, never on what (or how much) the other rows sample. They took turns on one generator, so a
+    row's tokens changed with its neighbours and with the batch size."""
+    smp = Sampler(temperature=1.0)
+    p, q, r = prompt(5, 70), prompt(9, 71), prompt(3, 72)
+    s = stms(2, seed=7)
+
+    def gen(prompts, n=10):
+        return model.generate(prompts, s[: len(prompts)], max_new_tokens=n, sampler=smp,
+                              generator=torch.Generator().manual_seed(11))
+
+    alone = gen([p])[0]
+    assert torch.equal(gen([p, q])[0], alone)  # a neighbour that samples too
+    assert torch.equal(gen([p, q], n=10)[1], gen([r, q], n=10)[1])  # row 1 whatever row 0 is
+    assert torch.equal(gen([p, q]), gen([p, q]))  # reproducible
+    twins = model.generate([p, p], s[:1], max_new_tokens=12, sampler=smp, generator=torch.Generator().manual_seed(11))
+    assert not torch.equal(twins[0], twins[1])  # two rows never share one stream of draws
+    torch.manual_seed(5)
+    first = model.generate([p, q], s, max_new_tokens=6, sampler=smp)
+    torch.manual_seed(5)
+    assert torch.equal(model.generate([p, q], s, max_new_tokens=6, sampler=smp), first)  # global seed
