@@ -86,15 +86,16 @@ class MemoryAttentionLayer(nn.Module):
         self.enc_norm = RMSNorm(c.dim, c.norm_eps)
         self.pre = None
         if self.variant != "simple":
-            self.pre = Attention(c.dim, c.heads, c.query_heads, c.kv_heads, fused=False)
+            self.pre = Attention(c.dim, c.heads, *c.heads_of("memory_pre"), fused=False)
             self.pre_norm = RMSNorm(c.dim, c.norm_eps)
         if self.variant == "gated-self-interlayer":
             self.mix = nn.Linear(2 * c.dim, 1)
-        self.attn = Attention(c.dim, c.heads, c.query_heads, c.kv_heads, fused=False)
+        query_heads, kv_heads = c.heads_of("memory")
+        self.attn = Attention(c.dim, c.heads, query_heads, kv_heads, fused=False)
         # a learned "attend to nothing" key/value: lets a slot take (almost) no update, and keeps the
         # softmax defined for fully padded rows
-        self.null_k = nn.Parameter(torch.zeros(1, c.kv_heads, 1, c.head_dim))
-        self.null_v = nn.Parameter(torch.zeros(1, c.kv_heads, 1, c.head_dim))
+        self.null_k = nn.Parameter(torch.zeros(1, kv_heads, 1, c.head_dim))
+        self.null_v = nn.Parameter(torch.zeros(1, kv_heads, 1, c.head_dim))
         self.gate = ResidualGate(c.residual_gate, c.stm_slots, c.dim, c.gate_per_slot, c.gate_bias_init)
 
     def forward(

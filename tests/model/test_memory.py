@@ -122,3 +122,24 @@ def test_an_all_padding_row_stays_finite_and_leaves_other_rows_alone():
     assert torch.isfinite(new).all()
     alone = m.update_memory(stm[:1], m.encode(ids[:1]))
     assert torch.allclose(new[:1], alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["self", "gated-self-interlayer"])
+@torch.no_grad()
+def test_fused_memory_attention_takes_its_own_head_counts(variant):
+    """memory_query_heads / memory_kv_heads (and the memory_pre_* pair of the first stage) set the memory
+    attention's heads in the fused layout too (they were silently ignored there: any SQA/GQA/MQA choice
+    for memory attention gave the self-attention head counts)."""
+    cfg = small(memory_attention=variant, heads=4, query_heads=4, kv_heads=4, memory_query_heads=2,
+                memory_kv_heads=1, memory_pre_query_heads=2, memory_pre_kv_heads=2)
+    m = perturbed(cfg)
+    layer = m.memory_attention.layers[0]
+    assert (layer.attn.query_heads, layer.attn.kv_heads) == (2, 1)
+    assert (layer.pre.query_heads, layer.pre.kv_heads) == (2, 2)
+    assert layer.null_k.shape == (1, 1, 1, cfg.head_dim)
+    stm = torch.randn(2, 2, 8, 32)
+    new = m.update_memory(stm, m.encode(torch.randint(8, 260, (2, 10))))
+    assert new.shape == stm.shape and torch.isfinite(new).all()
+    # the default (None) keeps the self-attention counts, so existing checkpoints load unchanged
+    plain = ReactiveTransformer(small(memory_attention=variant)).memory_attention.layers[0]
+    assert (plain.attn.query_heads, plain.attn.kv_heads, plain.pre.query_heads) == (2, 2, 2)
