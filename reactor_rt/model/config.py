@@ -124,6 +124,8 @@ class RxTConfig(BaseModel):
             )
         if self.moe_experts and self.moe_top_k > self.moe_experts:
             problems.append(f"moe_top_k ({self.moe_top_k}) must be <= moe_experts ({self.moe_experts})")
+        if not self.moe_experts and "moe" in (*self.stateless_layers, *self.final_stateless_layers):
+            problems.append("stateless MoE layers need moe_experts > 0 (their experts follow moe_experts)")
         if self.max_query_tokens >= self.max_seq_len:
             problems.append(
                 f"max_query_tokens ({self.max_query_tokens}) must be < max_seq_len ({self.max_seq_len})"

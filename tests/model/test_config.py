@@ -45,6 +45,9 @@ def test_preset_with_changes_and_derived_values():
         ({"max_query_tokens": 256}, "max_query_tokens"),
         ({"top_p": 0.0}, "top_p"),
         ({"no_such_field": 1}, "no_such_field"),
+        # a stateless MoE layer needs experts (it was accepted, then failed at the first forward)
+        ({"moe_experts": 0, "stateless_layers": ("moe",)}, "stateless MoE layers need moe_experts"),
+        ({"moe_experts": 0, "final_stateless_layers": ("dense", "moe")}, "stateless MoE layers"),
     ],
 )
 def test_invalid_config_says_what_is_wrong(changes, message):
