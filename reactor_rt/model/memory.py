@@ -148,6 +148,10 @@ class MemoryAttention(nn.Module):
         """stm (B, L, S, D), encoded (L, B, T, D), mask (B, T) bool True = real token -> new stm."""
         if encoded.shape[0] != stm.shape[1] or encoded.shape[1] != stm.shape[0]:
             raise ValueError(f"encoded {tuple(encoded.shape)} does not match stm {tuple(stm.shape)}")
+        if mask is not None:
+            # a 0/1 mask of any dtype means what encode() reads it as: a float one would reach attention as
+            # an additive bias (padding attended), an integer one would be refused
+            mask = mask.bool()
         cis = self.rope.tables(encoded.shape[2])
         normed = [layer.stm_norm(stm[:, i]) for i, layer in enumerate(self.layers)]
         interlayer = torch.stack(normed, 0).mean(0)  # (B, S, D)

@@ -194,8 +194,14 @@ class ReactiveTransformer(nn.Module):
         return MemoryKV(torch.stack(ks), torch.stack(vs))
 
     def update_memory(self, stm: Tensor, encoded: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Write an encoded interaction (L, B, T, D) into stm (B, L, S, D); returns a new tensor."""
+        """Write an encoded interaction (L, B, T, D) into stm (B, L, S, D); returns a new tensor.
+
+        attention_mask (B, T), True / 1 = real token (the mask given to encode).
+        """
         self._check_stm(stm)
+        if attention_mask is not None and tuple(attention_mask.shape) != tuple(encoded.shape[1:3]):
+            raise ValueError(f"attention_mask {tuple(attention_mask.shape)} does not match the encoded "
+                             f"(B, T) {tuple(encoded.shape[1:3])}")
         return self.memory_attention(stm, encoded, attention_mask)
 
     def _check_stm(self, stm: Tensor) -> None:

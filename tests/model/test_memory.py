@@ -143,3 +143,22 @@ def test_fused_memory_attention_takes_its_own_head_counts(variant):
     # the default (None) keeps the self-attention counts, so existing checkpoints load unchanged
     plain = ReactiveTransformer(small(memory_attention=variant)).memory_attention.layers[0]
     assert (plain.attn.query_heads, plain.attn.kv_heads, plain.pre.query_heads) == (2, 2, 2)
+
+
+@pytest.mark.parametrize("update", ["fused", "staged"])
+@pytest.mark.parametrize("dtype", [torch.long, torch.int32, torch.float32])
+@torch.no_grad()
+def test_a_0_1_attention_mask_of_any_dtype_masks_like_a_bool_one(update, dtype):
+    """encode() takes a 0/1 mask of any dtype; update_memory must read the same mask the same way (a
+    float mask went to attention as an additive bias, +1 on real keys and +0 on padding, so padding
+    was attended; a long mask raised)."""
+    m = perturbed(small(memory_update=update))
+    ids = torch.randint(8, 260, (2, 11))
+    mask = torch.ones(2, 11, dtype=torch.bool)
+    mask[0, 7:] = False
+    enc = m.encode(ids, attention_mask=mask)
+    stm = torch.randn(2, 2, 8, 32)
+    expected = m.update_memory(stm, enc, attention_mask=mask)
+    assert torch.equal(m.update_memory(stm, enc, attention_mask=mask.to(dtype)), expected)
+    with pytest.raises(ValueError, match="attention_mask"):
+        m.update_memory(stm, enc, attention_mask=mask[:, :5])
