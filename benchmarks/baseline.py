@@ -105,7 +105,7 @@ class StatelessDecoder(nn.Module):
         super().__init__()
         # a benchmark model: its own config copy with a RoPE table long enough for a whole conversation
         c = RxTConfig(**{**config.model_dump(), "max_seq_len": max_seq_len,
-                         "max_query_tokens": min(config.max_query_tokens, max_seq_len - 1)})
+                         "max_query_tokens": min(config.max_query_tokens, max_seq_len - 5)})
         self.config = c
         self.embedding = nn.Embedding(c.vocab_size, c.dim)
         self.rope = RotaryEmbedding(c.head_dim, c.max_seq_len, c.rope_theta)

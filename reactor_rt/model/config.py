@@ -12,6 +12,7 @@ __all__ = ["MEMORY_ATTENTION_VARIANTS", "PRESETS", "RESIDUAL_GATES", "RxTConfig"
 
 MEMORY_ATTENTION_VARIANTS = ("simple", "self", "interlayer", "gated-self-interlayer")
 RESIDUAL_GATES = ("static", "elementwise", "linear")
+_PROMPT_TOKENS = 3  # [BOS][Q] query [A]: the template's tokens around a query (reactor_rt.template)
 
 MemoryAttentionKind = Literal["simple", "self", "interlayer", "gated-self-interlayer"]
 ResidualGateKind = Literal["static", "elementwise", "linear", "none"]
@@ -126,9 +127,13 @@ class RxTConfig(BaseModel):
             problems.append(f"moe_top_k ({self.moe_top_k}) must be <= moe_experts ({self.moe_experts})")
         if not self.moe_experts and "moe" in (*self.stateless_layers, *self.final_stateless_layers):
             problems.append("stateless MoE layers need moe_experts > 0 (their experts follow moe_experts)")
-        if self.max_query_tokens >= self.max_seq_len:
+        # a query at the limit is a prompt of max_query_tokens + 3 ([BOS][Q] query [A]), and its answer
+        # needs two more positions (a token and [EOS]): else the limit admits queries that cannot run
+        if self.max_query_tokens + _PROMPT_TOKENS + 2 > self.max_seq_len:
             problems.append(
-                f"max_query_tokens ({self.max_query_tokens}) must be < max_seq_len ({self.max_seq_len})"
+                f"max_query_tokens ({self.max_query_tokens}) must be <= max_seq_len - {_PROMPT_TOKENS + 2} "
+                f"({self.max_seq_len - _PROMPT_TOKENS - 2}): a query at the limit needs {_PROMPT_TOKENS} "
+                "template tokens and room for an answer"
             )
         for name in ("encoder", "cross", "memory", "memory_pre"):
             hq, hkv = self.heads_of(name)

@@ -43,6 +43,7 @@ def test_preset_with_changes_and_derived_values():
         ({"layers": -1}, "layers"),
         ({"moe_top_k": 5}, "moe_top_k"),
         ({"max_query_tokens": 256}, "max_query_tokens"),
+        ({"max_query_tokens": 252}, "room for an answer"),  # max_seq_len 256: 252 + 3 template tokens + 2
         ({"top_p": 0.0}, "top_p"),
         ({"no_such_field": 1}, "no_such_field"),
         # a stateless MoE layer needs experts (it was accepted, then failed at the first forward)
@@ -54,6 +55,16 @@ def test_invalid_config_says_what_is_wrong(changes, message):
     with pytest.raises(ConfigError, match=message) as info:
         RxTConfig.preset("tiny", **changes)
     assert isinstance(info.value, ValueError) and isinstance(info.value, ReactorError)
+
+
+def test_a_query_at_the_token_limit_leaves_room_for_an_answer():
+    """The largest accepted limit still fits a prompt at the limit plus an answer token and [EOS]."""
+    from reactor_rt.template import build_prompt
+    from reactor_rt.tokenizer import ByteTokenizer
+
+    cfg = RxTConfig.preset("tiny", max_query_tokens=251)
+    prompt = build_prompt(ByteTokenizer(), "x" * cfg.max_query_tokens)  # one token per byte
+    assert len(prompt) + 2 <= cfg.max_seq_len
 
 
 def test_config_is_frozen_and_round_trips_through_json():
