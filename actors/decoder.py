@@ -172,7 +172,8 @@ class DecoderCore:
             req = pending.request
             try:
                 memory_kv = pending.memory_kv if pending.stm is None else self._memory_kv(req.handle, pending.stm)
-                generator = None if req.seed is None else torch.Generator().manual_seed(req.seed)
+                # on the model's device: sampling on a GPU refuses a CPU generator
+                generator = None if req.seed is None else torch.Generator(self.batch.pending.device).manual_seed(req.seed)
                 sampler = Sampler(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p)
             except Exception as exc:
                 log.exception("decoder.admit_failed", request_id=pending.request_id)

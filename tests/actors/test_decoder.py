@@ -226,3 +226,24 @@ async def test_service_weights_change_only_when_idle_and_a_closed_service_starts
     await service.set_weights({})  # idle: weights may change, and the cached memory keys/values go
     assert not service.core.has_memory(STMHandle("m", 1, None))
     service.close()
+
+
+def test_a_seeded_sampled_request_repeats_and_samples_on_the_models_device(model, monkeypatch):
+    prompt, stm = _prompt(3, 6), _stm(model, 3)
+    made: list[object] = []
+    real = torch.Generator
+    monkeypatch.setattr(torch, "Generator", lambda *a, **k: made.append((a, k)) or real(*a, **k))
+
+    def answer(seed: int) -> list[int]:
+        core = DecoderCore(model, capacity=2)
+        got: list[int] = []
+        request = GenerateRequest(prompt, STMHandle("m", 0, None), max_new_tokens=12, temperature=1.0, seed=seed)
+        core.submit(request, stm, lambda tokens, finished, error: got.extend(tokens))
+        while core.busy:
+            core.step()
+        return got
+
+    assert answer(7) == answer(7) != answer(8)
+    device = next(model.parameters()).device
+    # the generator is made where the logits are (a GPU's sampling refuses a CPU generator)
+    assert made and [torch.device(*a, **k) if a or k else None for a, k in made] == [device] * len(made)
