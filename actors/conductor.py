@@ -159,6 +159,7 @@ class Conductor:
         self._started_from: dict[str, int] = {}  # subject -> seq of its last query logged before `start`
         self._pumped_changed = asyncio.Condition()
         self._loops: dict[str, ThoughtLoop] = {}  # stream id -> its running thought loop
+        self._chat_order: dict[str, list[str]] = {}  # memory id -> its streams by first open, from the log
         self._gate = WeightsGate()
         self._weights_version = 0
         self._recent: OrderedDict[str, _Served] = OrderedDict()  # interaction id -> what was served
@@ -169,6 +170,7 @@ class Conductor:
 
     async def start(self) -> None:
         """Subscribe to queries; returns once the subscription is live."""
+        self._chat_order = await self._opened_streams()
         self._subscription = await self.bus.subscribe(types={"rx.query", "rx.learning.feedback"})
         # queries published before the subscription never reach the pump, but a client's stream handle
         # outlives a restart and still names them (after_seq): they count as taken in. Read right after
@@ -215,6 +217,20 @@ class Conductor:
             return await reader("rx.query")
         log_ = getattr(self.bus, "log", None)
         return {} if log_ is None else log_.last_seqs("rx.query")
+
+    async def _opened_streams(self) -> dict[str, list[str]]:
+        """Each memory's streams in the order they were first opened, from the log's ``rx.stream.opened``:
+        a stream's ``Chat N:`` number is its place in that order, and must not change with the order
+        streams happen to be reopened after a restart (the STM already holds its old number)."""
+        first: dict[str, int] = {}
+        memory: dict[str, str] = {}
+        for event in await self._logged({"rx.stream.opened"}):
+            first.setdefault(event.subject, len(first))
+            memory[event.subject] = event.data.memory  # the latest binding wins
+        order: dict[str, list[str]] = {}
+        for subject in sorted(first, key=first.__getitem__):
+            order.setdefault(memory[subject], []).append(subject)
+        return order
 
     async def _caught_up(self, subject: str, seq: int) -> None:
         """Wait until the query with this seq (published before the call) has been taken in.
@@ -312,7 +328,8 @@ class Conductor:
         if stream is None:
             memory_id = memory or await self._remembered_memory(stream_id) or stream_id
             lane = self._lane(memory_id)
-            lane.streams.append(stream_id)
+            if stream_id not in lane.streams:  # known from the log: it keeps its number
+                lane.streams.append(stream_id)
             chat = lane.streams.index(stream_id) + 1 if memory_id != stream_id else None
             stream = self._streams[stream_id] = _Stream(stream_id, memory_id, chat)
         elif not stream.closed:
@@ -324,11 +341,15 @@ class Conductor:
         return StreamInfo(stream_id, stream.memory_id, version, stream.chat)
 
     async def close_stream(self, stream_id: str) -> None:
-        """Close a stream: queries already accepted finish; later ones get `stream_closed`."""
+        """Close a stream: queries already accepted finish; later ones get `stream_closed`. Its thought
+        loop ends after the step in progress (final response, reason ``closed``)."""
         stream = self._streams.get(validate_id(stream_id, "stream"))
         if stream is None or stream.closed:
             return
         stream.closed = True
+        loop = self._loops.get(stream.stream_id)
+        if loop is not None and not loop.stopping:  # its steps are queries on the stream: they end too
+            loop.stopping = "closed"
         await self._publish(StreamClosed(subject=stream_id, source=self.config.source, data={}))
 
     async def memory(self, stream_id: str, after_seq: int = 0) -> tuple[int, torch.Tensor]:
@@ -581,7 +602,9 @@ class Conductor:
                     f"memory {stream.memory_id!r} already has {self.config.max_queue} queued queries"
                 ) from None
             self._ensure_worker(lane)
-        except ReactorError as exc:
+        except Exception as exc:  # any failure, typed or not, must reach the asker (or it waits for good)
+            if not isinstance(exc, ReactorError):
+                log.exception("conductor.query_failed", subject=query.subject[:256], interaction=interaction)
             self._seen.pop(interaction, None)  # rejected, not applied: sending it again is allowed
             await self._error(query.subject, interaction, exc)
 
@@ -611,7 +634,8 @@ class Conductor:
     def _lane(self, memory_id: str) -> _Lane:
         lane = self._lanes.get(memory_id)
         if lane is None:
-            lane = self._lanes[memory_id] = _Lane(memory_id, asyncio.Queue(self.config.max_queue))
+            lane = self._lanes[memory_id] = _Lane(memory_id, asyncio.Queue(self.config.max_queue),
+                                                  streams=list(self._chat_order.get(memory_id, ())))
         return lane
 
     def _ensure_worker(self, lane: _Lane) -> None:

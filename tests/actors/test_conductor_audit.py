@@ -1,0 +1,104 @@
+"""Conductor audit findings (in-process): an untyped failure taking a query in, a thought loop on a
+closed stream, `Chat N:` numbers across a restart."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from reactor_rt.actors.conductor import Conductor, ConductorConfig
+from reactor_rt.actors.engine import LocalEngine
+from reactor_rt.events import Query
+from reactor_rt.events.bus import InProcessBus
+from reactor_rt.events.log import EventLog
+from reactor_rt.store import MemorySTMStore
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_an_untyped_failure_taking_a_query_in_is_an_rx_error_and_the_query_may_be_resent(make_conductor,
+                                                                                                 interact):
+    """Opening the query's stream fails with a non-ReactorError (the store's disk, a bug): the asker gets
+    rx.error (it waited for good: the failure was only logged), and the same query can be sent again."""
+    async with make_conductor(max_new_tokens=4) as conductor:
+        real = conductor.engine.handle
+        broken = True
+
+        async def handle(memory_id: str):  # type: ignore[no-untyped-def]
+            if broken:
+                raise OSError("disk I/O error")
+            return await real(memory_id)
+
+        conductor.engine.handle = handle
+        query = Query(subject="d", source="t", data={"text": "hello"})
+        sub = await conductor.bus.subscribe(subject="d", types={"rx.error", "rx.memory.updated"})
+        async with sub:
+            await conductor.bus.publish(query)
+            with anyio.fail_after(10):
+                error = await sub.__anext__()
+            assert error.type == "rx.error" and error.interaction == query.interaction
+            assert error.data.code == "internal" and "disk I/O error" in error.data.message
+            broken = False
+            await conductor.bus.publish(query)  # the same interaction id: not taken as a duplicate
+            with anyio.fail_after(60):
+                updated = await sub.__anext__()
+            assert updated.type == "rx.memory.updated" and updated.interaction == query.interaction
+
+
+async def test_closing_a_stream_ends_its_thought_loop(make_conductor, text_model):
+    """A loop's steps are queries on its stream: once the stream is closed, the loop ends (final
+    response, reason "closed") instead of thinking on a closed stream until its budget runs out."""
+    async with make_conductor(max_new_tokens=4) as conductor:
+        await conductor.open_stream("t")
+
+        async def generate(request):  # type: ignore[no-untyped-def]  # never empty, never a stop
+            yield text_model.tokenizer.encode("more")
+
+        conductor.engine.generate = generate
+        sub = await conductor.bus.subscribe(subject="t", types={"rx.thought.response"})
+        loop_id = await conductor.think("t", "Let me think.", None)  # no budget: until stopped
+        responses = []
+        async with sub:
+            with anyio.fail_after(60):
+                async for ev in sub:
+                    responses.append(ev)
+                    if len(responses) == 1:
+                        await conductor.close_stream("t")
+                    if ev.data.final or len(responses) > 4:
+                        break
+        final = responses[-1]
+        assert final.data.final and final.data.loop == loop_id and final.data.reason == "closed"
+        assert len(responses) <= 2  # the step in progress (or already queued) at the close, no more
+        assert await conductor.stop_thinking("t") is False
+
+
+async def test_chat_numbers_survive_a_restart(text_model, tmp_path):
+    """Streams sharing a memory keep their `Chat N:` number across a restart, whatever order they are
+    reopened in: the STM already holds what each wrote under its number."""
+    store, log_path = MemorySTMStore(), str(tmp_path / "events.db")
+
+    async def started() -> tuple[Conductor, InProcessBus]:
+        bus = InProcessBus(log=EventLog(log_path))
+        conductor = Conductor(bus, LocalEngine(text_model, store), text_model.tokenizer, text_model.config,
+                              ConductorConfig(max_new_tokens=4))
+        await conductor.start()
+        return conductor, bus
+
+    conductor, bus = await started()
+    owner = await conductor.open_stream("team")
+    a = await conductor.open_stream("chat-a", memory="team")
+    b = await conductor.open_stream("chat-b", memory="team")
+    assert (owner.chat, a.chat, b.chat) == (None, 2, 3)
+    await conductor.stop()
+    await bus.close()
+
+    conductor, bus = await started()
+    try:
+        assert (await conductor.open_stream("chat-b")).chat == 3  # reopened first, still Chat 3
+        assert (await conductor.open_stream("chat-a")).chat == 2
+        assert (await conductor.open_stream("chat-c", memory="team")).chat == 4  # a new one comes after
+        job = conductor._job(Query(subject="chat-b", source="t", data={"text": "hi"}), conductor._streams["chat-b"])
+        assert job.text == "Chat 3: hi"
+    finally:
+        await conductor.stop()
+        await bus.close()
