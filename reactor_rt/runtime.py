@@ -109,11 +109,12 @@ class Stream:
         """
         query = self._rx._query(self.id, text, max_new_tokens=max_new_tokens, temperature=temperature,
                                 top_k=top_k, top_p=top_p)
-        inbox = self._rx._inbox
+        bus, inbox = self._rx._bus, self._rx._inbox  # the bus first: it refuses a closed Reactor
         events = await inbox.register(self.id, query.interaction)  # live before the query is published
         try:
-            (sent,) = await self._rx._bus.publish_many([query])
-            self._last_query_seq = sent.seq
+            (sent,) = await bus.publish_many([query])
+            # concurrent asks may return out of order: memory()/fork() must wait for the latest
+            self._last_query_seq = max(self._last_query_seq, sent.seq)
             yield sent  # the query as the bus stamped it (the inbox does not route queries)
             while True:
                 event = await events.get()
@@ -214,7 +215,7 @@ class Thinking:
 
     async def events(self) -> AsyncIterator[Event]:
         """The loop's ``rx.thought.query`` / ``rx.thought.response`` events (replayed from the start),
-        ending with the final response."""
+        ending with the final response; `RuntimeUnavailableError` when the event stream ends first."""
         sub = await self.stream._rx._bus.subscribe(types={"rx.thought."}, subject=self.stream.id, after=self._after)
         try:
             async for event in sub:
@@ -225,11 +226,12 @@ class Thinking:
                     return
         finally:
             await sub.aclose()
+        raise RuntimeUnavailableError(f"the event stream ended before thought loop {self.id} did (the runtime stopped?)")
 
     async def wait(self) -> Event:
         """Wait for the loop to end; returns its final ``rx.thought.response``."""
         final = None
-        async for event in self.events():
+        async for event in self.events():  # ends with the final response, or raises
             final = event
         assert final is not None
         return final
@@ -305,9 +307,9 @@ class Reactor:
     def __init__(self, *, namespace: str, bus: Any, actors: dict[str, Any], model_config: RxTConfig,
                  tokenizer: Any, started_ray: bool) -> None:
         self.namespace = namespace
-        self._bus = bus
+        self._bus_handle = bus
         self._actors = actors
-        self._conductor = actors["conductor"]
+        self._conductor_handle = actors["conductor"]
         self.model_config = model_config
         self.tokenizer = tokenizer
         self._started_ray = started_ray
@@ -377,6 +379,22 @@ class Reactor:
     async def __aenter__(self) -> Reactor:
         return self
 
+    def _check_open(self) -> None:
+        """Refuse any use after `close`: the actors are gone, and a Ray call would start a new local Ray
+        instance in this process (Ray initialises itself on demand) only to fail with a bare Exception."""
+        if self._closed:
+            raise RuntimeUnavailableError("this Reactor was closed (its `async with` ended): start a new one")
+
+    @property
+    def _bus(self) -> Any:
+        self._check_open()
+        return self._bus_handle
+
+    @property
+    def _conductor(self) -> Any:
+        self._check_open()
+        return self._conductor_handle
+
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.close()
@@ -401,6 +419,8 @@ class Reactor:
         registers at once (nothing published after the await is missed), then iterate ``sub``.
         Types are exact names or prefixes ending in ``.`` (``"rx.memory."``).
         """
+        if isinstance(types, str):  # one type name, not an iterable of one-letter names
+            types = (types,)
         return Subscription(self._bus, set(types) if types is not None else None, subject, after, limit)
 
     async def close(self) -> None:
@@ -414,7 +434,7 @@ class Reactor:
 
         try:
             await self._inbox.close()
-            await stop_actors(self._actors, self._bus)
+            await stop_actors(self._actors, self._bus_handle)
         finally:
             if self._started_ray:
                 ray.shutdown()
