@@ -42,6 +42,7 @@ class _Feed:
     watched: OrderedDict[str, int] = field(default_factory=OrderedDict)  # subject -> questions in flight
     task: asyncio.Task[None] | None = None
     closed: bool = False
+    error: BaseException | None = None  # why it closed: told to questions that register too late
 
 
 class Inbox:
@@ -70,6 +71,10 @@ class Inbox:
         feed.watched[subject] = feed.watched.get(subject, 0) + 1
         feed.watched.move_to_end(subject)
         queue: asyncio.Queue[InboxItem] = asyncio.Queue()
+        if feed.closed:  # it ended (closed, or the runtime stopped) during the watch: nothing will come
+            feed.watched[subject] -= 1
+            queue.put_nowait(feed.error or RuntimeUnavailableError("the event stream ended"))
+            return queue
         feed.routes[interaction] = queue
         if new:
             await self._trim(feed, keep=subject)
@@ -131,7 +136,7 @@ class Inbox:
             await feed.subscription.watch(drop, add=False)
 
     async def _close(self, feed: _Feed, error: BaseException) -> None:
-        feed.closed = True
+        feed.closed, feed.error = True, feed.error or error
         if feed.task is not None:
             feed.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -142,6 +147,7 @@ class Inbox:
 
     @staticmethod
     def _fail(feed: _Feed, error: BaseException) -> None:
+        feed.error = feed.error or error
         for queue in feed.routes.values():
             queue.put_nowait(error)
         feed.routes.clear()

@@ -136,3 +136,36 @@ async def test_with_no_idle_streams_kept_a_question_still_registers_and_gets_its
     await inbox.register("t", "i-2")  # "s" is idle now: dropped from the watch list
     assert list(inbox._feed.watched) == ["t"]
     await inbox.close()
+
+
+class GatedWatchBus(InProcessBus):
+    """A bus whose watch-list changes wait for a gate, so something can happen in between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def subscribe(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        sub = await super().subscribe(*args, **kwargs)
+        watch = sub.watch
+
+        async def gated_watch(subjects, add=True):  # type: ignore[no-untyped-def]
+            await self.gate.wait()
+            await watch(subjects, add)
+
+        sub.watch = gated_watch
+        return sub
+
+
+async def test_a_question_registering_while_the_inbox_closes_gets_the_error_not_a_hang():
+    """close() while a first question on a stream waits for its watch: the question registered on a
+    feed already failed, and would have waited for events forever."""
+    bus = GatedWatchBus()
+    inbox = Inbox(bus)
+    registering = asyncio.create_task(inbox.register("s", "i-1"))
+    await asyncio.sleep(0.01)  # it waits in the watch
+    await inbox.close()
+    bus.gate.set()
+    q = await asyncio.wait_for(registering, timeout=5)
+    item = await next_item(q)
+    assert isinstance(item, RuntimeUnavailableError) and "closed" in str(item)
