@@ -590,9 +590,6 @@ class Conductor:
             stream = await self._stream(query.subject)
             if stream.closed:
                 raise StreamClosedError(f"stream {stream.stream_id!r} is closed")
-            loop = self._loops.get(stream.stream_id)
-            if loop is not None and loop.pause_on_query and not loop.stopping:
-                loop.stopping = "query"
             job = self._job(query, stream)
             lane = self._lane(stream.memory_id)
             try:
@@ -602,6 +599,9 @@ class Conductor:
                     f"memory {stream.memory_id!r} already has {self.config.max_queue} queued queries"
                 ) from None
             self._ensure_worker(lane)
+            loop = self._loops.get(stream.stream_id)
+            if loop is not None and loop.pause_on_query and not loop.stopping:  # only for a query it will answer
+                loop.stopping = "query"
         except Exception as exc:  # any failure, typed or not, must reach the asker (or it waits for good)
             if not isinstance(exc, ReactorError):
                 log.exception("conductor.query_failed", subject=query.subject[:256], interaction=interaction)
@@ -740,7 +740,13 @@ class Conductor:
         ))
         if thought is not None:
             answer = "".join(parts)
-            reason = thought.loop.record(answer, len(answer_ids))
+            try:
+                reason = thought.loop.record(answer, len(answer_ids))
+            except Exception as exc:  # the caller's stop predicate failed: this step is done and applied,
+                # so its interaction must not end with rx.error after rx.memory.updated; the loop's does
+                log.warning("conductor.stop_rule_failed", loop=thought.loop.loop_id, error=repr(exc)[:200])
+                await self._error(subject, thought.loop.loop_id, ReactorError(f"the stop rule failed: {exc!r}"))
+                reason = thought.loop.ended = "error"
             await self._publish(ThoughtResponse(
                 subject=subject, source=self.config.source, interaction=interaction,
                 data={"text": answer, "step": thought.loop.step, "loop": thought.loop.loop_id,
