@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -243,6 +244,9 @@ def _events(args: argparse.Namespace) -> int:
     path = event_log_path(args.store or default_store())
     if path == ":memory:":
         print("error: only a sqlite:/// store has a durable event log", file=sys.stderr)
+        return 1
+    if not args.follow and not os.path.exists(path):  # opening it would create an empty log (a typo: no output)
+        print(f"error: no event log at {path!r} (no runtime has used this store yet)", file=sys.stderr)
         return 1
     log = EventLog(path)
     seen: dict[str, int] = {}  # subject -> last seq printed

@@ -47,6 +47,13 @@ def test_events_rejects_a_store_without_a_log(capsys):
     assert main(["events", "--store", "memory://"]) == 1
 
 
+def test_events_on_a_store_with_no_log_yet_is_an_error_and_creates_nothing(tmp_path, capsys):
+    """A mistyped store path printed nothing, exited 0 and left an empty event log behind."""
+    assert main(["events", "--store", f"sqlite:///{tmp_path}/typo.db"]) == 1
+    assert "no event log" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.ray
 def test_ask_and_chat(ray_local, checkpoint, tmp_path, capsys, monkeypatch):
     store = f"sqlite:///{tmp_path}/stm.db"
