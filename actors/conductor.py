@@ -326,12 +326,7 @@ class Conductor:
         if stream is not None and memory is not None and memory != stream.memory_id:
             raise ReactorError(f"stream {stream_id!r} already uses memory {stream.memory_id!r}, not {memory!r}")
         if stream is None:
-            memory_id = memory or await self._remembered_memory(stream_id) or stream_id
-            lane = self._lane(memory_id)
-            if stream_id not in lane.streams:  # known from the log: it keeps its number
-                lane.streams.append(stream_id)
-            chat = lane.streams.index(stream_id) + 1 if memory_id != stream_id else None
-            stream = self._streams[stream_id] = _Stream(stream_id, memory_id, chat)
+            stream = self._add_stream(stream_id, memory or (await self._remembered(stream_id))[0] or stream_id)
         elif not stream.closed:
             return StreamInfo(stream_id, stream.memory_id, await self._version(stream.memory_id), stream.chat)
         stream.closed = False
@@ -375,7 +370,7 @@ class Conductor:
         await self._caught_up(stream.stream_id, after_seq)
         await self._barrier(stream.memory_id)
         target = self._streams.get(new_stream_id)
-        bound = target.memory_id if target is not None else await self._remembered_memory(new_stream_id)
+        bound = target.memory_id if target is not None else (await self._remembered(new_stream_id))[0]
         if bound is not None and bound != new_stream_id:
             raise StaleVersionError(f"cannot fork {stream.stream_id!r} into stream {new_stream_id!r}: it already "
                                     f"uses memory {bound!r}, and a fork gets a memory of its own")
@@ -402,20 +397,35 @@ class Conductor:
         lane.handle = await self.engine.put(stream.memory_id, stm, version)
         return lane.handle.version
 
+    def _add_stream(self, stream_id: str, memory_id: str, closed: bool = False) -> _Stream:
+        lane = self._lane(memory_id)
+        if stream_id not in lane.streams:  # known from the log: it keeps its number
+            lane.streams.append(stream_id)
+        chat = lane.streams.index(stream_id) + 1 if memory_id != stream_id else None
+        stream = self._streams[stream_id] = _Stream(stream_id, memory_id, chat, closed)
+        return stream
+
     async def _stream(self, stream_id: str) -> _Stream:
+        """The stream, opened on first use unless the log shows it was closed (before a restart): a
+        closed stream stays closed until `open_stream` reopens it."""
         stream_id = validate_id(stream_id, "stream")
         if stream_id not in self._streams:
-            await self.open_stream(stream_id)
+            memory, closed = await self._remembered(stream_id)
+            if closed and stream_id not in self._streams:
+                self._add_stream(stream_id, memory or stream_id, closed=True)
+            else:
+                await self.open_stream(stream_id)
         return self._streams[stream_id]
 
-    async def _remembered_memory(self, stream_id: str) -> str | None:
-        """The memory this stream used before a restart, from the durable log."""
+    async def _remembered(self, stream_id: str) -> tuple[str | None, bool]:
+        """From the durable log: the memory this stream used before a restart, and whether it was closed."""
         try:
-            opened = await self.bus.replay(stream_id, after=0, types={"rx.stream.opened"})
+            logged = await self.bus.replay(stream_id, after=0, types={"rx.stream.opened", "rx.stream.closed"})
         except Exception:
             log.warning("conductor.replay_failed", stream=stream_id)
-            return None
-        return opened[-1].data.memory if opened else None
+            return None, False
+        opened = [e for e in logged if isinstance(e, StreamOpened)]
+        return (opened[-1].data.memory if opened else None), bool(logged) and isinstance(logged[-1], StreamClosed)
 
     async def _version(self, memory_id: str) -> int:
         lane = self._lane(memory_id)

@@ -156,3 +156,34 @@ async def test_a_rejected_query_does_not_end_a_pause_on_query_loop(make_conducto
                         break
         assert events[0].type == "rx.error" and events[0].data.code == "empty_query"
         assert events[-1].data.reason == "steps" and events[-1].data.step == 3
+
+
+async def test_a_closed_stream_stays_closed_across_a_restart(text_model, tmp_path, interact):
+    """The log holds rx.stream.closed: after a restart, a query on the stream is still refused
+    (`stream_closed`; it reopened the stream silently), until the stream is opened again."""
+    store, log_path = MemorySTMStore(), str(tmp_path / "events.db")
+
+    def over(bus: InProcessBus) -> Conductor:
+        return Conductor(bus, LocalEngine(text_model, store), text_model.tokenizer, text_model.config,
+                         ConductorConfig(max_new_tokens=4))
+
+    bus = InProcessBus(log=EventLog(log_path))
+    first = over(bus)
+    await first.start()
+    await first.open_stream("c", memory="team")
+    await first.close_stream("c")
+    await first.stop()
+    await bus.close()
+
+    bus = InProcessBus(log=EventLog(log_path))
+    second = over(bus)
+    await second.start()
+    try:
+        events = await interact(second, "c", "hello again")
+        assert events[-1].type == "rx.error" and events[-1].data.code == "stream_closed"
+        info = await second.open_stream("c")  # reopening is explicit; the memory binding is kept
+        assert info.memory_id == "team" and info.chat == 1
+        assert (await interact(second, "c", "hello again"))[-1].type == "rx.memory.updated"
+    finally:
+        await second.stop()
+        await bus.close()
