@@ -498,6 +498,9 @@ class Conductor:
                 done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
                 query = self._step_query(loop, text, stream)
                 interaction = query.interaction or query.id
+                if stream.closed:  # closed between steps, or before the restart that resumed this loop
+                    await self._loop_failed(loop, interaction, reason="closed")
+                    return
                 try:
                     job = self._job(query, stream)
                 except ReactorError as exc:  # e.g. a response too long to be the next query
@@ -517,13 +520,14 @@ class Conductor:
             if self._loops.get(loop.stream_id) is loop:
                 del self._loops[loop.stream_id]
 
-    async def _loop_failed(self, loop: ThoughtLoop, interaction: str) -> None:
-        """After the step's ``rx.error``: the loop's final response (reason ``error``), so watchers end."""
-        loop.ended = "error"
+    async def _loop_failed(self, loop: ThoughtLoop, interaction: str, reason: str = "error") -> None:
+        """The loop's final response without a step (after the step's ``rx.error``: reason ``error``), so
+        watchers end."""
+        loop.ended = reason
         try:
             await self._publish(ThoughtResponse(
                 subject=loop.stream_id, source=self.config.source, interaction=interaction,
-                data={"text": "", "step": loop.step, "loop": loop.loop_id, "final": True, "reason": "error",
+                data={"text": "", "step": loop.step, "loop": loop.loop_id, "final": True, "reason": reason,
                       "state": loop.state()},
             ))
         except Exception:

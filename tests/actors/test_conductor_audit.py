@@ -187,3 +187,45 @@ async def test_a_closed_stream_stays_closed_across_a_restart(text_model, tmp_pat
     finally:
         await second.stop()
         await bus.close()
+
+
+async def test_a_loop_resumed_on_a_stream_closed_before_the_restart_ends_without_a_step(text_model, tmp_path):
+    """A resumable loop whose stream was closed (its step in progress cut short by the stop): resumed
+    after the restart, it ends at once (final response, reason "closed") instead of thinking on the
+    closed stream to the end of its budget."""
+    store, log_path = MemorySTMStore(), str(tmp_path / "events.db")
+
+    async def build() -> Conductor:
+        conductor = Conductor(InProcessBus(log=EventLog(log_path)), LocalEngine(text_model, store),
+                              text_model.tokenizer, text_model.config, ConductorConfig(max_new_tokens=4))
+        await conductor.start()
+        return conductor
+
+    first = await build()
+    await first.open_stream("r")
+    sub = await first.bus.subscribe(types={"rx.thought.response"}, subject="r")
+    loop_id = await first.think("r", "remember to resume", 6, resume=True)
+    async with sub:
+        with anyio.fail_after(60):
+            await sub.__anext__()  # one step done
+    await first.close_stream("r")
+    await first.stop()  # "crash" before the loop saw the close
+    await first.bus.close()
+
+    second = await build()
+    try:
+        logged = await second.bus.replay("r", after=0, types={"rx.thought."})
+        last_step = max(e.data.step for e in logged if e.type == "rx.thought.response")
+        version = (await second.memory("r"))[0]
+        after = await second.bus.last_seq("r")
+        assert second.resume_loops(logged) == [loop_id]
+        with anyio.fail_after(30):
+            while "r" in second._loops:
+                await anyio.sleep(0.01)
+        new = await second.bus.replay("r", after=after)
+        assert [e.type for e in new] == ["rx.thought.response"]
+        assert new[0].data.final and new[0].data.reason == "closed" and new[0].data.step == last_step
+        assert (await second.memory("r"))[0] == version  # no step ran after the restart
+    finally:
+        await second.stop()
+        await second.bus.close()
