@@ -23,6 +23,7 @@ from reactor_rt.actors.thoughts import Budget, StopRule, ThoughtLoop
 from reactor_rt.actors.weights_gate import WeightsGate
 from reactor_rt.error_codes import code_for
 from reactor_rt.errors import (
+    ConfigError,
     EmptyQueryError,
     QueryTooLongError,
     QueueFullError,
@@ -76,6 +77,14 @@ class ConductorConfig:
     max_feedback_queue: int = 256  # feedback events waiting for the learner before `learning_busy`
     recent_interactions: int = 4096  # interactions kept in memory for feedback on them
     local_link: bool = True  # reach a decoder on this node over a Unix socket (events.local_link)
+
+    def __post_init__(self) -> None:
+        # asyncio.Queue(0) is unbounded: a max_queue of 0 would drop the bound, not refuse every query
+        for name in ("max_queue", "max_new_tokens", "remember_interactions", "max_feedback_queue",
+                     "recent_interactions"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive int, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -443,6 +452,9 @@ class Conductor:
             raise StreamClosedError(f"stream {stream.stream_id!r} is closed")
         if not isinstance(seed, str) or not seed.strip():
             raise EmptyQueryError("a thought loop needs a non-empty seed")
+        if resume and callable(stop):  # a resumed loop is rebuilt from its logged state: code is not in it
+            raise ConfigError("a loop with a stop predicate cannot resume after a restart: use a stop string, "
+                              "or resume=False")
         current = self._loops.get(stream.stream_id)
         if current is not None and not current.ended and current.task is not None and not current.task.done():
             raise ReactorError(f"stream {stream.stream_id!r} is already thinking (loop {current.loop_id})")

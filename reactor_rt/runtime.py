@@ -178,7 +178,8 @@ class Stream:
         ``budget``: a number of steps or a `Budget` (steps, tokens, seconds); ``stop``: a stop string or
         a predicate on each response. External queries on this stream are answered between steps; with
         ``pause_on_query`` the loop ends at the first one instead. ``resume``: restart the loop when the
-        runtime restarts (its state is in the event log). Returns a handle to wait for or stop it.
+        runtime restarts (its state is in the event log; a predicate is not, so ``resume`` with one is a
+        `ConfigError`). Closing the stream ends the loop. Returns a handle to wait for or stop it.
         """
         after = await self._rx._bus.last_seq(self.id)
         loop_id = await self._rx._call(self._rx._conductor.think.remote(
@@ -341,6 +342,8 @@ class Reactor:
         default keeps everything, and recovery reads the whole log at every start).
         """
         _check_retention(log_max_age, log_max_rows)
+        _check_limits(decoder_capacity=decoder_capacity, decoder_threads=decoder_threads, max_queue=max_queue,
+                      max_new_tokens=max_new_tokens)
         return _Starting(model=model, store=store or default_store(), address=address, namespace=namespace,
                          decoder_capacity=decoder_capacity, decoder_threads=decoder_threads, max_queue=max_queue,
                          max_new_tokens=max_new_tokens, event_log=event_log, learning=learning,
@@ -473,6 +476,14 @@ def _check_sampling(overrides: dict[str, Any]) -> None:
     if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
         raise ConfigError(f"max_new_tokens must be a positive int, not {budget!r}")
     Sampler(**{k: v for k, v in overrides.items() if k != "max_new_tokens"})  # ConfigError when invalid
+
+
+def _check_limits(**limits: Any) -> None:
+    """Refuse runtime limits that are not positive ints (a ``ConfigError`` before anything starts; a
+    max_queue of 0 made the queries' queue unbounded)."""
+    for name, value in limits.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive int, not {value!r}")
 
 
 def _check_retention(max_age: float | None, max_rows: int | None) -> None:

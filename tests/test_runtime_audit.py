@@ -143,3 +143,11 @@ async def test_a_closed_reactor_refuses_every_call_with_a_runtime_error(monkeypa
     assert conductor.calls == [] and len(stopped) == 1
     await rx.close()  # still idempotent
     assert len(stopped) == 1
+
+
+@pytest.mark.parametrize("limit", ["max_queue", "max_new_tokens", "decoder_capacity", "decoder_threads"])
+def test_limits_below_one_are_refused_before_anything_starts(limit):
+    from reactor_rt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=limit):
+        Reactor.start(model="tiny", store="memory://", **{limit: 0})

@@ -229,3 +229,23 @@ async def test_a_loop_resumed_on_a_stream_closed_before_the_restart_ends_without
     finally:
         await second.stop()
         await second.bus.close()
+
+
+async def test_a_resumable_loop_with_a_stop_predicate_is_refused(make_conductor):
+    """A resumed loop is rebuilt from its logged state, which cannot hold a predicate: it came back
+    without its stop rule (with no budget: thinking for good). Refused up front instead."""
+    from reactor_rt.errors import ConfigError
+
+    async with make_conductor(max_new_tokens=4) as conductor:
+        with pytest.raises(ConfigError, match="predicate"):
+            await conductor.think("p", "Let me think.", None, stop=lambda answer: "done" in answer, resume=True)
+        assert "p" not in conductor._loops
+
+
+@pytest.mark.parametrize("field", ["max_queue", "max_new_tokens"])
+def test_limits_below_one_are_a_config_error(field):
+    """``asyncio.Queue(0)`` is unbounded: ``max_queue=0`` silently lifted the bound."""
+    from reactor_rt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=field):
+        ConductorConfig(**{field: 0})
