@@ -159,7 +159,7 @@ class ThoughtData(EventData):
     step: int
     loop: str | None = None  # the loop's id
     final: bool = False  # the loop ends with this response
-    reason: str | None = None  # why it ends: steps | tokens | seconds | stop | stopped | query | empty
+    reason: str | None = None  # why it ends: steps | tokens | seconds | stop | stopped | query | empty | error | closed
     state: ThoughtLoopState | None = None
 
 
