@@ -91,3 +91,21 @@ def interact() -> Callable[..., Awaitable[list[Event]]]:
     """``await interact(conductor, subject, text, **data)``: publish a query and collect its
     interaction's events up to the memory update (or an error)."""
     return _interact
+
+
+async def _until_final(sub) -> list[Event]:
+    """Read ``sub`` (entered here) until a thought loop's final response; every event read."""
+    events: list[Event] = []
+    async with sub:
+        with anyio.fail_after(60):
+            async for ev in sub:
+                events.append(ev)
+                if ev.type == "rx.thought.response" and ev.data.final:
+                    return events
+    raise AssertionError("subscription ended before the loop's final response")
+
+
+@pytest.fixture
+def until_final() -> Callable[..., Awaitable[list[Event]]]:
+    """``await until_final(subscription)``: its events up to a thought loop's final response."""
+    return _until_final

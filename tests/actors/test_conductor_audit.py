@@ -104,7 +104,7 @@ async def test_chat_numbers_survive_a_restart(text_model, tmp_path):
         await bus.close()
 
 
-async def test_a_failing_stop_predicate_ends_the_loop_without_an_error_after_the_update(make_conductor):
+async def test_a_failing_stop_predicate_ends_the_loop_without_an_error_after_the_update(make_conductor, until_final):
     """The caller's stop predicate raises: the step's interaction still ends with rx.memory.updated (an
     rx.error came after it, breaking the per-interaction order); the loop ends with rx.error under
     its loop id and a final response, reason "error"."""
@@ -116,13 +116,7 @@ async def test_a_failing_stop_predicate_ends_the_loop_without_an_error_after_the
 
         sub = await conductor.bus.subscribe(subject="p")
         loop_id = await conductor.think("p", "Let me think.", 3, stop=stop)
-        events = []
-        async with sub:
-            with anyio.fail_after(60):
-                async for ev in sub:
-                    events.append(ev)
-                    if ev.type == "rx.thought.response" and ev.data.final:
-                        break
+        events = await until_final(sub)
         step = events[-1].interaction
         step_types = [e.type for e in events if e.interaction == step]
         assert step_types[-2:] == ["rx.memory.updated", "rx.thought.response"] and "rx.error" not in step_types
@@ -134,7 +128,7 @@ async def test_a_failing_stop_predicate_ends_the_loop_without_an_error_after_the
                 await anyio.sleep(0.01)
 
 
-async def test_a_rejected_query_does_not_end_a_pause_on_query_loop(make_conductor, text_model):
+async def test_a_rejected_query_does_not_end_a_pause_on_query_loop(make_conductor, text_model, until_final):
     """pause_on_query ends the loop so an external query is answered: a query rejected at once (empty)
     is not, and must leave the loop running."""
     async with make_conductor(max_new_tokens=4) as conductor:
@@ -147,13 +141,7 @@ async def test_a_rejected_query_does_not_end_a_pause_on_query_loop(make_conducto
         sub = await conductor.bus.subscribe(subject="j", types={"rx.thought.response", "rx.error"})
         await conductor.think("j", "Let me think.", 3, pause_on_query=True)
         await conductor.bus.publish(Query(subject="j", source="user", data={"text": "   "}))
-        events = []
-        async with sub:
-            with anyio.fail_after(60):
-                async for ev in sub:
-                    events.append(ev)
-                    if ev.type == "rx.thought.response" and ev.data.final:
-                        break
+        events = await until_final(sub)
         assert events[0].type == "rx.error" and events[0].data.code == "empty_query"
         assert events[-1].data.reason == "steps" and events[-1].data.step == 3
 

@@ -23,6 +23,18 @@ def conductor_over(bus: InProcessBus, model, store: MemorySTMStore) -> Conductor
     return Conductor(bus, LocalEngine(model, store), model.tokenizer, model.config, ConductorConfig(max_new_tokens=4))
 
 
+async def first_run(model, store: MemorySTMStore, log_path: str, interact) -> int:
+    """A conductor's life before a restart: one interaction on stream "s" over a logged bus, then a
+    clean stop; the seq of its query."""
+    bus = InProcessBus(log=EventLog(log_path))
+    first = conductor_over(bus, model, store)
+    await first.start()
+    seq = (await interact(first, "s", "remember this"))[0].seq
+    await first.stop()
+    await bus.close()
+    return seq
+
+
 # -- a restarted conductor and a stream handle's old seq -------------------------------------------
 
 
@@ -65,12 +77,7 @@ async def test_a_restart_decodes_the_logged_queries_once(text_model, tmp_path, m
     """`recover` decodes the log's queries; `start` takes each stream's last query seq from the log's
     index instead of decoding them all again (a start-up cost that grew with the log)."""
     model, store, log_path = text_model, MemorySTMStore(), str(tmp_path / "events.db")
-    bus = InProcessBus(log=EventLog(log_path))
-    first = conductor_over(bus, model, store)
-    await first.start()
-    query_seq = (await interact(first, "s", "remember this"))[0].seq
-    await first.stop()
-    await bus.close()
+    query_seq = await first_run(model, store, log_path, interact)
     log = EventLog(log_path)
     reads: list[list[str]] = []
     real = log.read_types
@@ -94,12 +101,7 @@ async def test_an_old_seq_whose_query_was_pruned_does_not_hang(text_model, tmp_p
 
     monkeypatch.setattr(conductor_module, "_CAUGHT_UP_TIMEOUT_S", 0.5)
     model, store, log_path = text_model, MemorySTMStore(), str(tmp_path / "events.db")
-    bus = InProcessBus(log=EventLog(log_path))
-    first = conductor_over(bus, model, store)
-    await first.start()
-    old_seq = (await interact(first, "s", "remember this"))[0].seq
-    await first.stop()
-    await bus.close()
+    old_seq = await first_run(model, store, log_path, interact)
     with EventLog(log_path, max_rows=1) as pruned:
         pruned.prune()  # only rx.memory.updated is left
     bus = InProcessBus(log=EventLog(log_path))
@@ -170,21 +172,15 @@ async def test_think_rejects_a_seed_over_the_query_limit(make_conductor, text_mo
         assert version == 0
 
 
-async def think_until_final(conductor: Conductor, subject: str, budget: int) -> tuple[str, list[Event]]:
-    """Start a thought loop; its thought events and errors up to the final response."""
+async def think_until_final(conductor: Conductor, subject: str, budget: int, until_final) -> tuple[str, list[Event]]:
+    """Start a thought loop; its thought events and errors up to the final response (``until_final``:
+    the fixture)."""
     sub = await conductor.bus.subscribe(subject=subject, types={"rx.thought.", "rx.error"})
     loop_id = await conductor.think(subject, "Let me think.", budget)
-    events: list[Event] = []
-    async with sub:
-        with anyio.fail_after(60):
-            async for ev in sub:
-                events.append(ev)
-                if ev.type == "rx.thought.response" and ev.data.final:
-                    break
-    return loop_id, events
+    return loop_id, await until_final(sub)
 
 
-async def test_a_failed_step_ends_the_loop_with_a_final_response(make_conductor):
+async def test_a_failed_step_ends_the_loop_with_a_final_response(make_conductor, until_final):
     async with make_conductor(max_new_tokens=4) as conductor:
         await conductor.open_stream("f")
         real_update = conductor.engine.update
@@ -198,7 +194,7 @@ async def test_a_failed_step_ends_the_loop_with_a_final_response(make_conductor)
             return await real_update(*args, **kwargs)
 
         conductor.engine.update = update
-        loop_id, events = await think_until_final(conductor, "f", 5)
+        loop_id, events = await think_until_final(conductor, "f", 5, until_final)
         types = [e.type for e in events]
         assert types == ["rx.thought.query", "rx.thought.response", "rx.thought.query", "rx.error",
                          "rx.thought.response"]
@@ -211,7 +207,7 @@ async def test_a_failed_step_ends_the_loop_with_a_final_response(make_conductor)
                 await anyio.sleep(0.01)
 
 
-async def test_a_step_that_cannot_be_queued_ends_the_loop_with_a_final_response(make_conductor, text_model):
+async def test_a_step_that_cannot_be_queued_ends_the_loop_with_a_final_response(make_conductor, text_model, until_final):
     """A response too long to be the next query (over the query limit) ends the loop with rx.error and a
     final response."""
     async with make_conductor(max_new_tokens=4) as conductor:
@@ -225,7 +221,7 @@ async def test_a_step_that_cannot_be_queued_ends_the_loop_with_a_final_response(
             yield text_model.tokenizer.encode("y" * (limit + 10))
 
         conductor.engine.generate = generate
-        loop_id, events = await think_until_final(conductor, "g", 3)
+        loop_id, events = await think_until_final(conductor, "g", 3, until_final)
         assert [e.type for e in events] == ["rx.thought.query", "rx.thought.response", "rx.error",
                                             "rx.thought.response"]
         assert events[2].data.code == "query_too_long"
