@@ -79,7 +79,7 @@ class ConductorConfig:
     local_link: bool = True  # reach a decoder on this node over a Unix socket (events.local_link)
 
     def __post_init__(self) -> None:
-        # asyncio.Queue(0) is unbounded: a max_queue of 0 would drop the bound, not refuse every query
+        # each bounds a queue or a table: 0 would refuse everything (asyncio.Queue(0) even drops its bound)
         for name in ("max_queue", "max_new_tokens", "remember_interactions", "max_feedback_queue",
                      "recent_interactions"):
             value = getattr(self, name)
@@ -140,10 +140,13 @@ class _Barrier:
 
 @dataclass
 class _Lane:
-    """One memory's FIFO of interactions and its latest STM handle."""
+    """One memory's FIFO of interactions and its latest STM handle. The FIFO itself is unbounded: the
+    bound (`ConductorConfig.max_queue`) is on the external queries waiting in it (``queries``), so
+    `memory()` barriers and a thought loop's next step never take a query's place."""
 
     memory_id: str
     queue: asyncio.Queue[_Job | _Barrier]
+    queries: int = 0  # external queries waiting in ``queue``
     streams: list[str] = field(default_factory=list)
     handle: STMHandle | None = None
     task: asyncio.Task[None] | None = None
@@ -521,7 +524,7 @@ class Conductor:
                     return
                 job.thought = _ThoughtStep(loop, done)
                 lane = self._lane(stream.memory_id)
-                await lane.queue.put(job)  # waits, rather than failing, when the lane is full
+                lane.queue.put_nowait(job)  # one step a loop at a time: outside the queries' bound
                 self._ensure_worker(lane)
                 text = await done
         except Exception as exc:  # anything unforeseen still ends the loop for its watchers
@@ -618,12 +621,10 @@ class Conductor:
                 raise StreamClosedError(f"stream {stream.stream_id!r} is closed")
             job = self._job(query, stream)
             lane = self._lane(stream.memory_id)
-            try:
-                lane.queue.put_nowait(job)
-            except asyncio.QueueFull:
-                raise QueueFullError(
-                    f"memory {stream.memory_id!r} already has {self.config.max_queue} queued queries"
-                ) from None
+            if lane.queries >= self.config.max_queue:
+                raise QueueFullError(f"memory {stream.memory_id!r} already has {self.config.max_queue} queued queries")
+            lane.queue.put_nowait(job)
+            lane.queries += 1
             self._ensure_worker(lane)
             loop = self._loops.get(stream.stream_id)
             if loop is not None and loop.pause_on_query and not loop.stopping:  # only for a query it will answer
@@ -660,7 +661,7 @@ class Conductor:
     def _lane(self, memory_id: str) -> _Lane:
         lane = self._lanes.get(memory_id)
         if lane is None:
-            lane = self._lanes[memory_id] = _Lane(memory_id, asyncio.Queue(self.config.max_queue),
+            lane = self._lanes[memory_id] = _Lane(memory_id, asyncio.Queue(),
                                                   streams=list(self._chat_order.get(memory_id, ())))
         return lane
 
@@ -671,7 +672,7 @@ class Conductor:
     async def _barrier(self, memory_id: str) -> None:
         lane = self._lane(memory_id)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await lane.queue.put(_Barrier(done))
+        lane.queue.put_nowait(_Barrier(done))
         self._ensure_worker(lane)
         await done
 
@@ -682,6 +683,8 @@ class Conductor:
                 if not item.done.done():
                     item.done.set_result(None)
                 continue
+            if item.thought is None:
+                lane.queries -= 1
             interaction = item.query.interaction or item.query.id
             try:
                 async with self._gate.reading():  # one weights version for the whole interaction

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 import pytest
 import torch
@@ -171,3 +173,36 @@ async def test_fork_copies_the_memory(make_conductor, interact):
         info = await conductor.fork("src", "copy")
         assert info.memory_id == "copy" and info.stm_version == 1
         torch.testing.assert_close((await conductor.memory("copy"))[1], (await conductor.memory("src"))[1])
+
+
+async def test_memory_waits_and_thought_steps_do_not_take_the_queries_places(make_conductor, text_model):
+    """The bound is on waiting queries: memory() calls queued behind a busy interaction and a thought
+    step do not make an external query `queue_full`."""
+    async with make_conductor(max_queue=1, max_new_tokens=4) as conductor:
+        release = asyncio.Event()
+        real_generate = conductor.engine.generate
+
+        async def held(request):  # the first answer waits until released: everything else queues
+            await release.wait()
+            async for chunk in real_generate(request):
+                yield chunk
+
+        conductor.engine.generate = held
+        await conductor.open_stream("m")
+        sub = await conductor.bus.subscribe(subject="m", types={"rx.error", "rx.memory.updated"})
+        first = await conductor.bus.publish(Query(subject="m", source="t", data={"text": "first"}))
+        waits = [asyncio.ensure_future(conductor.memory("m")) for _ in range(3)]
+        await conductor.think("m", "Let me think.", 1)
+        await asyncio.sleep(0.1)  # the barriers and the thought step are queued behind the first query
+        second = await conductor.bus.publish(Query(subject="m", source="t", data={"text": "second"}))
+        outcomes = {}
+        async with sub:
+            await asyncio.sleep(0.1)
+            release.set()
+            with anyio.fail_after(60):
+                async for ev in sub:
+                    outcomes.setdefault(ev.interaction, ev)
+                    if {first.interaction, second.interaction} <= outcomes.keys():
+                        break
+        assert outcomes[second.interaction].type == "rx.memory.updated", outcomes[second.interaction]
+        await asyncio.gather(*waits)
