@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -218,7 +219,7 @@ async def _chat_command(rx: Any, stream: Any, line: str) -> Any:
     if cmd in ("/quit", "/exit"):
         return None
     if cmd == "/new":
-        new = await rx.stream(arg or f"chat-{int(time.time())}")
+        new = await rx.stream(arg or f"chat-{uuid.uuid4().hex[:12]}")  # a fresh stream, even twice a second
         print(f"switched to stream {new.id!r} (version {new.stm_version})")
         return new
     if cmd == "/fork":

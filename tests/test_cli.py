@@ -103,3 +103,22 @@ def test_read_line_returns_the_line_and_raises_eof(monkeypatch):
     monkeypatch.setattr("builtins.input", closed)
     with pytest.raises(EOFError):
         asyncio.run(cli._read_line("> "))
+
+
+def test_new_without_a_name_opens_a_fresh_stream_each_time(monkeypatch):
+    """Two /new within one second landed on the same stream (its name was the time in seconds)."""
+    from reactor_rt.cli import _chat_command
+
+    class FakeReactor:
+        def __init__(self) -> None:
+            self.opened: list[str] = []
+
+        async def stream(self, stream_id: str):  # type: ignore[no-untyped-def]
+            self.opened.append(stream_id)
+            return type("S", (), {"id": stream_id, "stm_version": 0})()
+
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.0)  # both in the same second
+    rx = FakeReactor()
+    first = asyncio.run(_chat_command(rx, None, "/new"))
+    second = asyncio.run(_chat_command(rx, first, "/new"))
+    assert first.id != second.id and rx.opened == [first.id, second.id]
