@@ -479,8 +479,8 @@ def _check_sampling(overrides: dict[str, Any]) -> None:
 
 
 def _check_limits(**limits: Any) -> None:
-    """Refuse runtime limits that are not positive ints (a ``ConfigError`` before anything starts; a
-    max_queue of 0 made the queries' queue unbounded)."""
+    """Refuse runtime limits that are not positive ints (a ``ConfigError`` before anything starts, rather
+    than from the actors; `ConductorConfig` checks its own fields again)."""
     for name, value in limits.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be a positive int, not {value!r}")
