@@ -230,6 +230,14 @@ class Conductor:
         log_ = getattr(self.bus, "log", None)
         return {} if log_ is None else log_.last_seqs("rx.query")
 
+    async def _last_query(self, subject: str) -> int:
+        """The seq of the last query logged on ``subject`` (0 when the bus keeps no log)."""
+        reader = getattr(self.bus, "last_seq_of", None)
+        if reader is not None:
+            return await reader(subject, "rx.query")
+        log_ = getattr(self.bus, "log", None)
+        return 0 if log_ is None else log_.last_seq_of(subject, "rx.query")
+
     async def _opened_streams(self) -> dict[str, list[str]]:
         """Each memory's streams in the order they were first opened, from the log's ``rx.stream.opened``:
         a stream's ``Chat N:`` number is its place in that order, and must not change with the order
@@ -245,12 +253,15 @@ class Conductor:
         return order
 
     async def _caught_up(self, subject: str, seq: int) -> None:
-        """Wait until the query with this seq (published before the call) has been taken in.
+        """Wait until the queries published on ``subject`` before the call have been taken in: the last
+        one the log holds, whoever published it (an agent may publish on the bus, then ask for the
+        STM), and the one with ``seq`` (the caller's own, which a bus without a log cannot tell).
 
         A seq at or before the subject's last query when this conductor started belongs to a query an
         earlier conductor took in; a seq past the bus's last one was given by a bus that lost its log.
         Neither will ever reach the pump: nothing to wait for.
         """
+        seq = max(seq, await self._last_query(subject))
         if seq <= 0 or seq <= self._started_from.get(subject, 0):
             return
         if seq > await self.bus.last_seq(subject):

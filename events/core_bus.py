@@ -103,6 +103,11 @@ class CoreBus:
         log = self.core.hub.log
         return {} if log is None else log.last_seqs(event_type)
 
+    async def last_seq_of(self, subject: str, event_type: str) -> int:
+        """The last logged seq of this type on `subject` (0 without a log)."""
+        log = self.core.hub.log
+        return 0 if log is None else log.last_seq_of(subject, event_type)
+
     async def last_seq(self, subject: str) -> int:
         return self.core.last_seq(subject)
 

@@ -232,6 +232,18 @@ class EventLog:
             except sqlite3.Error as exc:
                 raise EventLogError(f"cannot read event log: {exc}") from exc
 
+    def last_seq_of(self, subject: str, event_type: str) -> int:
+        """The last logged seq of one type on `subject` (0 if none); walks the subject's newest events
+        backwards, so it costs the events logged since that one, not the subject's whole history."""
+        with self._lock:
+            try:
+                row = self._live().execute(
+                    "SELECT seq FROM events WHERE subject = ? AND type = ? ORDER BY seq DESC LIMIT 1",
+                    (subject, event_type)).fetchone()
+            except sqlite3.Error as exc:
+                raise EventLogError(f"cannot read event log: {exc}") from exc
+        return row[0] if row else 0
+
     def subjects(self) -> list[str]:
         """Every subject that has been assigned a seq."""
         with self._lock:

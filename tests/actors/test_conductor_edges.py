@@ -226,3 +226,25 @@ async def test_a_step_that_cannot_be_queued_ends_the_loop_with_a_final_response(
                                             "rx.thought.response"]
         assert events[2].data.code == "query_too_long"
         assert events[-1].data.loop == loop_id and events[-1].data.reason == "error"
+
+
+@pytest.mark.parametrize("call", ["memory", "fork", "import_memory"])
+async def test_a_query_published_by_anyone_is_waited_for(make_conductor, call):
+    """memory()/fork()/import_memory() wait for every query already published on the stream, not
+    only the caller's own (an agent may publish queries straight on the bus, then ask for the STM)."""
+    async with make_conductor(max_new_tokens=4) as conductor:
+        await conductor.open_stream("m")
+        await conductor.bus.publish(Query(subject="m", source="agent", data={"text": "remember this"}))
+        if call == "memory":
+            version, _ = await conductor.memory("m")
+        elif call == "fork":
+            version = (await conductor.fork("m", "copy")).stm_version
+        else:
+            version = await conductor.import_memory("m", conductor_stm(conductor)) - 1
+        assert version == 1  # the published query's update came first
+
+
+def conductor_stm(conductor: Conductor) -> torch.Tensor:
+    """A valid STM for the conductor's model (zeros)."""
+    cfg = conductor.model_config
+    return torch.zeros(cfg.layers, cfg.stm_slots, cfg.dim)

@@ -438,5 +438,6 @@ async def test_the_conductors_bus_gives_each_subjects_last_query_seq(tmp_path, l
             await bus.publish(Query(subject=subject, source="test", data={"text": "hi"}))
         await bus.publish(example_event("rx.response.done", subject="a"))
         assert await bus.last_seqs("rx.query") == ({"a": 2, "b": 1} if logged else {})
+        assert await bus.last_seq_of("a", "rx.query") == (2 if logged else 0)
     finally:
         await bus.close()

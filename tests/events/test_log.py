@@ -60,6 +60,9 @@ def test_last_seqs_gives_each_subjects_last_logged_seq_of_one_type():
     assert log.last_seqs("rx.query") == {"a": 7, "b": 1}
     assert log.last_seqs("rx.memory.updated") == {"a": 12, "b": 6}
     assert log.last_seqs("rx.response.chunk") == {}  # not stored
+    assert (log.last_seq_of("a", "rx.query"), log.last_seq_of("b", "rx.query")) == (7, 1)
+    assert log.last_seq_of("a", "rx.memory.updated") == 12
+    assert (log.last_seq_of("a", "rx.response.chunk"), log.last_seq_of("nobody", "rx.query")) == (0, 0)
     log.close()
 
 
