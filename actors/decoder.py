@@ -133,15 +133,18 @@ class DecoderCore:
         neither placed in a row nor ended (an error escaped `_admit`; its per-request failures end their
         request there). Every row of the batch is freed, one the core lost track of too. Requests still
         queued (submitted while the step ran, or finding no free row) had no part in it: they stay and
-        join the next step."""
-        for slot, pending in list(self._rows.items()):
-            self.batch.remove(slot)
-            pending.sink([], True, error)
+        join the next step. A batch that cannot free its rows is replaced by an empty one."""
+        ended = list(self._rows.values())
         self._rows.clear()
-        for slot in set(range(self.batch.capacity)) - set(self.batch.free_slots):
-            self.batch.remove(slot)  # placed by a failed admission before it could be recorded
         while self._admitting:
-            _, pending = self._admitting.popitem()
+            ended.append(self._admitting.popitem()[1])
+        try:  # every occupied row, one placed by a failed admission before it could be recorded too
+            for slot in set(range(self.batch.capacity)) - set(self.batch.free_slots):
+                self.batch.remove(slot)
+        except Exception:  # its bookkeeping is broken: the step thread must go on with a sound batch
+            log.exception("decoder.batch_replaced")
+            self.batch = DecodeBatch(self.model, capacity=self.batch.capacity)
+        for pending in ended:
             pending.sink([], True, error)
 
     def step(self) -> None:

@@ -233,3 +233,41 @@ async def test_the_service_keeps_a_request_submitted_during_a_failed_step(model)
     assert ended[2] is None and got[2] == _alone(model, prompts[2], stms[2], 6)
     assert not service._requests
     service.close()
+
+
+def test_a_batch_that_cannot_free_its_rows_after_a_failed_step_is_replaced(model):
+    """After a failed step, freeing a row may fail too (the batch's bookkeeping is broken): the step's
+    requests still end with the step's error, and the core serves the next request on a fresh batch."""
+    core = DecoderCore(model, capacity=2)
+    stms = [_stm(model, 70 + i) for i in range(2)]
+    reqs = [GenerateRequest([5, 6, 7 + i], STMHandle(f"r{i}", 0, None), max_new_tokens=4) for i in range(2)]
+    ended: dict[int, BaseException | None] = {}
+    got: dict[int, list[int]] = {0: [], 1: []}
+
+    def sink(i):
+        def put(tokens, finished, error):
+            got[i] += tokens
+            if finished:
+                ended[i] = error
+        return put
+
+    core.submit(reqs[0], stms[0], sink(0))
+    core.step()
+    broken = core.batch
+    boom = RuntimeError("the batched step failed")
+
+    def fail(*args):
+        raise boom
+
+    broken.step = fail  # type: ignore[method-assign]
+    broken.remove = lambda slot: (_ for _ in ()).throw(KeyError(slot))  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        core.step()
+    core.fail_step(boom)
+    assert ended == {0: boom}
+    assert core.batch is not broken and len(core.batch.free_slots) == 2
+    core.submit(reqs[1], stms[1], sink(1))
+    while core.busy:
+        core.step()
+    assert ended == {0: boom, 1: None}
+    assert got[1] == _alone(model, reqs[1].prompt, stms[1], 4)
