@@ -485,9 +485,14 @@ class Conductor:
         loop.stopping = loop.stopping or "stopped"
         return True
 
-    def resume_loops(self, events: list[Event]) -> list[str]:
+    async def resume_loops(self, events: list[Event]) -> list[str]:
         """Restart the loops that asked for it (``resume=True``) and had not ended, from their events
-        in the durable log; returns the resumed loop ids."""
+        in the durable log; returns the resumed loop ids. Call it after `recover`.
+
+        A step cut short (its query without a response) runs again with the same query, unless its
+        memory update was applied (`recover` finished it): then the step is done, its response is
+        published now, and the loop goes on from its answer (or ends, if that was its last step).
+        """
         last: dict[str, Event] = {}
         for event in events:
             if isinstance(event, ThoughtQuery | ThoughtResponse) and event.data.loop:
@@ -499,11 +504,34 @@ class Conductor:
                 continue
             if event.subject in self._loops:
                 continue
-            # an interrupted step (query without response) runs again with the same query
             loop = ThoughtLoop.from_state(event.subject, loop_id, data.text, data.state)
+            applied = await self._applied_answer(event) if isinstance(event, ThoughtQuery) else None
+            if applied is not None:
+                answer, tokens = applied
+                reason = loop.record(answer, tokens)
+                await self._thought_response(loop, event.interaction or event.id, answer, reason)
+                if reason is not None:
+                    continue
+                loop.seed = answer
             self._start_loop(loop)
             resumed.append(loop_id)
         return resumed
+
+    async def _applied_answer(self, step: ThoughtQuery) -> tuple[str, int] | None:
+        """The answer and token count of a thought step whose memory update was applied, from the log
+        (None: the step has to run again)."""
+        interaction = step.interaction or step.id
+        try:
+            logged = await self.bus.replay(step.subject, after=step.seq or 0,
+                                           types={"rx.response.done", "rx.memory.updated"})
+        except Exception:
+            log.warning("conductor.replay_failed", stream=step.subject[:256])
+            return None
+        mine = {e.type: e for e in logged if e.interaction == interaction}
+        done = mine.get("rx.response.done")
+        if done is None or "rx.memory.updated" not in mine:
+            return None
+        return done.data.text, done.data.tokens
 
     def _start_loop(self, loop: ThoughtLoop) -> None:
         self._loops[loop.stream_id] = loop
@@ -787,14 +815,18 @@ class Conductor:
                 log.warning("conductor.stop_rule_failed", loop=thought.loop.loop_id, error=repr(exc)[:200])
                 await self._error(subject, thought.loop.loop_id, ReactorError(f"the stop rule failed: {exc!r}"))
                 reason = thought.loop.ended = "error"
-            await self._publish(ThoughtResponse(
-                subject=subject, source=self.config.source, interaction=interaction,
-                data={"text": answer, "step": thought.loop.step, "loop": thought.loop.loop_id,
-                      "final": reason is not None, "reason": reason, "state": thought.loop.state()},
-            ))
+            await self._thought_response(thought.loop, interaction, answer, reason)
             thought.done.set_result(None if reason is not None else answer)
 
     # -- events -----------------------------------------------------------------------------------
+
+    async def _thought_response(self, loop: ThoughtLoop, interaction: str, answer: str, reason: str | None) -> None:
+        """The response of the loop's step just recorded (final when ``reason`` ends the loop)."""
+        await self._publish(ThoughtResponse(
+            subject=loop.stream_id, source=self.config.source, interaction=interaction,
+            data={"text": answer, "step": loop.step, "loop": loop.loop_id, "final": reason is not None,
+                  "reason": reason, "state": loop.state()},
+        ))
 
     async def _publish(self, event: Event) -> Event:
         return await self.bus.publish(event)
@@ -840,7 +872,7 @@ class ConductorActorImpl(BusHost):
             await self.conductor.sync_weights()  # what was learned before a restart
             self.recovered = await self.conductor.recover()  # before any new query can run
             await self.conductor.start()
-            self.conductor.resume_loops(await self.bus.read_types({"rx.thought.query", "rx.thought.response"}))
+            await self.conductor.resume_loops(await self.bus.read_types({"rx.thought.query", "rx.thought.response"}))
             self._started = True
 
     async def start(self) -> dict[str, list[str]]:

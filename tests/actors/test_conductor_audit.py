@@ -206,7 +206,7 @@ async def test_a_loop_resumed_on_a_stream_closed_before_the_restart_ends_without
         last_step = max(e.data.step for e in logged if e.type == "rx.thought.response")
         version = (await second.memory("r"))[0]
         after = await second.bus.last_seq("r")
-        assert second.resume_loops(logged) == [loop_id]
+        assert await second.resume_loops(logged) == [loop_id]
         with anyio.fail_after(30):
             while "r" in second._loops:
                 await anyio.sleep(0.01)

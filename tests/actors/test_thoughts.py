@@ -146,7 +146,7 @@ async def test_loops_resume_after_a_restart_only_when_asked(text_model, tmp_path
     logged = EventLog(log_path)
     events = [e for subject in ("r", "n") for e in logged.read(subject, types={"rx.thought."})]
     logged.close()
-    assert second.resume_loops(events) == [keep]
+    assert await second.resume_loops(events) == [keep]
     final = (await loop_events(second, "r", keep))[-1]
     assert final.data.final and final.data.step == 4 and final.data.reason == "steps"
     await second.stop()
@@ -162,3 +162,57 @@ def test_budgets_are_validated():
     loop = ThoughtLoop("s", "seed", Budget(steps=2), stop="DONE")
     assert loop.record("not yet", 3) is None
     assert loop.record("ok DONE", 3) == "steps"
+
+
+async def test_a_step_whose_update_recovery_finished_is_not_run_again(text_model, tmp_path):
+    """A crash after a step's answer and logged update (``rx.memory.updating``) but before its
+    ``rx.memory.updated``: `recover` applies that update, so the resumed loop goes on from the step's
+    answer (publishing the step's missing response) instead of running the step again (its query
+    applied twice to the memory)."""
+    import asyncio
+
+    store, log_path = MemorySTMStore(), str(tmp_path / "events.db")
+
+    def build() -> Conductor:
+        return Conductor(InProcessBus(log=EventLog(log_path)), LocalEngine(text_model, store),
+                         text_model.tokenizer, text_model.config, ConductorConfig(max_new_tokens=4))
+
+    first = build()
+    await first.start()
+    await first.open_stream("r")
+    real_update = first.engine.update
+    updates = 0
+
+    async def crash_in_the_second_update(*args):
+        nonlocal updates
+        updates += 1
+        if updates == 2:
+            await asyncio.Event().wait()  # "crashes" here: never returns
+        return await real_update(*args)
+
+    first.engine.update = crash_in_the_second_update
+    sub = await first.bus.subscribe(types={"rx.memory.updating"}, subject="r")
+    loop_id = await first.think("r", "remember to resume", 4, resume=True)
+    async with sub:
+        with anyio.fail_after(60):
+            await sub.__anext__()
+            await sub.__anext__()  # the second step's update is logged, and never finishes
+    await first.stop()
+    await first.bus.close()
+
+    second = build()
+    try:
+        report = await second.recover()
+        assert len(report["replayed"]) == 1
+        await second.start()
+        logged = await second.bus.replay("r", after=0, types={"rx.thought."})
+        assert await second.resume_loops(logged) == [loop_id]
+        events = await loop_events(second, "r", loop_id)
+        responses = [e.data.step for e in events if e.type == "rx.thought.response"]
+        queries = [e.data.step for e in events if e.type == "rx.thought.query"]
+        assert responses == [1, 2, 3, 4] and queries == [1, 2, 3, 4]  # each step once
+        assert events[-1].data.reason == "steps"
+        assert (await second.memory("r"))[0] == 4  # four steps, four updates
+    finally:
+        await second.stop()
+        await second.bus.close()
