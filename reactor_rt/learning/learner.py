@@ -1,8 +1,8 @@
 """LiveLearner: turns feedback on one interaction into a few guarded gradient steps on the model.
 
 Every update is all-or-nothing: the trainable parameters and the optimizer state are copied before the
-first step, and any failure (NaN/inf loss or gradient, a loss that grew past `max_loss_ratio`) puts both
-back exactly, so the served weights only ever move by accepted updates. Accepted updates bump
+first step, and any failure (NaN/inf loss or gradient, a loss that grew past `max_loss_ratio`, or an
+exception raised mid-update, which then propagates) puts both back exactly, so the served weights only ever move by accepted updates. Accepted updates bump
 `weights_version`; the last `keep_versions` versions are kept for `rollback`.
 
 The learner changes `model` in place. A runtime that serves from another copy takes the changed
@@ -209,28 +209,33 @@ class LiveLearner:
             self._restore(saved_params, saved_optimizer)
             return self._reject(reason, detail, example, loss_before, loss_after, steps)
 
-        for step in range(self.steps_per_feedback):
-            stm = read_stm(self.model, example, self._through_memory)
-            nll, aux = answer_nll(self.model, batch, stm)
-            objective = (nll if advantage is None else advantage * nll) + self.aux_weight * aux
-            if step == 0:
-                loss_before = float(nll.detach())
-            if not torch.isfinite(objective):
-                return undo("non_finite_loss", f"loss is {float(objective.detach())} at step {step + 1}", steps=step)
-            grads = torch.autograd.grad(objective, params, allow_unused=True)
-            used = [p for p, g in zip(params, grads, strict=True) if g is not None]
-            if not used:
-                return undo("no_signal", f"no gradient reaches the {self.params} parameters", steps=step)
-            for p, g in zip(params, grads, strict=True):
-                p.grad = g
-            norm = torch.nn.utils.clip_grad_norm_(used, self.clip if self.clip is not None else math.inf)
-            if not torch.isfinite(norm):
-                return undo("non_finite_grad", f"gradient norm is {float(norm)} at step {step + 1}", steps=step)
-            self.optimizer.step()
-            for p in params:
-                p.grad = None
-
-        loss_after = self.loss(example)
+        try:
+            for step in range(self.steps_per_feedback):
+                stm = read_stm(self.model, example, self._through_memory)
+                nll, aux = answer_nll(self.model, batch, stm)
+                objective = (nll if advantage is None else advantage * nll) + self.aux_weight * aux
+                if step == 0:
+                    loss_before = float(nll.detach())
+                if not torch.isfinite(objective):
+                    return undo("non_finite_loss", f"loss is {float(objective.detach())} at step {step + 1}", steps=step)
+                grads = torch.autograd.grad(objective, params, allow_unused=True)
+                used = [p for p, g in zip(params, grads, strict=True) if g is not None]
+                if not used:
+                    return undo("no_signal", f"no gradient reaches the {self.params} parameters", steps=step)
+                for p, g in zip(params, grads, strict=True):
+                    p.grad = g
+                norm = torch.nn.utils.clip_grad_norm_(used, self.clip if self.clip is not None else math.inf)
+                if not torch.isfinite(norm):
+                    return undo("non_finite_grad", f"gradient norm is {float(norm)} at step {step + 1}", steps=step)
+                self.optimizer.step()
+                for p in params:
+                    p.grad = None
+            loss_after = self.loss(example)
+        except BaseException:
+            # an unexpected failure (out of memory mid-backward, a bad optimizer state) must not leave
+            # the steps already taken in the weights: the next accepted update would serve them
+            self._restore(saved_params, saved_optimizer)
+            raise
         steps = self.steps_per_feedback
         if not math.isfinite(loss_after):
             return undo("non_finite_loss", f"loss after the update is {loss_after}", loss_after, steps)

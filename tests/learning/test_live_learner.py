@@ -191,3 +191,27 @@ def test_logged_answer_ids_are_scored_as_given(kit, model, stm):
     by_ids = LearningExample(kit.QUERY, "ignored", stm, reward=1.0, answer_ids=ids)
     by_text = LearningExample(kit.QUERY, "Hi", stm, reward=1.0)
     assert learner.loss(by_ids) == learner.loss(by_text)
+
+
+@pytest.mark.parametrize("fail_on_call", [1, 3, 5])  # before any step, after two steps, in the final loss
+def test_an_unexpected_error_mid_update_leaves_weights_and_optimizer_as_they_were(kit, model, stm, monkeypatch, fail_on_call):
+    learner = LiveLearner(model, max_updates_per_minute=None, steps_per_feedback=4)
+    assert learner.apply(_correction(kit, stm)).accepted  # optimizer moments exist now
+    before, moments = kit.snapshot(model), _optimizer_moments(learner)
+    real = learner_module.answer_nll
+    calls = {"n": 0}
+
+    def out_of_memory(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == fail_on_call:
+            raise RuntimeError("out of memory (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(learner_module, "answer_nll", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        learner.apply(_correction(kit, stm, text="Rome."))
+    monkeypatch.undo()
+    # the steps taken before the error were undone: the next accepted update must not serve them
+    assert not kit.changed(model, before) and learner.weights_version == 1
+    assert all(torch.equal(a, b) for a, b in zip(_optimizer_moments(learner), moments, strict=True))
+    assert all(p.grad is None for p in model.parameters())
