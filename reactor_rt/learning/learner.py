@@ -3,7 +3,8 @@
 Every update is all-or-nothing: the trainable parameters and the optimizer state are copied before the
 first step, and any failure (NaN/inf loss or gradient, a loss that grew past `max_loss_ratio`, or an
 exception raised mid-update, which then propagates) puts both back exactly, so the served weights only
-ever move by accepted updates. Accepted updates bump `weights_version`; the last `keep_versions` versions are kept for `rollback`.
+ever move by accepted updates. Accepted updates bump `weights_version`; the last `keep_versions` versions
+are kept for `rollback`.
 
 The learner changes `model` in place. A runtime that serves from another copy takes the changed
 parameters with `state_dict_for_serving()` and swaps them in between interactions
