@@ -20,7 +20,7 @@ from torch import Tensor
 
 from reactor_rt.learning.example import LearningExample
 from reactor_rt.model import ReactiveTransformer
-from reactor_rt.template import answer_start, build_interaction, build_prompt
+from reactor_rt.template import build_interaction, build_prompt
 from reactor_rt.training.losses import masked_token_loss
 
 __all__ = ["REWARD_BOUND", "AnswerBatch", "RunningBaseline", "answer_batch", "answer_nll", "read_stm", "source_ids"]
@@ -41,12 +41,15 @@ class AnswerBatch:
 def answer_batch(model: ReactiveTransformer, example: LearningExample) -> AnswerBatch:
     """The sequence the example's loss is taken on: the correction, or else the model's own answer."""
     tok = model.tokenizer
+    prompt = build_prompt(tok, example.query)
     if example.correction is not None:
-        ids = build_interaction(tok, example.query, example.correction)
+        answer = tok.encode(example.correction)
     else:
         answer = _own_answer_ids(model, example.answer, example.answer_ids)
-        ids = [*build_prompt(tok, example.query), *answer, tok.eos_id]
-    start = answer_start(tok, ids)
+    ids = [*prompt, *answer, tok.eos_id]  # build_interaction's layout
+    # the answer starts where the prompt ends: a model's own answer may hold an [A] token itself, and
+    # searching for the last [A] (answer_start) then left the tokens before it out of the loss
+    start = len(prompt)
     target = torch.zeros(1, len(ids), dtype=torch.bool)
     target[0, start:] = True
     device = model.embedding.weight.device

@@ -215,3 +215,15 @@ def test_an_unexpected_error_mid_update_leaves_weights_and_optimizer_as_they_wer
     assert not kit.changed(model, before) and learner.weights_version == 1
     assert all(torch.equal(a, b) for a, b in zip(_optimizer_moments(learner), moments, strict=True))
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_every_token_of_the_own_answer_is_scored_even_a_generated_answer_marker(kit, model, stm):
+    from reactor_rt.learning.objectives import answer_batch
+    from reactor_rt.template import build_prompt
+
+    tok = model.tokenizer
+    ids = [*tok.encode("Hi"), tok.answer_id, *tok.encode("yo")]  # a barely trained model may emit [A]
+    batch = answer_batch(model, LearningExample(kit.QUERY, "ignored", stm, reward=1.0, answer_ids=ids))
+    prompt = build_prompt(tok, kit.QUERY)
+    assert batch.ids[0].tolist() == [*prompt, *ids, tok.eos_id]
+    assert batch.target[0].tolist() == [False] * len(prompt) + [True] * (len(ids) + 1)
