@@ -44,8 +44,9 @@ class LearningExample:
     query/answer: the interaction's text (answer = what the model said). stm: the STM the answer read,
     (layers, slots, dim). reward and/or correction: the feedback; with a correction the update is
     supervised on it (the reward is then unused), with only a reward it is a policy-gradient step on the
-    model's own answer. answer_ids: the exact answer token ids the model produced (without [EOS]), when
-    logged; re-tokenising the text is used otherwise. target: the interaction id, echoed in the result.
+    model's own answer; an empty (or all-blank) correction is refused. answer_ids: the exact answer token
+    ids the model produced (without [EOS]), when logged; re-tokenising the text is used otherwise.
+    target: the interaction id, echoed in the result.
     """
 
     query: str
@@ -60,6 +61,9 @@ class LearningExample:
     def __post_init__(self) -> None:
         if self.reward is None and self.correction is None:
             raise ValueError("a LearningExample needs a reward or a correction")
+        if self.correction is not None and not self.correction.strip():
+            # it would be learned as "answer nothing" (the loss on [EOS] alone), the reward ignored
+            raise ValueError("a correction must not be empty; leave it out to give only a reward")
         if self.stm.dim() != 3:
             raise ValueError(f"stm must be (layers, slots, dim), got {tuple(self.stm.shape)}")
 

@@ -66,3 +66,9 @@ def test_a_bad_history_file_is_skipped_and_load_changes_nothing_before_it_has_re
     with pytest.raises(CheckpointError):
         other.load(tmp_path)
     assert not kit.changed(other_model, before) and other.weights_version == 0
+
+
+@pytest.mark.parametrize("blank", ["", "  \n"])
+def test_an_empty_correction_is_refused_not_learned_as_an_empty_answer(kit, stm, blank):
+    with pytest.raises(ValueError, match="correction must not be empty"):
+        LearningExample(kit.QUERY, "Paris.", stm, reward=1.0, correction=blank)
