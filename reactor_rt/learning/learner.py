@@ -398,14 +398,7 @@ class LiveLearner:
                 baseline = (float(meta["baseline"]), int(meta["baseline_count"]))
             except (KeyError, ValueError) as exc:
                 raise CheckpointError(f"{path / STATE_FILE} has bad metadata: {exc!r}") from exc
-            moments = {}
-            for name, p in self._params.items():
-                if f"exp_avg/{name}" in tensors:
-                    moments[name] = {
-                        "step": tensors[f"step/{name}"].reshape(()).clone(),
-                        "exp_avg": tensors[f"exp_avg/{name}"].to(p.device),
-                        "exp_avg_sq": tensors[f"exp_avg_sq/{name}"].to(p.device),
-                    }
+            moments = self._checked_moments(tensors, path / STATE_FILE)
             history: OrderedDict[int, dict[str, Tensor]] = OrderedDict()
             for older_version, file in sorted(version_files(path).items()):
                 if older_version >= version:
@@ -456,4 +449,31 @@ class LiveLearner:
         wrong = [n for n, p in self._params.items() if weights[n].shape != p.shape]
         if wrong:
             raise CheckpointError(f"{file} does not match the model's shapes: {wrong[:5]}")
+        # safetensors has no checksum: damage that decodes as NaN/inf would otherwise be served
+        broken = [n for n, t in weights.items() if not torch.isfinite(t).all()]
+        if broken:
+            raise CheckpointError(f"{file} holds non-finite weights: {broken[:5]}")
         return weights
+
+    def _checked_moments(self, tensors: dict[str, Tensor], file: Path) -> dict[str, dict[str, Tensor]]:
+        """AdamW's state per parameter name, checked like the weights (a wrong shape would only fail, or
+        half-apply, at the next update)."""
+        moments = {}
+        for name, p in self._params.items():
+            if f"exp_avg/{name}" not in tensors:
+                continue
+            try:
+                state = {
+                    "step": tensors[f"step/{name}"].reshape(()).clone(),
+                    "exp_avg": tensors[f"exp_avg/{name}"],
+                    "exp_avg_sq": tensors[f"exp_avg_sq/{name}"],
+                }
+            except (KeyError, RuntimeError) as exc:
+                raise CheckpointError(f"{file} has an incomplete optimizer state for {name}: {exc!r}") from exc
+            if state["exp_avg"].shape != p.shape or state["exp_avg_sq"].shape != p.shape:
+                raise CheckpointError(f"{file} has optimizer moments of the wrong shape for {name}")
+            if not all(torch.isfinite(t).all() for t in state.values()):
+                raise CheckpointError(f"{file} has a non-finite optimizer state for {name}")
+            state["exp_avg"], state["exp_avg_sq"] = state["exp_avg"].to(p.device), state["exp_avg_sq"].to(p.device)
+            moments[name] = state
+        return moments

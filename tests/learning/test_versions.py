@@ -124,3 +124,60 @@ def test_apply_serving_state_checks_everything_before_writing(kit):
     with pytest.raises(ValueError, match="shape"):
         apply_serving_state(serving, {**good, "decoder_layers.0.ffn_norm.weight": torch.zeros(3)})
     assert not kit.changed(serving, before)
+
+
+def _rewrite(file, change) -> None:
+    """Rewrite a learner file with one tensor changed (as damage on disk that still decodes would)."""
+    from reactor_rt.learning.persistence import read_tensors, write_tensors
+
+    tensors, meta = read_tensors(file)
+    meta.pop("format")
+    change(tensors)
+    write_tensors(file, tensors, meta)
+
+
+def _first(tensors, prefix: str) -> str:
+    return next(k for k in tensors if k.startswith(prefix))
+
+
+def _nan_in(prefix: str):
+    def change(tensors):
+        key = _first(tensors, prefix)
+        tensors[key] = tensors[key].clone()
+        tensors[key].view(-1)[0] = float("nan")
+    return change
+
+
+def _wrong_shape(prefix: str):
+    def change(tensors):
+        tensors[_first(tensors, prefix)] = torch.zeros(3)
+    return change
+
+
+@pytest.mark.parametrize(("damage", "match"), [
+    (_nan_in("param/"), "non-finite weights"),
+    (_nan_in("exp_avg_sq/"), "non-finite optimizer"),
+    (_wrong_shape("exp_avg/"), "wrong shape"),
+], ids=["nan-weight", "nan-moment", "moment-shape"])
+def test_load_refuses_damaged_weights_or_optimizer_state_and_changes_nothing(kit, model, stm, tmp_path, damage, match):
+    learner = _learner(model)
+    assert learner.apply(_examples(kit, stm)[0]).accepted
+    learner.save(tmp_path)
+    _rewrite(tmp_path / STATE_FILE, damage)
+    other = kit.make_model(seed=5)
+    before = kit.snapshot(other)
+    fresh = _learner(other)
+    with pytest.raises(CheckpointError, match=match):
+        fresh.load(tmp_path)
+    assert not kit.changed(other, before) and fresh.weights_version == 0
+
+
+def test_a_history_file_with_non_finite_weights_is_no_rollback_target(kit, model, stm, tmp_path):
+    learner = _learner(model)
+    for example in _examples(kit, stm):
+        assert learner.apply(example).accepted
+    learner.save(tmp_path)
+    _rewrite(tmp_path / VERSIONS_DIR / "v2.safetensors", _nan_in(""))
+    fresh = _learner(kit.make_model())
+    assert fresh.load(tmp_path) == 3
+    assert fresh.kept_versions == [0, 1, 3]
