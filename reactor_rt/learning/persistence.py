@@ -34,7 +34,8 @@ _VERSION_FILE = re.compile(r"^v(\d+)\.safetensors$")
 
 
 def write_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
-    """Write tensors + string metadata to path atomically (temporary file, fsync, rename)."""
+    """Write tensors + string metadata to path atomically (temporary file, fsync, rename, fsync of the
+    directory)."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +45,20 @@ def write_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, st
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in directory durable: until its entry is on disk, a power cut can bring the file back
+    as the previous version, though the new one was already announced."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # a platform that cannot open directories (Windows) has no such fsync either
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_tensors(path: Path, metadata_only: bool = False) -> tuple[dict[str, Tensor], dict[str, str]]:

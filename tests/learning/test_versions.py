@@ -181,3 +181,25 @@ def test_a_history_file_with_non_finite_weights_is_no_rollback_target(kit, model
     fresh = _learner(kit.make_model())
     assert fresh.load(tmp_path) == 3
     assert fresh.kept_versions == [0, 1, 3]
+
+
+def test_a_saved_file_is_durable_its_directory_is_synced_after_the_rename(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from reactor_rt.learning import persistence
+
+    target = tmp_path / "f.safetensors"
+    synced = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        info = os.fstat(fd)
+        synced.append((stat.S_ISDIR(info.st_mode), info.st_ino, target.exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(persistence.os, "fsync", spy)
+    persistence.write_tensors(target, {"x": torch.zeros(2)}, {})
+    # the file's data, then (once the file has its final name) the directory entry of the rename
+    assert synced[0][0] is False
+    assert (True, tmp_path.stat().st_ino, True) in synced
