@@ -46,7 +46,10 @@ class LearningExample:
     supervised on it (the reward is then unused), with only a reward it is a policy-gradient step on the
     model's own answer; an empty (or all-blank) correction is refused. answer_ids: the exact answer token
     ids the model produced (without [EOS]), when logged; re-tokenising the text is used otherwise.
-    target: the interaction id, echoed in the result.
+    target: the interaction id, echoed in the result. answer_ended: whether the model ended its answer
+    with [EOS]; False when it was cut short at its token limit: a reward then scores the answer tokens
+    only, since the policy never chose to stop there (reinforcing that [EOS] would teach it to stop at
+    whatever limit the client set).
     """
 
     query: str
@@ -57,6 +60,7 @@ class LearningExample:
     answer_ids: Sequence[int] | None = None
     source: MemorySource | None = None
     target: str | None = None
+    answer_ended: bool = True
 
     def __post_init__(self) -> None:
         if self.reward is None and self.correction is None:

@@ -175,6 +175,8 @@ class LiveLearner:
                 f"{batch.length} tokens exceed max_seq_len {self.model.config.max_seq_len}",
                 example,
             )
+        if not bool(batch.target.any()):
+            return self._reject("no_signal", "an empty answer cut short: no token to learn from", example)
         if self.params == "memory" and example.source is None:
             return self._reject(
                 "no_memory_path", "params='memory' needs the interaction that wrote the STM", example

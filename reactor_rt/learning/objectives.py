@@ -39,14 +39,16 @@ class AnswerBatch:
 
 
 def answer_batch(model: ReactiveTransformer, example: LearningExample) -> AnswerBatch:
-    """The sequence the example's loss is taken on: the correction, or else the model's own answer."""
+    """The sequence the example's loss is taken on: the correction, or else the model's own answer (with
+    [EOS] unless it was cut short). The target may be empty: an empty answer cut short."""
     tok = model.tokenizer
     prompt = build_prompt(tok, example.query)
     if example.correction is not None:
-        answer = tok.encode(example.correction)
+        answer, ended = tok.encode(example.correction), True
     else:
         answer = _own_answer_ids(model, example.answer, example.answer_ids)
-    ids = [*prompt, *answer, tok.eos_id]  # build_interaction's layout
+        ended = example.answer_ended  # an answer cut short: its [EOS] was never the model's choice
+    ids = [*prompt, *answer, *([tok.eos_id] if ended else [])]  # build_interaction's layout
     # the answer starts where the prompt ends: a model's own answer may hold an [A] token itself, and
     # searching for the last [A] (answer_start) then left the tokens before it out of the loss
     start = len(prompt)
@@ -59,7 +61,7 @@ def answer_batch(model: ReactiveTransformer, example: LearningExample) -> Answer
 def _own_answer_ids(model: ReactiveTransformer, text: str, logged: Sequence[int] | None) -> list[int]:
     tok = model.tokenizer
     ids = [int(i) for i in logged] if logged is not None else tok.encode(text)
-    # a logged answer may end with [EOS] and padding; [EOS] is appended once by the caller
+    # a logged answer may end with [EOS] and padding; the caller appends [EOS] once, if it was generated
     for stop in (tok.eos_id, tok.pad_id):
         if stop in ids:
             ids = ids[: ids.index(stop)]

@@ -227,3 +227,28 @@ def test_every_token_of_the_own_answer_is_scored_even_a_generated_answer_marker(
     prompt = build_prompt(tok, kit.QUERY)
     assert batch.ids[0].tolist() == [*prompt, *ids, tok.eos_id]
     assert batch.target[0].tolist() == [False] * len(prompt) + [True] * (len(ids) + 1)
+
+
+def test_a_reward_on_an_answer_cut_short_does_not_score_an_eos_the_model_never_chose(kit, model, stm):
+    from reactor_rt.learning.objectives import answer_batch
+    from reactor_rt.template import build_prompt
+
+    tok = model.tokenizer
+    ids = tok.encode("Paris is the")  # cut at the client's max_new_tokens, no [EOS] generated
+    cut = LearningExample(kit.QUERY, "ignored", stm, reward=1.0, answer_ids=ids, answer_ended=False)
+    batch = answer_batch(model, cut)
+    prompt = build_prompt(tok, kit.QUERY)
+    assert batch.ids[0].tolist() == [*prompt, *ids]
+    assert batch.target[0].tolist() == [False] * len(prompt) + [True] * len(ids)
+    ended = answer_batch(model, LearningExample(kit.QUERY, "ignored", stm, reward=1.0, answer_ids=ids))
+    assert ended.ids[0].tolist() == [*prompt, *ids, tok.eos_id]  # the default: the model ended it
+    # a correction is a whole answer: its [EOS] is always learned
+    fixed = answer_batch(model, LearningExample(kit.QUERY, "?", stm, correction="Paris.", answer_ended=False))
+    assert fixed.ids[0, -1].item() == tok.eos_id and bool(fixed.target[0, -1])
+
+    learner = LiveLearner(model, max_updates_per_minute=None, steps_per_feedback=1)
+    assert learner.apply(cut).accepted
+    before = kit.snapshot(model)
+    empty = LearningExample(kit.QUERY, "", stm, reward=1.0, answer_ids=[], answer_ended=False)
+    result = learner.apply(empty)
+    assert not result.accepted and result.reason == "no_signal" and not kit.changed(model, before)
