@@ -102,8 +102,16 @@ class LiveLearner:
     ) -> None:
         if steps_per_feedback < 1:
             raise ValueError(f"steps_per_feedback must be >= 1, got {steps_per_feedback}")
-        if max_loss_ratio <= 0:
-            raise ValueError(f"max_loss_ratio must be > 0, got {max_loss_ratio}")
+        # written as "not ... > 0": a NaN limit compares False with everything, and silently turned the
+        # loss guard off (loss_after > NaN never holds)
+        if not (max_loss_ratio > 0 and math.isfinite(max_loss_ratio)):
+            raise ValueError(f"max_loss_ratio must be a finite number > 0, got {max_loss_ratio}")
+        if not (loss_floor >= 0 and math.isfinite(loss_floor)):
+            raise ValueError(f"loss_floor must be a finite number >= 0, got {loss_floor}")
+        if clip is not None and not (clip > 0 and math.isfinite(clip)):
+            raise ValueError(f"clip must be a finite number > 0 or None, got {clip}")
+        if not (aux_weight >= 0 and math.isfinite(aux_weight)):
+            raise ValueError(f"aux_weight must be a finite number >= 0, got {aux_weight}")
         if keep_versions < 1:
             raise ValueError(f"keep_versions must be >= 1, got {keep_versions}")
         self.model = model

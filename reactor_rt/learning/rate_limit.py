@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -21,8 +22,9 @@ class TokenBucket:
         burst: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if per_minute is not None and per_minute <= 0:
-            raise ValueError(f"per_minute must be > 0 or None, got {per_minute}")
+        # "not > 0" also refuses NaN, which compared False everywhere and made the bucket unlimited
+        if per_minute is not None and not (per_minute > 0 and math.isfinite(per_minute)):
+            raise ValueError(f"per_minute must be a finite number > 0 or None (unlimited), got {per_minute}")
         self.per_minute = per_minute
         self.burst = burst if burst is not None else max(1, round((per_minute or 0) / 6))
         if self.burst < 1:

@@ -72,3 +72,13 @@ def test_a_bad_history_file_is_skipped_and_load_changes_nothing_before_it_has_re
 def test_an_empty_correction_is_refused_not_learned_as_an_empty_answer(kit, stm, blank):
     with pytest.raises(ValueError, match="correction must not be empty"):
         LearningExample(kit.QUERY, "Paris.", stm, reward=1.0, correction=blank)
+
+
+@pytest.mark.parametrize("option", [
+    {"max_loss_ratio": math.nan}, {"max_loss_ratio": math.inf}, {"loss_floor": math.nan},
+    {"clip": math.nan}, {"clip": 0.0}, {"aux_weight": math.nan},
+])
+def test_guard_options_that_would_switch_a_guard_off_are_refused(model, option):
+    with pytest.raises(ValueError, match=next(iter(option))):
+        LiveLearner(model, **option)
+

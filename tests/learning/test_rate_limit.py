@@ -25,3 +25,10 @@ def test_default_burst_and_unlimited(clock):
     assert all(unlimited.take() for _ in range(1000))
     with pytest.raises(ValueError):
         TokenBucket(per_minute=0)
+
+
+@pytest.mark.parametrize("per_minute", [float("nan"), float("inf"), -1.0])
+def test_a_rate_that_is_not_a_positive_finite_number_is_refused(clock, per_minute):
+    # a NaN rate compared False everywhere: the bucket never ran dry
+    with pytest.raises(ValueError, match="per_minute"):
+        TokenBucket(per_minute=per_minute, burst=2, clock=clock)
