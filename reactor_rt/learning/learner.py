@@ -164,8 +164,9 @@ class LiveLearner:
     @torch.no_grad()
     def loss(self, example: LearningExample) -> float:
         """The example's current answer NLL (what loss_before/loss_after report); no update."""
-        batch = answer_batch(self.model, example)
-        return float(answer_nll(self.model, batch, read_stm(self.model, example, self._through_memory))[0])
+        with self._lock:  # never the weights of an update half-way through its steps
+            batch = answer_batch(self.model, example)
+            return float(answer_nll(self.model, batch, read_stm(self.model, example, self._through_memory))[0])
 
     # ---------------------------------------------------------------- updates
     def apply(self, example: LearningExample) -> LearningResult:

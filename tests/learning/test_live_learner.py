@@ -252,3 +252,18 @@ def test_a_reward_on_an_answer_cut_short_does_not_score_an_eos_the_model_never_c
     empty = LearningExample(kit.QUERY, "", stm, reward=1.0, answer_ids=[], answer_ended=False)
     result = learner.apply(empty)
     assert not result.accepted and result.reason == "no_signal" and not kit.changed(model, before)
+
+
+def test_loss_waits_for_an_update_in_another_thread(kit, model, stm):
+    import threading
+
+    learner = LiveLearner(model, max_updates_per_minute=None)
+    example = _correction(kit, stm)
+    out: list[float] = []
+    reader = threading.Thread(target=lambda: out.append(learner.loss(example)))
+    with learner.locked():  # as apply() holds it across its steps
+        reader.start()
+        reader.join(timeout=1.0)
+        assert reader.is_alive() and not out  # it did not read weights mid-update
+    reader.join(timeout=30)
+    assert out and math.isfinite(out[0])
