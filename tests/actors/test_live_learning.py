@@ -96,3 +96,13 @@ async def test_a_stream_learns_only_from_its_own_answers(make_conductor, model):
         assert conductor.weights_version == 0
         applied = await feedback(conductor, "owner", served.interaction, reward=1.0)
         assert applied.type == "rx.learning.applied" and conductor.weights_version == 1
+
+
+async def test_an_empty_correction_is_rejected_and_nothing_is_learned(make_conductor, model):
+    """An empty correction would teach the model to answer nothing; the reward sent with it is no excuse."""
+    async with make_conductor(model=copy.deepcopy(model), learner=LearnerCore(copy.deepcopy(model))) as conductor:
+        served = done(await ask(conductor, "e", "hello"))
+        err = await feedback(conductor, "e", served.interaction, reward=1.0, correction="")
+        assert err.type == "rx.error" and err.data.code == "learning_rejected"
+        assert "correction must not be empty" in err.data.message
+        assert conductor.weights_version == 0
