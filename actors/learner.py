@@ -46,9 +46,12 @@ class LearnerCore:
         When saving it fails, the update is undone (weights, optimizer, version, kept versions, baseline)
         before the error propagates: an update reported as failed never reaches serving.
         """
+        if self.save_dir is None:
+            return self.learner.apply(example)
         with self.learner.locked():  # nothing reads the weights between the update and its undo
-            before = self.learner.snapshot() if self.save_dir is not None else None
-            result = self.learner.apply(example)
+            # not snapshot(): a full copy of weights and optimizer state for every feedback, the ones the
+            # rate limit drops included, made a flood of feedback as costly as that many updates' copies
+            result, before = self.learner.apply_undoable(example)
             if result.accepted:
                 self._persist(before)
             return result

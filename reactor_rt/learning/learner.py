@@ -134,6 +134,7 @@ class LiveLearner:
         self._lineage = uuid.uuid4().hex  # tells this learner's version files from another's in one dir
         self._history: OrderedDict[int, dict[str, Tensor]] = OrderedDict()
         self._remember()
+        self._undo: LearnerSnapshot | None = None  # set by an accepted update under apply_undoable
         self._lock = threading.RLock()
 
     # ---------------------------------------------------------------- state
@@ -174,7 +175,19 @@ class LiveLearner:
         with self._lock:
             return self._apply(example)
 
-    def _apply(self, example: LearningExample) -> LearningResult:
+    def apply_undoable(self, example: LearningExample) -> tuple[LearningResult, LearnerSnapshot | None]:
+        """Like `apply`, also returning, for an accepted update, the state just before it: what `restore`
+        needs to undo it should what follows fail (saving it). Built from the copies every update takes
+        anyway, so feedback that is rejected (rate_limited, ...) copies nothing, unlike `snapshot`."""
+        with self._lock:
+            self._undo = None
+            try:
+                result = self._apply(example, keep_undo=True)
+                return result, self._undo if result.accepted else None
+            finally:
+                self._undo = None
+
+    def _apply(self, example: LearningExample, keep_undo: bool = False) -> LearningResult:
         # validate first: feedback that is rejected anyway must not spend the rate limit's tokens
         self._check_stm(example)
         batch = answer_batch(self.model, example)
@@ -206,14 +219,18 @@ class LiveLearner:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr * scale
         try:
-            return self._steps(example, batch, advantage)
+            return self._steps(example, batch, advantage, keep_undo)
         finally:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr
 
-    def _steps(self, example: LearningExample, batch: AnswerBatch, advantage: float | None) -> LearningResult:
+    def _steps(
+        self, example: LearningExample, batch: AnswerBatch, advantage: float | None, keep_undo: bool
+    ) -> LearningResult:
         saved_params = {n: p.detach().clone() for n, p in self._params.items()}
         saved_optimizer = copy.deepcopy(self.optimizer.state_dict())
+        saved_version, saved_history = self._version, OrderedDict(self._history)
+        saved_baseline = (self.baseline.value, self.baseline.count)
         names, params = list(self._params), list(self._params.values())
         loss_before = math.nan
 
@@ -259,6 +276,10 @@ class LiveLearner:
                 loss_after,
                 steps,
             )
+        if keep_undo:
+            for group in saved_optimizer["param_groups"]:
+                group["lr"] = self.lr  # copied while this update's step size was scaled
+            self._undo = LearnerSnapshot(saved_params, saved_optimizer, saved_version, saved_history, saved_baseline)
         if advantage is not None:
             assert example.reward is not None
             self.baseline.update(example.reward)

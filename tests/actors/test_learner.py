@@ -154,3 +154,37 @@ def test_a_failed_save_leaves_the_directory_loading_as_the_previous_version(mode
     assert restarted.weights_version == 1
     loaded = restarted.learner.state_dict_for_serving()
     assert all(torch.equal(loaded[n], params[n]) for n in params)
+
+
+def test_feedback_takes_no_full_snapshot_of_the_learner_state(model, tmp_path, monkeypatch):
+    """A flood the rate limit drops must be cheap: no snapshot of weights and optimizer per feedback."""
+    from reactor_rt.learning.learner import LiveLearner
+
+    def no_snapshot(self):
+        raise AssertionError("a full snapshot was taken")
+
+    monkeypatch.setattr(LiveLearner, "snapshot", no_snapshot)
+    core = LearnerCore(copy.deepcopy(model), tmp_path, max_updates_per_minute=1, burst=1, steps_per_feedback=1)
+    example = LearningExample(QUERY, "?", _stm(model), correction="Paris.")
+    assert core.apply(example).accepted
+    assert all(core.apply(example).reason == "rate_limited" for _ in range(3))
+    assert saved_version(tmp_path) == 1 == core.weights_version
+
+
+def test_a_failed_save_of_a_small_reward_step_gives_back_the_full_learning_rate(model, tmp_path, monkeypatch):
+    from reactor_rt.errors import CheckpointError
+    from reactor_rt.learning import learner as learner_module
+
+    core = LearnerCore(copy.deepcopy(model), tmp_path, max_updates_per_minute=None, steps_per_feedback=1, lr=1e-3)
+    stm = _stm(model)
+    assert core.apply(LearningExample(QUERY, "?", stm, correction="Paris.")).accepted
+
+    def disk_full(path, tensors, metadata):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(learner_module, "write_tensors", disk_full)
+    with pytest.raises(CheckpointError):
+        core.apply(LearningExample(QUERY, "Lyon.", stm, reward=0.25))  # a step at a quarter of lr
+    monkeypatch.undo()
+    assert [g["lr"] for g in core.learner.optimizer.param_groups] == [1e-3]
+    assert core.weights_version == 1
