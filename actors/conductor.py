@@ -131,6 +131,7 @@ class _Served:
     answer: str
     answer_ids: list[int]
     stream_id: str  # feedback on it must come on this stream's subject
+    ended: bool = True  # the model ended the answer with [EOS] (not cut short at its token limit)
 
 
 @dataclass
@@ -627,7 +628,8 @@ class Conductor:
             return
         try:
             example = LearningExample(query=served.query, answer=served.answer, stm=stm, reward=feedback.data.reward,
-                                      correction=feedback.data.correction, answer_ids=served.answer_ids, target=target)
+                                      correction=feedback.data.correction, answer_ids=served.answer_ids, target=target,
+                                      answer_ended=served.ended)
             result = await self.engine.learn(example)
         except (ValueError, ReactorError) as exc:
             await self._error(subject, tag, exc, code="learning_rejected")
@@ -789,7 +791,8 @@ class Conductor:
                   "weights_version": self._weights_version},
         )
         self._remember(interaction, _Served(lane.memory_id, handle.version, job.text, "".join(parts),
-                                            [t for t in answer_ids if t != eos], stream_id=subject))
+                                            [t for t in answer_ids if t != eos], stream_id=subject,
+                                            ended=finished == "eos"))
         # the encoder sees a closed interaction, as in training: [BOS][Q] query [A] answer [EOS]
         full = job.prompt + answer_ids + ([eos] if finished != "eos" and eos >= 0 else [])
         # logged before the update runs (write-ahead): a crash before the new version is stored is
