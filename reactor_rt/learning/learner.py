@@ -117,6 +117,9 @@ class LiveLearner:
         self.model = model
         self.params = params
         self._params = select_parameters(model, params)  # name -> Parameter
+        for p in self._params.values():
+            # a model frozen for inference (requires_grad_(False)) made every update fail in autograd
+            p.requires_grad_(True)
         self.optimizer = torch.optim.AdamW(
             list(self._params.values()), lr=lr, betas=betas, weight_decay=weight_decay
         )

@@ -267,3 +267,12 @@ def test_loss_waits_for_an_update_in_another_thread(kit, model, stm):
         assert reader.is_alive() and not out  # it did not read weights mid-update
     reader.join(timeout=30)
     assert out and math.isfinite(out[0])
+
+
+def test_a_model_frozen_for_inference_still_learns_its_parameter_set_only(kit, model, stm):
+    model.requires_grad_(False)  # as a serving copy is often prepared
+    learner = LiveLearner(model, max_updates_per_minute=None, steps_per_feedback=1)
+    before = kit.snapshot(model)
+    assert learner.apply(_correction(kit, stm)).accepted
+    moved = kit.changed(model, before)
+    assert moved and moved <= set(learner.parameter_names())
