@@ -64,7 +64,8 @@ class LiveLearner:
     Args:
         params: "decoder" (default), "memory" or "all" (see `reactor_rt.learning.params`).
         lr: AdamW's learning rate. A reward step uses lr * min(1, |reward - baseline|): Adam
-            normalises the gradient's scale away, so the advantage's size has to act on the step.
+            normalises the gradient's scale away, so the advantage's size has to act on the step. The
+            objective weighs the answer's NLL by the advantage clamped to [-1, 1] likewise.
         weight_decay: 0 by default: decay applied on every live update would slowly erode the trained
             weights rather than regularise a fit.
         clip: max gradient norm per step (None: no clipping).
@@ -221,8 +222,12 @@ class LiveLearner:
         scale = 1.0 if advantage is None else min(1.0, abs(advantage))
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr * scale
+        # in the objective too, only the sign and that capped size: a huge reward (1e6) otherwise filled
+        # Adam's second moment with its square, freezing later updates (with clip=None), or overflowed the
+        # gradient norm (1e20) and was rejected as non_finite_grad
+        weight = None if advantage is None else max(-1.0, min(1.0, advantage))
         try:
-            return self._steps(example, batch, advantage, keep_undo)
+            return self._steps(example, batch, weight, keep_undo)
         finally:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr

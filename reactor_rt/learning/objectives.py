@@ -3,8 +3,8 @@
 * supervised: cross-entropy on a corrected answer, `[BOS][Q] query [A] correction [EOS]` with the loss
   on the answer tokens and [EOS] only (the training stages' `masked_token_loss`);
 * reinforce: REINFORCE on the model's own answer tokens, loss = advantage * mean NLL, where
-  advantage = reward - running baseline (minimising it raises the answer's probability when the reward
-  beats the baseline, lowers it otherwise).
+  advantage = reward - running baseline, clamped to [-1, 1] by the learner (minimising it raises the
+  answer's probability when the reward beats the baseline, lowers it otherwise).
 
 Both report the answer's mean NLL, so loss_before/loss_after mean the same thing for either kind.
 """

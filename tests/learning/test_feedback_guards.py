@@ -82,3 +82,23 @@ def test_guard_options_that_would_switch_a_guard_off_are_refused(model, option):
     with pytest.raises(ValueError, match=next(iter(option))):
         LiveLearner(model, **option)
 
+
+
+@pytest.mark.parametrize("reward", [1e20, 1e39])
+def test_a_huge_finite_reward_is_a_full_size_step_not_an_overflow(kit, model, stm, reward):
+    learner = LiveLearner(model, max_updates_per_minute=None, steps_per_feedback=1)
+    result = learner.apply(_reward(kit, stm, reward))  # was non_finite_grad / non_finite_loss
+    assert result.accepted and result.loss_after < result.loss_before
+
+
+def test_a_huge_reward_does_not_freeze_later_updates_in_adams_second_moment(kit):
+    def correction_after(reward: float) -> tuple[float, float]:
+        model = kit.make_model()
+        stm = kit.make_stm(model)
+        learner = LiveLearner(model, max_updates_per_minute=None, clip=None)
+        assert learner.apply(_reward(kit, stm, reward)).accepted
+        result = learner.apply(LearningExample(kit.QUERY, "?", stm, correction="Paris."))
+        return result.loss_before, result.loss_after
+
+    # a reward of 1e6 (its square in Adam's moments) left the correction's loss almost where it was
+    assert correction_after(1e6) == correction_after(1.0)
