@@ -58,6 +58,15 @@ class LearnerSnapshot:
     baseline: tuple[float, int]
 
 
+def _lineage_of(file: Path) -> str | None:
+    """The lineage a version file was written by; None when it cannot be read (it is rewritten then: a
+    damaged rollback target must not make every later save fail)."""
+    try:
+        return read_tensors(file, metadata_only=True)[1].get("lineage")
+    except CheckpointError:
+        return None
+
+
 class LiveLearner:
     """Live learning over one parameter set of `model`, with its own AdamW state.
 
@@ -407,11 +416,7 @@ class LiveLearner:
                 existing = on_disk.get(version)
                 # the current version's file is always rewritten: a failed earlier save may have left one
                 # of the same number and lineage holding an update that was undone
-                if (
-                    version == self._version
-                    or existing is None
-                    or read_tensors(existing, True)[1].get("lineage") != self._lineage
-                ):
+                if version == self._version or existing is None or _lineage_of(existing) != self._lineage:
                     file = path / VERSIONS_DIR / f"v{version}.safetensors"
                     write_tensors(file, weights, self._metadata(version))
             write_tensors(path / STATE_FILE, tensors, self._metadata(self._version))

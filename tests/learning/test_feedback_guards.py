@@ -102,3 +102,15 @@ def test_a_huge_reward_does_not_freeze_later_updates_in_adams_second_moment(kit)
 
     # a reward of 1e6 (its square in Adam's moments) left the correction's loss almost where it was
     assert correction_after(1e6) == correction_after(1.0)
+
+
+def test_a_damaged_history_file_is_rewritten_by_the_next_save_instead_of_failing_it(kit, model, stm, tmp_path):
+    learner = LiveLearner(model, max_updates_per_minute=None, steps_per_feedback=1)
+    for text in ("Paris.", "Rome."):
+        assert learner.apply(LearningExample(kit.QUERY, "?", stm, correction=text)).accepted
+    learner.save(tmp_path)
+    (tmp_path / VERSIONS_DIR / "v1.safetensors").write_bytes(b"not a safetensors file")
+    assert learner.apply(LearningExample(kit.QUERY, "?", stm, correction="Oslo.")).accepted
+    learner.save(tmp_path)  # raised CheckpointError: every later update would have been undone
+    fresh = LiveLearner(kit.make_model(), max_updates_per_minute=None)
+    assert fresh.load(tmp_path) == 3 and fresh.kept_versions == [0, 1, 2, 3]
