@@ -63,6 +63,12 @@ DELETE FROM applied WHERE memory_id = ?1 AND version < (
 )
 """
 
+# The columns each table must have: a file whose tables differ was not written by this store.
+_COLUMNS = {
+    "stm": ("memory_id", "version", "dtype", "shape", "data", "interaction", "updated_at"),
+    "applied": ("memory_id", "interaction", "version"),
+}
+
 _UPSERT = """
 INSERT INTO stm (memory_id, version, dtype, shape, data, interaction, updated_at)
 VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -132,10 +138,34 @@ class SQLiteSTMStore(STMStore):
                     f"STM database {self._path!r} has schema version {found}; this reactor-rt reads "
                     f"up to {SCHEMA_VERSION} (written by a newer version?)"
                 )
+            # checked before anything is created: a foreign file is refused, not extended with our tables
+            self._check_foreign(conn, found)
             # executescript() would COMMIT on its own; run the statements inside this transaction
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _check_foreign(self, conn: sqlite3.Connection, schema_version: int) -> None:
+        """Refuse a database this store did not create: another application's file, or our tables altered.
+
+        A new file has schema version 0 and no tables; one of ours has `SCHEMA_VERSION` and both tables.
+        """
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if schema_version == 0:
+            if tables:
+                raise StoreError(
+                    f"{self._path!r} is not an STM database: it already holds tables "
+                    f"{sorted(tables)!r:.200} (another application's file?); give the STM store a file of its own"
+                )
+            return
+        for table, expected in _COLUMNS.items():
+            found = tuple(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
+            if found != expected:
+                detail = "is missing" if not found else f"has columns {list(found)!r:.200}"
+                raise StoreError(
+                    f"{self._path!r} is not a valid STM database: table {table!r} {detail}, "
+                    f"expected columns {list(expected)}"
+                )
 
     @contextlib.contextmanager
     def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:

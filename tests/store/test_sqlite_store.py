@@ -166,3 +166,58 @@ def test_ids_are_data_not_paths_or_sql(db):
             assert torch.equal(store.load(memory_id).stm, stm(i))
     # nothing but the database (and its WAL files) was created: no id became a file name
     assert {p.name for p in db.parent.iterdir()} <= {"stm.db", "stm.db-wal", "stm.db-shm"}
+
+
+def foreign_db(path, *statements: str) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            for sql in statements:
+                conn.execute(sql)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "statements",
+    [
+        ["CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)"],  # another application's database
+        ["CREATE TABLE stm (id INTEGER PRIMARY KEY, payload BLOB)"],  # a table of ours by name only
+    ],
+    ids=["other tables", "an stm table of other columns"],
+)
+def test_a_foreign_database_is_refused_at_open_and_left_untouched(db, statements):
+    foreign_db(db, *statements)
+    before = raw(db, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
+    with pytest.raises(StoreError, match=r"stm\.db.*not an STM database"):
+        SQLiteSTMStore(db)
+    assert raw(db, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == before
+    assert raw(db, "PRAGMA user_version")[0][0] == 0
+
+
+def test_a_database_whose_tables_were_altered_is_refused_at_open(db):
+    with SQLiteSTMStore(db) as store:
+        store.save("m", stm(0), expected_version=0)
+    raw(db, "ALTER TABLE stm RENAME COLUMN data TO payload")
+    with pytest.raises(StoreError, match=r"table 'stm' has columns .*'payload'"):
+        SQLiteSTMStore(db)
+    raw(db, "DROP TABLE applied")
+    raw(db, "ALTER TABLE stm RENAME COLUMN payload TO data")
+    with pytest.raises(StoreError, match="table 'applied' is missing"):
+        SQLiteSTMStore(db)
+
+
+def test_a_file_with_our_schema_version_but_no_tables_is_refused(db):
+    # another application that also numbers its schema 1: our tables must not be added to its file
+    foreign_db(db, "CREATE TABLE users (id INTEGER)", f"PRAGMA user_version = {SCHEMA_VERSION}")
+    with pytest.raises(StoreError, match="not a valid STM database"):
+        SQLiteSTMStore(db)
+    assert [r[0] for r in raw(db, "SELECT name FROM sqlite_master")] == ["users"]
+
+
+def test_an_empty_file_is_a_new_database(db):
+    db.write_bytes(b"")  # `touch stm.db` before the first start
+    with SQLiteSTMStore(db) as store:
+        store.save("m", stm(0), expected_version=0)
+    with SQLiteSTMStore(db) as store:
+        assert store.load("m").version == 1
