@@ -29,7 +29,14 @@ import torch
 from reactor_rt.errors import StaleVersionError, StoreError
 from reactor_rt.ids import validate_id
 
-__all__ = ["DEFAULT_HISTORY_SIZE", "STMStore", "StoredSTM", "copy_target_exists_error", "stale_version_error"]
+__all__ = [
+    "DEFAULT_HISTORY_SIZE",
+    "STMStore",
+    "StoredSTM",
+    "check_history_size",
+    "copy_target_exists_error",
+    "stale_version_error",
+]
 
 # Enough to cover every retry window the runtime has, small enough to keep one memory's rows cheap.
 DEFAULT_HISTORY_SIZE = 1024
@@ -75,6 +82,15 @@ def _check_version(expected_version: object) -> int:
     if expected_version < 0:
         raise ValueError(f"expected_version must be >= 0 (0 = absent), got {expected_version}")
     return expected_version
+
+
+def check_history_size(history_size: object) -> int:
+    """A store's ``history_size``: an int >= 1 (a float would only fail later, at the first write)."""
+    if not isinstance(history_size, int) or isinstance(history_size, bool):
+        raise TypeError(f"history_size must be an int, not {type(history_size).__name__}")
+    if history_size < 1:
+        raise ValueError(f"history_size must be >= 1, got {history_size}")
+    return history_size
 
 
 def _check_tensor(stm: object) -> torch.Tensor:

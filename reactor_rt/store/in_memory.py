@@ -18,6 +18,7 @@ from reactor_rt.store.base import (
     DEFAULT_HISTORY_SIZE,
     STMStore,
     StoredSTM,
+    check_history_size,
     copy_target_exists_error,
     stale_version_error,
 )
@@ -40,9 +41,7 @@ class MemorySTMStore(STMStore):
 
     def __init__(self, *, history_size: int = DEFAULT_HISTORY_SIZE) -> None:
         super().__init__()
-        if history_size < 1:
-            raise ValueError(f"history_size must be >= 1, got {history_size}")
-        self._history_size = history_size
+        self._history_size = check_history_size(history_size)
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
 

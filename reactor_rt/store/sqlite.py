@@ -25,6 +25,7 @@ from reactor_rt.store.base import (
     DEFAULT_HISTORY_SIZE,
     STMStore,
     StoredSTM,
+    check_history_size,
     copy_target_exists_error,
     stale_version_error,
 )
@@ -92,9 +93,7 @@ class SQLiteSTMStore(STMStore):
         busy_timeout_s: float = 10.0,
     ) -> None:
         super().__init__()
-        if history_size < 1:
-            raise ValueError(f"history_size must be >= 1, got {history_size}")
-        self._history_size = history_size
+        self._history_size = check_history_size(history_size)
         self._path = os.fspath(path)
         self._lock = threading.Lock()
         try:

@@ -113,6 +113,12 @@ class TestSTMStoreContract:
         with pytest.raises(StaleVersionError):
             store.save("m", stm(0), expected_version=0, interaction="q0")
 
+    @pytest.mark.parametrize(("bad", "error"), [(2.5, TypeError), (True, TypeError), ("3", TypeError), (0, ValueError)])
+    def test_a_bad_history_size_is_refused_when_the_store_is_made(self, make_store, bad, error):
+        # 2.5 used to be accepted by the SQLite store, whose every later save then failed
+        with pytest.raises(error, match="history_size"):
+            make_store(history_size=bad)
+
     def test_tensors_are_copied_in_and_out(self, store):
         t = stm(0)
         original = t.clone()
