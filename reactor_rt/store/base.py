@@ -98,6 +98,8 @@ def _check_tensor(stm: object) -> torch.Tensor:
         raise TypeError(f"stm must be a torch.Tensor, not {type(stm).__name__}")
     if stm.layout != torch.strided:
         raise TypeError(f"stm must be a dense tensor, not {stm.layout}")
+    if stm.is_meta:  # shape and dtype only: there is nothing to store
+        raise TypeError("stm must hold data, not be a meta tensor")
     return stm
 
 

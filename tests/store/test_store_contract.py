@@ -200,6 +200,12 @@ class TestSTMStoreContract:
         with pytest.raises(TypeError):
             store.save("m", stm(0), 0)  # expected_version is keyword-only
 
+    def test_a_meta_tensor_is_a_type_error_and_nothing_is_stored(self, store):
+        # it used to reach the copy to the CPU and fail there with a raw NotImplementedError
+        with pytest.raises(TypeError, match="meta"):
+            store.save("m", torch.zeros(2, 3, device="meta"), expected_version=0)
+        assert store.load("m") is None
+
     def test_close_is_idempotent_and_blocks_later_calls(self, store):
         store.save("m", stm(0), expected_version=0)
         store.close()
