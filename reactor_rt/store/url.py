@@ -29,11 +29,13 @@ def open_store(url: str) -> STMStore:
 
     ``sqlite:///`` is followed by the file path as is (SQLAlchemy's convention): ``sqlite:///stm.db``
     is relative to the working directory, ``sqlite:////var/lib/stm.db`` is absolute. Missing parent
-    directories are created. ``memory://`` is a fresh, process-local store. Anything else raises
-    `ConfigError` listing the accepted forms.
+    directories are created. ``memory://`` is a fresh, process-local store. Anything else (including
+    query parameters and surrounding whitespace) raises `ConfigError` listing the accepted forms.
     """
     if not isinstance(url, str):
         raise _bad_url(url, "must be a str")
+    if url != url.strip():  # a pasted or templated value: the blank would become part of a file name
+        raise _bad_url(url, "leading or trailing whitespace")
     if url == _MEMORY:
         return MemorySTMStore()
     if url.startswith(_SQLITE):
@@ -42,6 +44,8 @@ def open_store(url: str) -> STMStore:
             raise _bad_url(url, "no database path after 'sqlite:///'")
         if "\x00" in path:
             raise _bad_url(url, "the path contains a NUL character")
+        if "?" in path:  # e.g. ?mode=ro: it would not be applied, only end up in the file name
+            raise _bad_url(url, "query parameters ('?...') are not supported")
         return SQLiteSTMStore(path)
     if url.startswith("sqlite:"):
         raise _bad_url(url, "sqlite URLs take three slashes before the path")

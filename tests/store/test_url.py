@@ -47,10 +47,15 @@ def test_sqlite_relative_path(tmp_path, monkeypatch):
         ("memory:", "exactly 'memory://'"),
         ("memory://x", "exactly 'memory://'"),
         ("sqlite:///a\x00b", "NUL"),
+        ("sqlite:///stm.db?mode=ro", "query parameters"),
+        ("sqlite:///stm.db ", "whitespace"),
+        (" memory://", "whitespace"),
+        ("memory://\n", "whitespace"),
         (None, "must be a str"),
     ],
 )
-def test_bad_urls_list_the_accepted_forms(url, why):
+def test_bad_urls_list_the_accepted_forms(url, why, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative sqlite path that slipped through lands here, not in the repo
     with pytest.raises(ConfigError) as info:
         open_store(url)
     message = str(info.value)
@@ -63,3 +68,11 @@ def test_huge_url_is_not_echoed():
     with pytest.raises(ConfigError) as info:
         open_store("x" * 100_000)
     assert len(str(info.value)) < 400
+
+
+def test_a_rejected_sqlite_url_creates_no_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for url in ("sqlite:///stm.db?mode=ro", "sqlite:///stm.db\t"):
+        with pytest.raises(ConfigError):
+            open_store(url)
+    assert list(tmp_path.iterdir()) == []
