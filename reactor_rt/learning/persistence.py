@@ -9,6 +9,7 @@ so a crash mid-save leaves the previous file whole.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
@@ -57,6 +58,10 @@ def _fsync_directory(directory: Path) -> None:
         return
     try:
         os.fsync(fd)
+    except OSError as exc:
+        # some file systems (network, FUSE) refuse fsync on a directory: that must not fail every save
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
     finally:
         os.close(fd)
 

@@ -203,3 +203,23 @@ def test_a_saved_file_is_durable_its_directory_is_synced_after_the_rename(tmp_pa
     # the file's data, then (once the file has its final name) the directory entry of the rename
     assert synced[0][0] is False
     assert (True, tmp_path.stat().st_ino, True) in synced
+
+
+def test_a_file_system_that_refuses_fsync_on_a_directory_still_saves(tmp_path, monkeypatch):
+    import errno
+    import os
+    import stat
+
+    from reactor_rt.learning import persistence
+
+    real_fsync = os.fsync
+
+    def no_directory_fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real_fsync(fd)
+
+    monkeypatch.setattr(persistence.os, "fsync", no_directory_fsync)
+    persistence.write_tensors(tmp_path / "f.safetensors", {"x": torch.ones(2)}, {})
+    tensors, _ = persistence.read_tensors(tmp_path / "f.safetensors")
+    assert torch.equal(tensors["x"], torch.ones(2))
