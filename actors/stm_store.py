@@ -174,9 +174,15 @@ class STMStoreActorImpl(LinkHost):
         return self._handle(memory_id)
 
     async def handle_at(self, memory_id: str, version: int) -> STMHandle | None:
-        """A recent version of the memory, or None when it is no longer kept."""
+        """A recent version of the memory, or None when it is no longer kept.
+
+        The latest version is always kept: it is in the store even when this actor has not handed it
+        out since it (re)started."""
         handle = self._handles.get(memory_id, {}).get(version)
-        if handle is not None and handle.stm is None:
+        if handle is None:
+            # after a restart the handles are gone, but the version a caller last saw is often the latest
+            return self._handle(memory_id) if self.registry.load(memory_id)[0] == version else None
+        if handle.stm is None:
             handle = self._put(memory_id, version)
         return handle
 
