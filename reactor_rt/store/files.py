@@ -32,12 +32,25 @@ def _check_metadata(metadata: object) -> dict[str, str]:
     return dict(metadata)
 
 
+def _fsync_directory(directory: Path) -> None:
+    # the rename is durable only once the directory entry is on disk: without this, a power loss
+    # right after save_stm_file returned can bring back the old file, or no file at all
+    if os.name != "posix":  # directories cannot be opened for fsync elsewhere
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_stm_file(
     path: str | os.PathLike[str], stm: torch.Tensor, metadata: dict[str, str] | None = None
 ) -> None:
     """Write ``stm`` (any dtype/shape; saved from the CPU) and ``metadata`` to ``path``, atomically.
 
-    The file is written next to ``path`` and renamed over it, so a crash never leaves half a file.
+    The file is written next to ``path`` and renamed over it, so a crash never leaves half a file;
+    the file and the rename are on disk when this returns.
     """
     if not isinstance(stm, torch.Tensor):
         raise TypeError(f"stm must be a torch.Tensor, not {type(stm).__name__}")
@@ -57,6 +70,7 @@ def save_stm_file(
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
+        _fsync_directory(target.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

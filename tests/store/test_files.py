@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -85,3 +88,17 @@ def test_a_pickle_file_is_refused_without_unpickling(tmp_path):
     torch.save({"stm": torch.zeros(2)}, path)
     with pytest.raises(StoreError):
         load_stm_file(path)
+
+
+def test_the_file_and_the_rename_are_synced_before_save_returns(tmp_path, monkeypatch):
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    save_stm_file(tmp_path / "m.safetensors", torch.zeros(3))
+    # the data first, then the directory entry that the rename changed
+    assert synced == ["file", "dir"]
