@@ -95,6 +95,8 @@ class SQLiteSTMStore(STMStore):
         super().__init__()
         self._history_size = check_history_size(history_size)
         self._path = os.fspath(path)
+        if not self._path:  # SQLite would open a private temporary database: nothing would persist
+            raise ValueError("the STM database path must not be empty (':memory:' for a throwaway database)")
         self._lock = threading.Lock()
         try:
             if self._path != ":memory:":

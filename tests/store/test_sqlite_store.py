@@ -221,3 +221,9 @@ def test_an_empty_file_is_a_new_database(db):
         store.save("m", stm(0), expected_version=0)
     with SQLiteSTMStore(db) as store:
         assert store.load("m").version == 1
+
+
+def test_an_empty_path_is_refused_not_a_silent_temporary_database():
+    # sqlite3.connect("") opens a private temporary database: every save would vanish on close
+    with pytest.raises(ValueError, match="must not be empty"):
+        SQLiteSTMStore("")
