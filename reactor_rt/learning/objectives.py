@@ -61,10 +61,11 @@ def answer_batch(model: ReactiveTransformer, example: LearningExample) -> Answer
 def _own_answer_ids(model: ReactiveTransformer, text: str, logged: Sequence[int] | None) -> list[int]:
     tok = model.tokenizer
     ids = [int(i) for i in logged] if logged is not None else tok.encode(text)
-    # a logged answer may end with [EOS] and padding; the caller appends [EOS] once, if it was generated
-    for stop in (tok.eos_id, tok.pad_id):
-        if stop in ids:
-            ids = ids[: ids.index(stop)]
+    # a logged answer may end with [EOS] and padding (generate() pads a row only after its [EOS]); the
+    # caller appends [EOS] once, if it was generated. Only [EOS] ends it: cutting at a [PAD] the model
+    # generated mid-answer scored a prefix (followed by an [EOS]) that the model never produced
+    if tok.eos_id in ids:
+        ids = ids[: ids.index(tok.eos_id)]
     return ids
 
 

@@ -276,3 +276,13 @@ def test_a_model_frozen_for_inference_still_learns_its_parameter_set_only(kit, m
     assert learner.apply(_correction(kit, stm)).accepted
     moved = kit.changed(model, before)
     assert moved and moved <= set(learner.parameter_names())
+
+
+def test_a_pad_token_the_model_generated_mid_answer_does_not_cut_the_answer(kit, model, stm):
+    from reactor_rt.learning.objectives import answer_batch
+    from reactor_rt.template import build_prompt
+
+    tok = model.tokenizer
+    ids = [*tok.encode("Hi"), tok.pad_id, *tok.encode("yo")]  # nothing stops sampling [PAD]
+    batch = answer_batch(model, LearningExample(kit.QUERY, "ignored", stm, reward=1.0, answer_ids=ids))
+    assert batch.ids[0].tolist() == [*build_prompt(tok, kit.QUERY), *ids, tok.eos_id]
