@@ -44,6 +44,8 @@ def open_store(url: str) -> STMStore:
             raise _bad_url(url, "no database path after 'sqlite:///'")
         if "\x00" in path:
             raise _bad_url(url, "the path contains a NUL character")
+        if path == ":memory:":  # not durable, yet the runtime would keep an event log beside it on disk
+            raise _bad_url(url, "an in-memory SQLite database is not durable; use 'memory://' for a throwaway store")
         if "?" in path:  # e.g. ?mode=ro: it would not be applied, only end up in the file name
             raise _bad_url(url, "query parameters ('?...') are not supported")
         return SQLiteSTMStore(path)

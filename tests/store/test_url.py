@@ -48,6 +48,7 @@ def test_sqlite_relative_path(tmp_path, monkeypatch):
         ("memory://x", "exactly 'memory://'"),
         ("sqlite:///a\x00b", "NUL"),
         ("sqlite:///stm.db?mode=ro", "query parameters"),
+        ("sqlite:///:memory:", "use 'memory://'"),
         ("sqlite:///stm.db ", "whitespace"),
         (" memory://", "whitespace"),
         ("memory://\n", "whitespace"),
