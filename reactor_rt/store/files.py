@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import struct
 import tempfile
 from pathlib import Path
@@ -87,11 +88,14 @@ def _header_metadata(blob: bytes) -> dict[str, str]:
 def load_stm_file(path: str | os.PathLike[str]) -> tuple[torch.Tensor, dict[str, str]]:
     """Read a file written by `save_stm_file`: ``(stm, metadata)``, the tensor on the CPU.
 
-    A missing, unreadable or malformed file, or one that does not hold exactly one ``"stm"`` tensor,
-    raises `StoreError` naming the path.
+    A missing, unreadable or malformed file, one that is not a regular file (a FIFO, a device), or one
+    that does not hold exactly one ``"stm"`` tensor, raises `StoreError` naming the path.
     """
     name = os.fspath(path)
     try:
+        # a FIFO would block the read until some writer comes, a device (/dev/zero) never ends
+        if not stat.S_ISREG(os.stat(name).st_mode):
+            raise StoreError(f"cannot read STM file {name!r}: it is not a regular file")
         blob = Path(name).read_bytes()
     except OSError as exc:
         raise StoreError(f"cannot read STM file {name!r}: {exc}") from exc

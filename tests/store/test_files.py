@@ -102,3 +102,14 @@ def test_the_file_and_the_rename_are_synced_before_save_returns(tmp_path, monkey
     save_stm_file(tmp_path / "m.safetensors", torch.zeros(3))
     # the data first, then the directory entry that the rename changed
     assert synced == ["file", "dir"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_fifo_or_a_directory_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "stm.safetensors"
+    os.mkfifo(fifo)
+    # reading a FIFO that no one writes to used to block forever
+    with pytest.raises(StoreError, match="not a regular file"):
+        load_stm_file(fifo)
+    with pytest.raises(StoreError, match="not a regular file"):
+        load_stm_file(tmp_path)
