@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -103,6 +104,10 @@ class SQLiteSTMStore(STMStore):
                 Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a parent that is a file, a read-only place, a name too long
             raise StoreError(f"cannot create the directory of STM database {self._path!r}: {exc}") from exc
+        with contextlib.suppress(OSError):  # a missing file is created below; other errors show there
+            # SQLite would fail on a FIFO or device with "disk I/O error", after creating a journal beside it
+            if self._path != ":memory:" and not stat.S_ISREG(os.stat(self._path).st_mode):
+                raise StoreError(f"cannot open STM database {self._path!r}: it is not a regular file")
         try:
             # autocommit mode (isolation_level=None): transactions are opened explicitly below
             self._conn = sqlite3.connect(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
 import pytest
@@ -227,3 +228,15 @@ def test_an_empty_path_is_refused_not_a_silent_temporary_database():
     # sqlite3.connect("") opens a private temporary database: every save would vanish on close
     with pytest.raises(ValueError, match="must not be empty"):
         SQLiteSTMStore("")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_path_that_is_not_a_regular_file_is_refused_before_sqlite_touches_it(tmp_path):
+    fifo = tmp_path / "stm.db"
+    os.mkfifo(fifo)
+    # SQLite said "disk I/O error" here, and left a stm.db-journal beside the pipe
+    with pytest.raises(StoreError, match=r"stm\.db.*not a regular file"):
+        SQLiteSTMStore(fifo)
+    with pytest.raises(StoreError, match="not a regular file"):
+        SQLiteSTMStore(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["stm.db"]
