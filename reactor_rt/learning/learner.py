@@ -30,7 +30,14 @@ from torch import Tensor
 
 from reactor_rt.errors import CheckpointError
 from reactor_rt.learning.example import LearningExample, LearningResult
-from reactor_rt.learning.objectives import AnswerBatch, RunningBaseline, answer_batch, answer_nll, read_stm
+from reactor_rt.learning.objectives import (
+    AnswerBatch,
+    RunningBaseline,
+    answer_batch,
+    answer_nll,
+    read_stm,
+    source_ids,
+)
 from reactor_rt.learning.params import ParamSet, select_parameters
 from reactor_rt.learning.persistence import (
     STATE_FILE,
@@ -208,6 +215,15 @@ class LiveLearner:
             return self._reject(
                 "too_long",
                 f"{batch.length} tokens exceed max_seq_len {self.model.config.max_seq_len}",
+                example,
+            )
+        source = source_ids(self.model, example) if self._through_memory else None  # (1, T) or None
+        if source is not None and source.shape[1] > self.model.config.max_seq_len:
+            # the encoder refused it only at the first step, after the rate limit's token was spent
+            return self._reject(
+                "too_long",
+                f"the interaction that wrote the STM has {source.shape[1]} tokens, over max_seq_len "
+                f"{self.model.config.max_seq_len}",
                 example,
             )
         if not bool(batch.target.any()):

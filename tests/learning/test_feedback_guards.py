@@ -114,3 +114,14 @@ def test_a_damaged_history_file_is_rewritten_by_the_next_save_instead_of_failing
     learner.save(tmp_path)  # raised CheckpointError: every later update would have been undone
     fresh = LiveLearner(kit.make_model(), max_updates_per_minute=None)
     assert fresh.load(tmp_path) == 3 and fresh.kept_versions == [0, 1, 2, 3]
+
+
+def test_a_too_long_source_interaction_is_too_long_and_spends_no_token(kit, model, stm, clock):
+    from reactor_rt.learning import MemorySource
+
+    learner = LiveLearner(model, params="memory", max_updates_per_minute=6, burst=1, clock=clock)
+    long_source = MemorySource(stm_before=stm, query="Hi.", answer="y" * (model.config.max_seq_len + 10))
+    result = learner.apply(LearningExample(kit.QUERY, "?", stm, correction="Paris.", source=long_source))
+    assert not result.accepted and result.reason == "too_long"  # was a ValueError from the encoder
+    source = MemorySource(stm_before=stm, query="My name is Alice.", answer="Hello Alice.")
+    assert learner.apply(LearningExample(kit.QUERY, "?", stm, correction="Paris.", source=source)).accepted
