@@ -133,7 +133,6 @@ class SQLiteSTMStore(STMStore):
 
     def _init_schema(self) -> None:
         try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open STM database {self._path!r}: {exc}") from exc
@@ -150,6 +149,11 @@ class SQLiteSTMStore(STMStore):
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        # only once the file is known to be ours: WAL mode is recorded in the file, a refused one keeps its own
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open STM database {self._path!r}: {exc}") from exc
 
     def _check_foreign(self, conn: sqlite3.Connection, schema_version: int) -> None:
         """Refuse a database this store did not create: another application's file, or our tables altered.

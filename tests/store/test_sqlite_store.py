@@ -194,6 +194,7 @@ def test_a_foreign_database_is_refused_at_open_and_left_untouched(db, statements
         SQLiteSTMStore(db)
     assert raw(db, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == before
     assert raw(db, "PRAGMA user_version")[0][0] == 0
+    assert raw(db, "PRAGMA journal_mode")[0][0] == "delete"  # not switched to WAL behind its owner's back
 
 
 def test_a_database_whose_tables_were_altered_is_refused_at_open(db):
