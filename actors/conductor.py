@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import structlog
@@ -55,6 +55,9 @@ from reactor_rt.template import build_prompt
 from reactor_rt.tokenizer import IncrementalDecoder
 
 __all__ = ["Conductor", "ConductorActor", "ConductorActorImpl", "ConductorConfig", "StreamInfo"]
+
+if TYPE_CHECKING:
+    from reactor_rt.learning import MemorySource
 
 log = structlog.get_logger()
 
@@ -121,7 +124,7 @@ class _Job:
     thought: _ThoughtStep | None = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Served:
     """What one interaction served: enough to rebuild a live-learning example from feedback on it."""
 
@@ -132,6 +135,7 @@ class _Served:
     answer_ids: list[int]
     stream_id: str  # feedback on it must come on this stream's subject
     ended: bool = True  # the model ended the answer with [EOS] (not cut short at its token limit)
+    wrote: int | None = None  # the STM version its memory update wrote (None until it is written)
 
 
 @dataclass
@@ -166,6 +170,7 @@ class Conductor:
         self._streams: dict[str, _Stream] = {}
         self._lanes: dict[str, _Lane] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen_feedback: OrderedDict[str, None] = OrderedDict()  # feedback event ids, to ignore a redelivery
         self._pump_task: asyncio.Task[None] | None = None
         self._subscription: Any = None
         self._pumped: dict[str, int] = {}  # subject -> seq of the last query taken from the bus
@@ -605,14 +610,21 @@ class Conductor:
             feedback = await self._feedback.get()
             try:
                 await self.on_feedback(feedback)
-            except Exception:  # the learner loop must outlive any one feedback
+            except Exception as exc:  # the learner loop must outlive any one feedback; its sender hears why
                 log.exception("conductor.feedback_failed", target=feedback.data.target)
+                await self._error(feedback.subject, feedback.interaction or feedback.id, exc)
 
     async def on_feedback(self, feedback: LearningFeedback) -> None:
         """Rebuild the example from the served interaction, update, swap the weights between
         interactions, announce ``rx.learning.applied`` (or ``rx.error`` when the update is rejected)."""
         from reactor_rt.learning import LearningExample
 
+        if feedback.id in self._seen_feedback:  # redelivered (a client's retry): applied once
+            log.info("conductor.duplicate_feedback", feedback=feedback.id)
+            return
+        self._seen_feedback[feedback.id] = None
+        if len(self._seen_feedback) > self.config.remember_interactions:
+            self._seen_feedback.popitem(last=False)
         subject, tag = feedback.subject, feedback.interaction or feedback.id
         target = feedback.data.target
         served = self._recent.get(target)
@@ -629,7 +641,7 @@ class Conductor:
         try:
             example = LearningExample(query=served.query, answer=served.answer, stm=stm, reward=feedback.data.reward,
                                       correction=feedback.data.correction, answer_ids=served.answer_ids, target=target,
-                                      answer_ended=served.ended)
+                                      answer_ended=served.ended, source=await self._memory_source(served))
             result = await self.engine.learn(example)
         except (ValueError, ReactorError) as exc:
             await self._error(subject, tag, exc, code="learning_rejected")
@@ -644,6 +656,18 @@ class Conductor:
             data={"weights_version": result.weights_version, "loss_before": result.loss_before,
                   "loss_after": result.loss_after, "target": target},
         ))
+
+    async def _memory_source(self, served: _Served) -> MemorySource | None:
+        """The interaction that wrote the STM ``served`` read, and the STM before it (what training the
+        memory attention needs), while both are still kept; else None."""
+        from reactor_rt.learning import MemorySource
+
+        writer = next((w for w in reversed(self._recent.values())
+                       if w.memory_id == served.memory_id and w.wrote == served.stm_version), None)
+        if writer is None:  # version 0, an imported or forked STM, or an interaction no longer kept
+            return None
+        before = await self.engine.stm_at(served.memory_id, writer.stm_version)
+        return None if before is None else MemorySource(before, writer.query, writer.answer)
 
     # -- queries ----------------------------------------------------------------------------------
 
@@ -790,9 +814,9 @@ class Conductor:
                   "first_token_ms": first_token_ms, "generate_ms": (time.perf_counter() - started) * 1000,
                   "weights_version": self._weights_version},
         )
-        self._remember(interaction, _Served(lane.memory_id, handle.version, job.text, "".join(parts),
-                                            [t for t in answer_ids if t != eos], stream_id=subject,
-                                            ended=finished == "eos"))
+        served = _Served(lane.memory_id, handle.version, job.text, "".join(parts),
+                         [t for t in answer_ids if t != eos], stream_id=subject, ended=finished == "eos")
+        self._remember(interaction, served)
         # the encoder sees a closed interaction, as in training: [BOS][Q] query [A] answer [EOS]
         full = job.prompt + answer_ids + ([eos] if finished != "eos" and eos >= 0 else [])
         # logged before the update runs (write-ahead): a crash before the new version is stored is
@@ -804,6 +828,7 @@ class Conductor:
         await asyncio.sleep(0)  # let the bus hand the answer to its subscribers before the update's calls
         update_started = time.perf_counter()
         lane.handle = await self.engine.update(handle, full, interaction)
+        served.wrote = lane.handle.version
         await self._publish(MemoryUpdated(
             subject=subject, source=self.config.source, interaction=interaction,
             data={"memory": lane.memory_id, "version": lane.handle.version,
