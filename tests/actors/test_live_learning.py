@@ -6,6 +6,7 @@ import copy
 
 import anyio
 import pytest
+import torch
 
 from reactor_rt.actors.learner import LearnerCore
 from reactor_rt.events import Event, LearningFeedback, Query
@@ -106,3 +107,18 @@ async def test_an_empty_correction_is_rejected_and_nothing_is_learned(make_condu
         assert err.type == "rx.error" and err.data.code == "learning_rejected"
         assert "correction must not be empty" in err.data.message
         assert conductor.weights_version == 0
+
+
+@pytest.mark.parametrize("params", ["memory", "all"])
+async def test_memory_attention_learns_through_the_conductor(make_conductor, model, params):
+    """With params "memory"/"all" the update reaches the memory-attention weights through the update
+    that wrote the STM the answer read (the second answer's: the first one read the empty STM)."""
+    learner = LearnerCore(copy.deepcopy(model), params=params)
+    before = {k: v.clone() for k, v in learner.learner.model.named_parameters() if k.startswith("memory_attention")}
+    async with make_conductor(model=copy.deepcopy(model), learner=learner) as conductor:
+        await ask(conductor, "m", "My name is Ada.")
+        second = done(await ask(conductor, "m", "What is my name?"))
+        applied = await feedback(conductor, "m", second.interaction, correction="Your name is Ada.")
+    assert applied.type == "rx.learning.applied", applied
+    after = dict(learner.learner.model.named_parameters())
+    assert before and any(not torch.equal(before[k], after[k]) for k in before)
