@@ -159,10 +159,18 @@ class LocalEngine:
         if self.learner is None:
             return self.weights_version
         version, state = self.learner.weights_since(self.weights_version)
-        if state is not None:
+        if state is not None and version < self.weights_version:  # the learner lost its state (RayEngine)
+            self.learner.adopt(self.weights_version, self._serving_state())
+        elif state is not None:
             await self.decoder.set_weights(state)  # encoder and updater share this model object
             self.weights_version = version
         return self.weights_version
+
+    def _serving_state(self) -> dict[str, torch.Tensor]:
+        """The serving model's values of the parameters the learner changes."""
+        assert self.learner is not None
+        params = dict(self.model.named_parameters())
+        return {name: params[name].detach().clone() for name in self.learner.learner.parameter_names()}
 
     async def close(self) -> None:
         """Stop the decoder's step thread (everything else runs on the caller's loop)."""
@@ -230,6 +238,7 @@ class RayEngine:
         # and the STM store: handles committed over it come without the STM reference (see `_full`)
         self._stm_link = LinkResolver(lambda: actors.stm.link_address.remote(), enabled=local_link)
         self._updates: UpdateBatcher[_Update, STMHandle] = UpdateBatcher(self._update_batch)
+        self._serving_state: dict[str, torch.Tensor] | None = None  # the learned weights last pushed
         self._background = Background()
         # one chunk stream for every answer (over a local link when the decoder runs on this node)
         self._decoder = DecoderChannelClient(actors.decoder, local_link=local_link, resolve=self._full)
@@ -492,9 +501,17 @@ class RayEngine:
         if self.actors.learner is None:
             return self.weights_version
         version, state = await self.actors.learner.weights_since.remote(self.weights_version)
-        if state is not None:
+        if state is not None and version < self.weights_version and self._serving_state is not None:
+            # the learner restarted with nothing saved (no weights directory): its weights are older
+            # than the ones serving. Pushing them would move serving back and lose what was learned;
+            # it takes the serving ones instead, and learns on from them
+            log.warning("engine.learner_behind", learner=version, serving=self.weights_version)
+            await self._once("restoring the learner", self.actors.learner.adopt.remote(
+                self.weights_version, self._serving_state))
+        elif state is not None:
             await push_weights(self.actors, version, state)
             self.weights_version = version
+            self._serving_state = state
         return self.weights_version
 
 

@@ -66,6 +66,13 @@ class LearnerCore:
             return version, None
         return self.learner.weights()
 
+    def adopt(self, version: int, state: dict[str, torch.Tensor]) -> None:
+        """`LiveLearner.adopt`, saved (put back when saving fails)."""
+        with self.learner.locked():
+            before = self.learner.snapshot() if self.save_dir is not None else None
+            self.learner.adopt(version, state)
+            self._persist(before)
+
     def rollback(self, version: int) -> int:
         """Return to a kept earlier version's weights as a new version (saved); ValueError if not kept."""
         with self.learner.locked():
@@ -112,6 +119,9 @@ class LearnerActorImpl:
 
     def rollback(self, version: int) -> int:
         return self.core.rollback(version)
+
+    def adopt(self, version: int, state: dict[str, torch.Tensor]) -> None:
+        self.core.adopt(version, state)
 
     def ping(self) -> bool:
         return True

@@ -409,6 +409,31 @@ class LiveLearner:
             log.info("learning.rollback", to=version, version=self._version)
             return self._version
 
+    def adopt(self, version: int, state: dict[str, Tensor]) -> None:
+        """Take ``state`` (the parameters `weights` names) as the weights of ``version``: for a learner
+        that came back behind the weights being served (it restarted with nothing saved), so that
+        versions never go backwards and what was learned is kept. The optimizer starts afresh; only this
+        version is kept. ValueError (nothing changed) for a version not ahead of this learner's, or a
+        state that is not those parameters: the same names and shapes, finite values."""
+        with self._lock:
+            if version <= self._version:
+                raise ValueError(f"version {version} is not ahead of this learner's ({self._version})")
+            if set(state) != set(self._params):
+                raise ValueError("the state does not hold exactly this learner's parameters")
+            for name, p in self._params.items():
+                value = state[name]
+                if value.shape != p.shape or not bool(torch.isfinite(value).all()):
+                    raise ValueError(f"parameter {name!r}: shape {tuple(value.shape)}, expected {tuple(p.shape)}, "
+                                     "finite values")
+            with torch.no_grad():
+                for name, p in self._params.items():
+                    p.copy_(state[name])
+            self.optimizer.state.clear()
+            self._version = version
+            self._history.clear()
+            self._remember()
+            log.warning("learning.adopted", version=version)
+
     # ---------------------------------------------------------------- persistence
     def save(self, directory: str | Path) -> Path:
         """Persist weights, version, optimizer state, baseline and the kept versions (safetensors).

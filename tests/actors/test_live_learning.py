@@ -122,3 +122,21 @@ async def test_memory_attention_learns_through_the_conductor(make_conductor, mod
     assert applied.type == "rx.learning.applied", applied
     after = dict(learner.learner.model.named_parameters())
     assert before and any(not torch.equal(before[k], after[k]) for k in before)
+
+
+async def test_a_learner_back_with_nothing_saved_takes_the_serving_weights(make_conductor, model):
+    """A learner restarted without a weights directory comes back at version 0 with the checkpoint's
+    weights: serving must not move back to them (what was learned silently lost, versions going
+    backwards); the learner takes the serving weights and version, and learns on from there."""
+    async with make_conductor(model=copy.deepcopy(model), learner=LearnerCore(copy.deepcopy(model))) as conductor:
+        served = done(await ask(conductor, "r", "What is the capital of France?"))
+        for update in (1, 2):
+            applied = await feedback(conductor, "r", served.interaction, correction="Paris.")
+            assert applied.data.weights_version == update
+        learned = {k: v.clone() for k, v in conductor.engine.model.named_parameters()}
+        conductor.engine.learner = LearnerCore(copy.deepcopy(model))  # "restarted", nothing saved
+        assert await conductor.sync_weights() == 2
+        assert all(torch.equal(learned[k], v) for k, v in conductor.engine.model.named_parameters())
+        assert conductor.engine.learner.weights_version == 2
+        applied = await feedback(conductor, "r", served.interaction, correction="Paris.")
+        assert applied.data.weights_version == 3

@@ -223,3 +223,23 @@ def test_a_file_system_that_refuses_fsync_on_a_directory_still_saves(tmp_path, m
     persistence.write_tensors(tmp_path / "f.safetensors", {"x": torch.ones(2)}, {})
     tensors, _ = persistence.read_tensors(tmp_path / "f.safetensors")
     assert torch.equal(tensors["x"], torch.ones(2))
+
+
+def test_adopt_takes_newer_serving_weights_and_refuses_anything_else(kit, model, stm):
+    """A learner that came back empty takes the weights still serving as their version (never older)."""
+    trained = _learner(model)
+    for example in _examples(kit, stm)[:2]:
+        assert trained.apply(example).accepted
+    version, state = trained.weights()
+    fresh = _learner(kit.make_model())
+    untouched = fresh.weights()[1]
+    for bad_version, bad_state in ((0, state), (version, {**state, "extra": state[next(iter(state))]}),
+                                   (version, {k: v.new_full(v.shape, float("nan")) for k, v in state.items()})):
+        with pytest.raises(ValueError):
+            fresh.adopt(bad_version, bad_state)
+        assert fresh.weights_version == 0
+        assert all(torch.equal(untouched[k], v) for k, v in fresh.weights()[1].items())
+    fresh.adopt(version, state)
+    assert fresh.weights_version == version == 2 and fresh.kept_versions == [2]
+    assert all(torch.equal(state[k], v) for k, v in fresh.weights()[1].items())
+    assert fresh.apply(_examples(kit, stm)[2]).accepted and fresh.weights_version == 3
