@@ -638,6 +638,8 @@ class Conductor:
             await self._error(subject, tag, ReactorError(
                 f"the STM version {served.stm_version} that {target!r} read is no longer kept"), code="stm_gone")
             return
+        if await self.engine.learner_behind():  # it restarted with nothing saved: serving weights first
+            await self.sync_weights()
         try:
             example = LearningExample(query=served.query, answer=served.answer, stm=stm, reward=feedback.data.reward,
                                       correction=feedback.data.correction, answer_ids=served.answer_ids, target=target,

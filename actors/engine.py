@@ -79,6 +79,11 @@ class InteractionEngine(Protocol):
         """One live-learning update on the learner (which keeps its own copy of the model)."""
         ...
 
+    async def learner_behind(self) -> bool:
+        """Whether the learner is at an older weights version than the one serving (it restarted with
+        nothing saved): `swap_weights` then gives it the serving weights, before it learns on."""
+        ...
+
     async def swap_weights(self) -> int:
         """Load the learner's newest weights into every serving model; returns their version.
 
@@ -154,6 +159,9 @@ class LocalEngine:
         if self.learner is None:
             raise ReactorError("live learning is off in this runtime")
         return self.learner.apply(example)
+
+    async def learner_behind(self) -> bool:
+        return self.learner is not None and self.learner.weights_version < self.weights_version
 
     async def swap_weights(self) -> int:
         if self.learner is None:
@@ -496,6 +504,12 @@ class RayEngine:
         if self.actors.learner is None:
             raise ReactorError("live learning is off in this runtime")
         return await self._once("live learning", self.actors.learner.apply.remote(example))
+
+    async def learner_behind(self) -> bool:
+        if self.actors.learner is None or self._serving_state is None:
+            return False
+        version = await self._once("reading the learner's version", self.actors.learner.weights_version.remote())
+        return version < self.weights_version
 
     async def swap_weights(self) -> int:
         if self.actors.learner is None:

@@ -30,6 +30,7 @@ class Call:
 class Learner:
     def __init__(self, version: int, state: dict[str, torch.Tensor]) -> None:
         self.weights_since = Call(lambda since: (version, None if since == version else state))
+        self.weights_version = Call(version)
         self.adopt = Call()
 
 
@@ -52,6 +53,7 @@ async def test_a_learner_behind_the_serving_weights_takes_them(pushed):
     learner = Learner(0, {"w": torch.zeros(2)})  # back at version 0, the checkpoint's weights
     engine = RayEngine(ActorSet(decoder=None, encoder=None, memory=None, stm=None, learner=learner))
     engine.weights_version, engine._serving_state = 5, serving  # what the last swap pushed
+    assert await engine.learner_behind()
     assert await engine.swap_weights() == 5  # serving stays where it was
     assert learner.adopt.args == [(5, serving)] and pushed == []
 
@@ -60,6 +62,7 @@ async def test_with_nothing_pushed_yet_the_learners_weights_serve(pushed):
     """Right after a conductor restart nothing was pushed by this engine: the learner's weights serve."""
     learner = Learner(3, {"w": torch.ones(2)})
     eng = RayEngine(ActorSet(decoder=None, encoder=None, memory=None, stm=None, learner=learner))
+    assert not await eng.learner_behind()
     assert await eng.swap_weights() == 3
     assert [v for v, _ in pushed] == [3] and learner.adopt.args == []
     assert eng._serving_state is pushed[0][1]

@@ -135,8 +135,15 @@ async def test_a_learner_back_with_nothing_saved_takes_the_serving_weights(make_
             assert applied.data.weights_version == update
         learned = {k: v.clone() for k, v in conductor.engine.model.named_parameters()}
         conductor.engine.learner = LearnerCore(copy.deepcopy(model))  # "restarted", nothing saved
-        assert await conductor.sync_weights() == 2
-        assert all(torch.equal(learned[k], v) for k, v in conductor.engine.model.named_parameters())
-        assert conductor.engine.learner.weights_version == 2
+        # the next feedback: the learner takes the serving weights first, then learns on from them
         applied = await feedback(conductor, "r", served.interaction, correction="Paris.")
-        assert applied.data.weights_version == 3
+        assert applied.data.weights_version == 3 == conductor.engine.learner.weights_version
+        assert conductor.weights_version == 3
+        # update 3 started from the weights learned before the "restart" (version 2, kept)
+        learner = conductor.engine.learner.learner
+        assert learner.kept_versions == [2, 3]
+        learner.rollback(2)
+        assert all(torch.equal(learned[k], v) for k, v in learner.weights()[1].items())
+        # and a learner back with nothing saved is not moved back at a plain swap either
+        conductor.engine.learner = LearnerCore(copy.deepcopy(model))
+        assert await conductor.sync_weights() == 3 == conductor.engine.learner.weights_version
