@@ -249,34 +249,3 @@ def conductor_stm(conductor: Conductor) -> torch.Tensor:
     cfg = conductor.model_config
     return torch.zeros(cfg.layers, cfg.stm_slots, cfg.dim)
 
-
-async def test_feedback_on_an_answer_cut_short_tells_the_learner_it_did_not_end(make_conductor, interact):
-    """An answer stopped at its token limit never chose [EOS]: the learner must be told, or a reward
-    reinforces an [EOS] the model never generated (teaching it to stop at the client's limit)."""
-    from reactor_rt.events import LearningFeedback
-    from reactor_rt.learning import LearningResult
-
-    class RecordingLearner:
-        def __init__(self) -> None:
-            self.examples = []
-
-        def apply(self, example):
-            self.examples.append(example)
-            return LearningResult(weights_version=0, loss_before=float("nan"), loss_after=float("nan"),
-                                  accepted=False, reason="no_signal", detail="recorded")
-
-        def weights_since(self, version):
-            return version, None
-
-    learner = RecordingLearner()
-    async with make_conductor(learner=learner, max_new_tokens=4) as conductor:  # answers run to 4 tokens
-        events = await interact(conductor, "f", "hello")
-        done = next(e for e in events if e.type == "rx.response.done")
-        assert done.data.finish_reason == "length"
-        sub = await conductor.bus.subscribe(subject="f", types={"rx.error"})
-        async with sub:
-            await conductor.bus.publish(LearningFeedback(subject="f", source="t",
-                                                         data={"target": done.interaction, "reward": 1.0}))
-            with anyio.fail_after(30):
-                await sub.__anext__()  # the recorded update is "rejected"
-    assert [e.answer_ended for e in learner.examples] == [False]

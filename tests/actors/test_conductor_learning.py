@@ -16,6 +16,8 @@ pytestmark = pytest.mark.anyio
 class RecordingLearner:
     """Takes every example, "rejects" it (so no weights move), or raises ``fail`` when set."""
 
+    weights_version = 0
+
     def __init__(self, fail: BaseException | None = None) -> None:
         self.examples: list = []
         self.fail = fail
@@ -78,3 +80,15 @@ async def test_a_learner_that_fails_answers_the_feedback_with_an_error(make_cond
         done = next(e for e in events if e.type == "rx.response.done")
         end = await feedback(conductor, "e", done.interaction)
     assert end.type == "rx.error" and "out of memory" in end.data.message
+
+
+async def test_feedback_on_an_answer_cut_short_tells_the_learner_it_did_not_end(make_conductor, interact):
+    """An answer stopped at its token limit never chose [EOS]: the learner must be told, or a reward
+    reinforces an [EOS] the model never generated (teaching it to stop at the client's limit)."""
+    learner = RecordingLearner()
+    async with make_conductor(learner=learner, max_new_tokens=4) as conductor:  # answers run to 4 tokens
+        events = await interact(conductor, "f", "hello")
+        done = next(e for e in events if e.type == "rx.response.done")
+        assert done.data.finish_reason == "length"
+        await feedback(conductor, "f", done.interaction)
+    assert [e.answer_ended for e in learner.examples] == [False]
