@@ -69,6 +69,22 @@ def default_store() -> str:
     return f"sqlite:///{home / 'stm.db'}"
 
 
+def _absolute_store(store: str) -> str:
+    """``store`` with a SQLite path made absolute (``~`` expanded), so that every process opens the same
+    file whatever its working directory; other URLs as they are."""
+    if store.startswith("sqlite:///"):
+        path = store[len("sqlite:///"):]
+        if path and path != ":memory:":  # (both refused by open_store, with the reason)
+            return "sqlite:///" + str(Path(path).expanduser().absolute())
+    return store
+
+
+def _absolute_path(path: str | None) -> str | None:
+    if path is None or path == ":memory:":
+        return path
+    return str(Path(path).expanduser().absolute())
+
+
 def weights_path(store: str) -> str | None:
     """Live-learned weights live beside a SQLite STM store (``x.db`` -> ``x.weights/``)."""
     if store.startswith("sqlite:///"):
@@ -344,11 +360,13 @@ class Reactor:
         _check_retention(log_max_age, log_max_rows)
         _check_limits(decoder_capacity=decoder_capacity, decoder_threads=decoder_threads, max_queue=max_queue,
                       max_new_tokens=max_new_tokens)
-        return _Starting(model=model, store=store or default_store(), address=address, namespace=namespace,
-                         decoder_capacity=decoder_capacity, decoder_threads=decoder_threads, max_queue=max_queue,
-                         max_new_tokens=max_new_tokens, event_log=event_log, learning=learning,
-                         weights_dir=weights_dir, local_link=local_link, log_max_age=log_max_age,
-                         log_max_rows=log_max_rows)
+        # the actors open these paths in their own working directories (on a joined cluster: other
+        # machines' processes): relative paths are made absolute here, where the caller meant them
+        return _Starting(model=model, store=_absolute_store(store or default_store()), address=address,
+                         namespace=namespace, decoder_capacity=decoder_capacity, decoder_threads=decoder_threads,
+                         max_queue=max_queue, max_new_tokens=max_new_tokens, event_log=_absolute_path(event_log),
+                         learning=learning, weights_dir=_absolute_path(weights_dir), local_link=local_link,
+                         log_max_age=log_max_age, log_max_rows=log_max_rows)
 
     @classmethod
     async def _launch(cls, *, model: Any, store: str, address: str | None, namespace: str, decoder_capacity: int,

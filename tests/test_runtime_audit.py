@@ -151,3 +151,15 @@ def test_limits_below_one_are_refused_before_anything_starts(limit):
 
     with pytest.raises(ConfigError, match=limit):
         Reactor.start(model="tiny", store="memory://", **{limit: 0})
+
+
+def test_relative_paths_are_made_absolute_before_the_actors_open_them(tmp_path, monkeypatch):
+    """The STM store actor (and on a joined cluster, processes on other machines) opened a relative
+    ``sqlite:///`` path in its own working directory: another file than the caller's."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    options = Reactor.start(store="sqlite:///data/stm.db", event_log="events.db", weights_dir="~/w")._options
+    assert options["store"] == f"sqlite:///{tmp_path}/data/stm.db"
+    assert (options["event_log"], options["weights_dir"]) == (f"{tmp_path}/events.db", f"{tmp_path}/home/w")
+    kept = Reactor.start(store="memory://", event_log=":memory:")._options
+    assert (kept["store"], kept["event_log"], kept["weights_dir"]) == ("memory://", ":memory:", None)
