@@ -158,7 +158,8 @@ class LocalEngine:
     async def learn(self, example: LearningExample) -> LearningResult:
         if self.learner is None:
             raise ReactorError("live learning is off in this runtime")
-        return self.learner.apply(example)
+        # in a thread: an update takes long, and on the loop it held up every stream's chunks and queries
+        return await asyncio.to_thread(self.learner.apply, example)
 
     async def learner_behind(self) -> bool:
         return self.learner is not None and self.learner.weights_version < self.weights_version

@@ -92,3 +92,26 @@ async def test_feedback_on_an_answer_cut_short_tells_the_learner_it_did_not_end(
         assert done.data.finish_reason == "length"
         await feedback(conductor, "f", done.interaction)
     assert [e.answer_ended for e in learner.examples] == [False]
+
+
+async def test_streams_are_served_while_an_update_runs(make_conductor, interact):
+    """The in-process engine ran the learner's update on the event loop: every stream waited for it."""
+    import threading
+
+    release = threading.Event()
+
+    class SlowLearner(RecordingLearner):
+        def apply(self, example):
+            release.wait(30)  # an update that takes long
+            return super().apply(example)
+
+    learner = SlowLearner()
+    async with make_conductor(learner=learner, max_new_tokens=4) as conductor:
+        events = await interact(conductor, "slow", "hello")
+        done = next(e for e in events if e.type == "rx.response.done")
+        await conductor.bus.publish(LearningFeedback(subject="slow", source="t",
+                                                     data={"target": done.interaction, "reward": 1.0}))
+        with anyio.fail_after(20):
+            other = await interact(conductor, "other", "meanwhile")  # while the update runs
+        release.set()
+    assert other[-1].type == "rx.memory.updated"
