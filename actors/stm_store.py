@@ -30,8 +30,10 @@ __all__ = ["STMRegistry", "STMStoreActor", "STMStoreActorImpl"]
 class STMRegistry:
     """Versioned STMs by memory id. A memory never written is version 0: the model's initial STM."""
 
-    # latest versions cached in memory; the least recently used beyond this are read from the store again
+    # latest versions cached in memory; the least recently used beyond these bounds (a count and bytes:
+    # a large model's STM is megabytes) are read from the store again
     MAX_CACHED = 4096
+    MAX_CACHED_BYTES = 512 << 20
 
     def __init__(self, store: STMStore, initial: torch.Tensor) -> None:
         self.store = store
@@ -84,8 +86,14 @@ class STMRegistry:
         return self.commit(dst, 0, stm, None)
 
     def _bound(self) -> None:
-        while len(self._current) > self.MAX_CACHED:  # under the lock; the newest entry is never dropped
+        limit = max(1, min(self.MAX_CACHED, self.MAX_CACHED_BYTES // self.stm_bytes))
+        while len(self._current) > limit:  # under the lock; the newest entry is never dropped
             self._current.popitem(last=False)
+
+    @property
+    def stm_bytes(self) -> int:
+        """The size of one STM of this model (every version has the initial one's shape and dtype)."""
+        return self.initial.numel() * self.initial.element_size()
 
     def forget(self, memory_id: str) -> None:
         """Drop the cached version (the next read goes to the store)."""
@@ -116,9 +124,11 @@ class STMStoreActorImpl(LinkHost):
 
     # recent versions stay reachable: live learning rebuilds an example from the STM its answer read
     HISTORY = 16
-    # each kept version pins one STM in Ray's object store: bound them across all memories (the least
-    # recently used memories lose their old versions first), so memory does not grow with the streams
+    # each kept version pins one STM in Ray's object store: bound them across all memories, by count and
+    # bytes (the least recently used memories lose their old versions first), so memory does not grow
+    # with the streams
     MAX_KEPT = 4096
+    MAX_KEPT_BYTES = 1 << 30
 
     def __init__(self, store_url: str, initial: torch.Tensor) -> None:
         self.registry = STMRegistry(open_store(store_url), initial)
@@ -161,7 +171,8 @@ class STMStoreActorImpl(LinkHost):
         return handle
 
     def _evict(self) -> None:
-        while self._kept > self.MAX_KEPT:
+        limit = max(1, min(self.MAX_KEPT, self.MAX_KEPT_BYTES // self.registry.stm_bytes))
+        while self._kept > limit:
             oldest_memory, history = next(iter(self._handles.items()))
             old, _ = history.popitem(last=False)
             self._unput.pop((oldest_memory, old), None)
