@@ -7,6 +7,7 @@ checkpoint at step s draws exactly the batches an uninterrupted run would have d
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import random
@@ -21,7 +22,7 @@ import structlog
 import torch
 from torch import Tensor, nn
 
-from reactor_rt.errors import TrainingError
+from reactor_rt.errors import CheckpointError, TrainingError
 
 __all__ = [
     "MAX_NONFINITE_STREAK",
@@ -117,9 +118,47 @@ def make_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.op
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
+    """Write ``path`` whole or not at all: a crash leaves the previous checkpoint, never a torn one."""
     tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())  # the bytes on disk before the rename makes them the checkpoint
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable; file systems that cannot fsync a directory are let be."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _load_checkpoint(path: Path, restore: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Read a stage checkpoint and ``restore`` from it; any failure is a `CheckpointError` naming the file.
+
+    A torn or foreign file (a crash on a file system without durable renames, a run of another model)
+    otherwise surfaced as a bare unpickling, EOF or state-dict error from deep inside torch.
+    """
+    try:
+        state = torch.load(path, weights_only=True)  # only tensors and plain containers are stored
+        restore(state)
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(
+            f"cannot resume from {path}: {type(exc).__name__}: {reason}. Delete that file to redo the stage "
+            "from its start, or start the run over (--restart / --no-resume)"
+        ) from exc
+    return state
 
 
 def run_loop(
@@ -173,14 +212,21 @@ def run_loop(
         last = ckpt_dir / "last.pt"
         # the loop's checkpoints hold only tensors and plain containers/numbers/strings
         if done.exists():
-            state = torch.load(done, weights_only=True)
-            load_modules(state["modules"])
+
+            def restore_done(state: dict[str, Any]) -> None:
+                load_modules(state["modules"])
+                state["result"] = StageResult(**state["result"])
+
+            state = _load_checkpoint(done, restore_done)
             log.info("stage already done, loaded", stage=name)
-            return StageResult(**state["result"])
+            return state["result"]
         if last.exists():
-            state = torch.load(last, weights_only=True)
-            load_modules(state["modules"])
-            opt.load_state_dict(state["optimizer"])
+
+            def restore_last(state: dict[str, Any]) -> None:
+                load_modules(state["modules"])
+                opt.load_state_dict(state["optimizer"])
+
+            state = _load_checkpoint(last, restore_last)
             start, losses, stats_log, elapsed = (
                 state["step"],
                 state["losses"],
