@@ -29,6 +29,7 @@ from reactor_rt.events import Event, LearningFeedback, Query
 from reactor_rt.ids import validate_id
 from reactor_rt.inbox import Inbox
 from reactor_rt.model import ReactiveTransformer, RxTConfig
+from reactor_rt.store.lock import StoreLock
 
 __all__ = ["DEFAULT_NAMESPACE", "Budget", "Reactor", "Stream", "Subscription", "Thinking", "default_store",
            "resolve_model"]
@@ -322,8 +323,9 @@ class Reactor:
     """A running reactor-rt: the Ray actors of one namespace, and the bus they talk on."""
 
     def __init__(self, *, namespace: str, bus: Any, actors: dict[str, Any], model_config: RxTConfig,
-                 tokenizer: Any, started_ray: bool) -> None:
+                 tokenizer: Any, started_ray: bool, store_lock: StoreLock | None = None) -> None:
         self.namespace = namespace
+        self._store_lock = store_lock  # released by close()
         self._bus_handle = bus
         self._actors = actors
         self._conductor_handle = actors["conductor"]
@@ -378,7 +380,12 @@ class Reactor:
 
         resolved = resolve_model(model)
         open_store(store).close()  # fail fast on a bad store URL, before starting anything
-        started_ray = _ensure_ray(address)
+        store_lock = StoreLock.acquire(store)  # and on a store another runtime uses
+        try:
+            started_ray = _ensure_ray(address)
+        except BaseException:
+            store_lock.release()
+            raise
         try:
             bus, actors = await launch_actors(
                 resolved, store=store, namespace=namespace, event_log=event_log or event_log_path(store),
@@ -389,13 +396,14 @@ class Reactor:
                 log_max_age=log_max_age, log_max_rows=log_max_rows,
             )
         except BaseException:
+            store_lock.release()
             if started_ray:
                 import ray
 
                 ray.shutdown()
             raise
         return cls(namespace=namespace, bus=bus, actors=actors, model_config=resolved.config,
-                   tokenizer=resolved.tokenizer, started_ray=started_ray)
+                   tokenizer=resolved.tokenizer, started_ray=started_ray, store_lock=store_lock)
 
     async def __aenter__(self) -> Reactor:
         return self
@@ -459,6 +467,8 @@ class Reactor:
         finally:
             if self._started_ray:
                 ray.shutdown()
+            if self._store_lock is not None:
+                self._store_lock.release()
 
     def _query(self, stream_id: str, text: str, **sampling: Any) -> Query:
         if not isinstance(text, str):

@@ -163,3 +163,19 @@ def test_relative_paths_are_made_absolute_before_the_actors_open_them(tmp_path, 
     assert (options["event_log"], options["weights_dir"]) == (f"{tmp_path}/events.db", f"{tmp_path}/home/w")
     kept = Reactor.start(store="memory://", event_log=":memory:")._options
     assert (kept["store"], kept["event_log"], kept["weights_dir"]) == ("memory://", ":memory:", None)
+
+
+async def test_a_store_another_runtime_uses_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    """Two runtimes on one store (two `reactor-rt chat` on the default store) numbered one event log's
+    events twice over; the second is now refused at start, before Ray or an actor starts."""
+    from reactor_rt.errors import StoreError
+    from reactor_rt.store.lock import StoreLock
+
+    url = f"sqlite:///{tmp_path / 'stm.db'}"
+    monkeypatch.setattr("reactor_rt.runtime._ensure_ray", lambda address: pytest.fail("Ray must not start"))
+    held = StoreLock.acquire(url)
+    try:
+        with pytest.raises(StoreError, match="in use"):
+            await Reactor.start(store=url)
+    finally:
+        held.release()
