@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -195,14 +195,33 @@ class TrainSummary:
 RUN_FILE = "run.json"
 
 
+# recipe fields beside the model that a run directory's tokenizer and stage checkpoints depend on
+# (``eval_n`` is left out: the final evaluation is redone on every run and may change freely)
+_SPEC_FIELDS = (
+    "max_len", "tokenizer_sentences", "tokenizer_dialogues", "tokenizer_isolate",
+    "joint_lm", "sft", "memory_pretrain", "memory_aware", "mrl",
+)  # fmt: skip
+
+
 def _run_identity(recipe: Recipe, seed: int) -> dict[str, Any]:
     """What a run directory's checkpoints depend on; JSON round-tripped so it compares with the file."""
     ident = {"recipe": recipe.name, "seed": seed, "vocab_size": recipe.vocab_size, "model": recipe.model}
+    for name in _SPEC_FIELDS:
+        value = getattr(recipe, name)
+        ident[name] = asdict(value) if is_dataclass(value) else value
     return json.loads(json.dumps(ident))
 
 
+def _differences(theirs: Any, ours: Any, path: str) -> list[str]:
+    """``path a vs b`` for each leaf that differs (dicts compared key by key, so a message stays short)."""
+    if isinstance(theirs, dict) and isinstance(ours, dict):
+        keys = list(ours) + [k for k in theirs if k not in ours]
+        return [d for k in keys for d in _differences(theirs.get(k), ours.get(k), f"{path}.{k}")]
+    return [] if theirs == ours else [f"{path} {theirs!r} vs {ours!r}"]
+
+
 def _check_run_dir(recipe: Recipe, out: Path, seed: int) -> None:
-    """Refuse to resume into ``out`` when it holds a run of another recipe, seed or model; else record ours.
+    """Refuse to resume into ``out`` when it holds a run of another recipe, seed, model or stage settings.
 
     Without this the tokenizer and every finished stage of the earlier run would be reused silently.
     """
@@ -213,10 +232,15 @@ def _check_run_dir(recipe: Recipe, out: Path, seed: int) -> None:
             theirs = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{path} is unreadable ({exc}); use another --out or --no-resume") from exc
-        if theirs != ours:
-            diff = ", ".join(
-                f"{k} {theirs.get(k)!r} vs {ours[k]!r}" for k in ours if theirs.get(k) != ours[k]
-            )
+        if not isinstance(theirs, dict):
+            raise CheckpointError(f"{path} is not a run record; use another --out or --no-resume")
+        unrecorded = [k for k in ours if k not in theirs]
+        if unrecorded:  # written before these fields were recorded: they cannot be checked
+            log.warning("run.json predates some recorded settings; not checked", out=str(out), fields=unrecorded)
+        diffs = [d for k in ours if k in theirs for d in _differences(theirs[k], ours[k], k)]
+        diffs += [f"{k} {theirs[k]!r} vs None" for k in theirs if k not in ours]
+        if diffs:
+            diff = ", ".join(diffs[:6]) + (f" (+{len(diffs) - 6} more)" if len(diffs) > 6 else "")
             raise CheckpointError(
                 f"{out} holds a run of recipe {theirs.get('recipe')!r} seed {theirs.get('seed')!r}, "
                 f"not recipe {recipe.name!r} seed {seed} ({diff}); resuming would reuse its tokenizer "
@@ -254,8 +278,9 @@ def train(
     `ReactiveTransformer.from_pretrained`, with ``recall.json`` — the recall table — and
     ``fixed_eval.json`` — the small eval the tests re-check — beside it), ``summary.json`` and
     ``run.json`` (recipe, seed, model config). With ``resume`` a rerun skips the finished stages and
-    continues the interrupted one — `CheckpointError` if ``run.json`` names another recipe, seed or
-    model; without it the previous run's files in ``out`` are removed first. Deterministic for a seed (same machine, same thread count).
+    continues the interrupted one — `CheckpointError` if ``run.json`` names another recipe, seed,
+    model or stage settings (steps, batch, learning rate, ...); without it the previous run's files in
+    ``out`` are removed first. Deterministic for a seed (same machine, same thread count).
     """
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     out = Path(out)

@@ -63,3 +63,27 @@ def test_eval_with_no_dialogues_is_a_clear_error(capsys):
 
     assert main(["eval", "recall", "--dialogues", "0"]) == 1
     assert "at least 1 dialogue" in capsys.readouterr().err
+
+
+def test_resuming_with_other_stage_settings_is_refused(tmp_path):
+    # a run of the one-step micro recipe must not pass for the real micro recipe: its finished stages
+    # (1 step each) were reused silently and reported as the micro recipe's result
+    out = tmp_path / "run"
+    _train(out, seed=0)
+    with pytest.raises(CheckpointError, match=r"memory_aware\.steps 1 vs 10") as info:
+        _train(out, recipe=RECIPES["micro"], seed=0)
+    assert "joint_lm.steps 1 vs 6" in str(info.value)
+    # a change that does not touch the checkpoints (the size of the final evaluation) still resumes
+    assert _train(out, recipe=replace(ONE_STEP, eval_n=2), seed=0).seed == 0
+
+
+def test_an_older_run_json_without_stage_settings_still_resumes(tmp_path):
+    out = tmp_path / "run"
+    _train(out, seed=0)
+    run = json.loads((out / RUN_FILE).read_text())
+    old = {k: run[k] for k in ("recipe", "seed", "vocab_size", "model")}
+    (out / RUN_FILE).write_text(json.dumps(old))
+    assert _train(out, seed=0).seed == 0
+    (out / RUN_FILE).write_text("[]")
+    with pytest.raises(CheckpointError, match="not a run record"):
+        _train(out, seed=0)
