@@ -106,8 +106,15 @@ def _from_wire(code: int, data: bytes) -> Any:
 
 
 def pack(kind: int, key: int, payload: Any) -> bytes:
-    """One frame: length prefix + msgpack of ``[kind, key, payload]``."""
+    """One frame: length prefix + msgpack of ``[kind, key, payload]``.
+
+    A frame over `MAX_FRAME` raises `RuntimeUnavailableError` here, before anything is written: the
+    peer would take it for a broken peer and drop the connection, and every other call and stream on it.
+    """
     body = msgpack.packb([kind, key, payload], default=_to_wire, use_bin_type=True)
+    if len(body) > MAX_FRAME:
+        raise RuntimeUnavailableError(
+            f"a {len(body)}-byte message is over the local link's {MAX_FRAME}-byte frame limit")
     return len(body).to_bytes(_HEADER, "little") + body
 
 

@@ -255,3 +255,40 @@ async def test_a_large_reply_leaves_before_the_next_call_computes() -> None:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+async def test_a_message_over_the_frame_limit_fails_alone_and_the_connection_lives_on(monkeypatch) -> None:
+    """The receiver drops a connection whose length prefix is over MAX_FRAME (a broken peer): so a side
+    must refuse to send such a frame, failing that one call or stream, not everything on the link."""
+    from reactor_rt.events import local_link
+
+    async def blob(n: int) -> bytes:
+        return b"x" * n
+
+    async def concat(a: bytes, b: bytes) -> bytes:
+        return a + b
+
+    async def blobs(n: int):  # type: ignore[no-untyped-def]
+        yield b"x"
+        yield b"x" * n
+
+    server = LinkServer({"blob": blob, "concat": concat}, {"blobs": blobs})
+    client = await _connected(server)
+    monkeypatch.setattr(local_link, "MAX_FRAME", 4096)
+    try:
+        waiting = client.stream("blobs", 10)  # in flight on the same connection
+        assert await waiting.__anext__() == b"x"
+        with pytest.raises(RuntimeUnavailableError, match="frame limit"):
+            await client.call("blob", 10_000)  # a reply too large
+        with pytest.raises(RuntimeUnavailableError, match="frame limit"):
+            await client.call("concat", b"y" * 10_000, b"")  # a call too large: refused before it is sent
+        with pytest.raises(RuntimeUnavailableError, match="frame limit"):
+            async for _ in client.stream("blobs", 10_000):  # an item too large ends its stream
+                pass
+        assert not client.closed
+        assert [i async for i in waiting] == [b"x" * 10]
+        assert await client.call("blob", 5) == b"xxxxx"
+    finally:
+        client.close()
+        await server.close()
+
