@@ -217,7 +217,7 @@ class _ServerConnection(_Framed):
             name, args = payload
             task = loop.create_task(self._call(key, name, args))
             if key != _NO_REPLY:  # (notifications cannot be cancelled: no need to find them)
-                self._tasks[key] = task
+                self._track(key, task)
             else:
                 self._notified.add(task)
                 task.add_done_callback(self._notified.discard)
@@ -226,7 +226,7 @@ class _ServerConnection(_Framed):
             if window is not None:
                 self._credits[key] = window
                 self._credit_ready[key] = asyncio.Event()
-            self._tasks[key] = loop.create_task(self._stream(key, name, args, window is not None))
+            self._track(key, loop.create_task(self._stream(key, name, args, window is not None)))
         elif kind == _CREDIT:
             if key in self._credits:
                 self._credits[key] += payload
@@ -235,6 +235,12 @@ class _ServerConnection(_Framed):
             task = self._tasks.get(key)
             if task is not None:
                 task.cancel()
+
+    def _track(self, key: int, task: asyncio.Task[None]) -> None:
+        self._tasks[key] = task
+        # a task cancelled before its first step never runs its own clean-up (the cancel arrived in
+        # the same read as the call or open): forget it when it ends, however it ends
+        task.add_done_callback(lambda _task: self._forget(key))
 
     async def _call(self, key: int, name: str, args: tuple[Any, ...]) -> None:
         try:

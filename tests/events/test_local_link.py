@@ -292,3 +292,15 @@ async def test_a_message_over_the_frame_limit_fails_alone_and_the_connection_liv
         client.close()
         await server.close()
 
+
+async def test_a_stream_cancelled_before_it_starts_leaves_nothing_at_the_server(linked) -> None:
+    server, client = linked
+    assert await client.call("add", 1, 1) == 2
+    connection = next(iter(server.connections))
+    for _ in range(20):
+        stream = client.stream("count", 5, window=2)
+        await stream.aclose()  # the open and the cancel reach the server in one read
+    assert await client.call("add", 2, 2) == 4  # every frame above has been read
+    await asyncio.sleep(0.05)
+    assert not connection._tasks
+    assert not connection._credits and not connection._credit_ready
