@@ -32,6 +32,10 @@ def _set_threads(threads: int | None) -> None:
     # times swing 1-7 s (TRAINING_NOTES.md). Only effective before OpenMP starts, hence setdefault here
     # and in main(); the shell may set it too.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if threads is not None and threads < 0:
+        from reactor_rt.errors import ConfigError
+
+        raise ConfigError(f"--threads must be a positive number (0 or none: torch's default), not {threads}")
     import torch
 
     if threads:

@@ -40,6 +40,7 @@ two cores. It is an ordinary RxTConfig; ``load_model("tiny")`` loads whatever th
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
@@ -252,6 +253,18 @@ def _check_run_dir(recipe: Recipe, out: Path, seed: int) -> None:
     path.write_text(json.dumps(ours, indent=1))
 
 
+def _prepare_out(out: Path) -> None:
+    """Create the run directory; a path that cannot be one is a `ConfigError`, not an OSError traceback."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"the run directory {out} exists and is not a directory; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the run directory {out}: {exc.strerror or exc}") from exc
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"the run directory {out} is not writable; choose another --out")
+
+
 def _tokenizer(recipe: Recipe, out: Path, seed: int) -> HFTokenizer:
     tok_dir = out / "tokenizer"
     if (tok_dir / "tokenizer.json").exists():
@@ -284,12 +297,12 @@ def train(
     """
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     out = Path(out)
+    _prepare_out(out)
     if not resume:  # start over: remove only what a run writes, never the rest of ``out``
         for sub in ("tokenizer", "stages", "model"):
             shutil.rmtree(out / sub, ignore_errors=True)
         for name in ("summary.json", RUN_FILE):
             (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
     _check_run_dir(recipe, out, seed)
     t0 = time.perf_counter()
     tok = _tokenizer(recipe, out, seed)

@@ -87,3 +87,25 @@ def test_an_older_run_json_without_stage_settings_still_resumes(tmp_path):
     (out / RUN_FILE).write_text("[]")
     with pytest.raises(CheckpointError, match="not a run record"):
         _train(out, seed=0)
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_an_out_path_that_cannot_be_a_directory_is_a_config_error(tmp_path, resume):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    for out in (a_file, a_file / "run"):
+        with pytest.raises(ConfigError, match="run directory"):
+            _train(out, resume=resume)
+    assert a_file.read_text() == "keep me"
+
+
+def test_cli_bad_out_and_threads_are_errors_without_traceback(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert main(["train", "--recipe", "micro", "--out", str(a_file), "--no-progress", "--threads", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not a directory" in err and "Traceback" not in err
+    assert main(["train", "--recipe", "micro", "--out", str(tmp_path / "r"), "--threads", "-1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--threads" in err
+    assert not (tmp_path / "r").exists()
