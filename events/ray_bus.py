@@ -19,7 +19,7 @@ import contextlib
 import os
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import anyio
@@ -28,6 +28,7 @@ import structlog
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from reactor_rt.errors import EventDecodeError, ReactorError, RuntimeUnavailableError, SubscriberOverflowError
+from reactor_rt.events import local_link
 from reactor_rt.events.bus import Subscription
 from reactor_rt.events.codec import (
     DEFAULT_LIMITS,
@@ -224,8 +225,8 @@ class EventBusCore:
     ) -> AsyncIterator[tuple[list[bytes], int, str | None]]:
         try:
             replay, sub.replay = sub.replay, []
-            for i in range(0, len(replay), max_batch):
-                yield replay[i : i + max_batch], sub.dropped, None
+            for part in _split(replay, max_batch):
+                yield part, sub.dropped, None
             receive = sub.receive
             while True:
                 try:
@@ -242,8 +243,8 @@ class EventBusCore:
                         break
                     sub.taken(len(more))
                     batch.extend(more)
-                for i in range(0, len(batch), max_batch):
-                    yield batch[i : i + max_batch], sub.dropped, None
+                for part in _split(batch, max_batch):
+                    yield part, sub.dropped, None
         finally:
             self.unsubscribe(sid)
 
@@ -285,6 +286,24 @@ class EventBusCore:
 
 # most stream batches a subscriber's side holds unread before the bus waits (then its overflow policy)
 _STREAM_WINDOW = 4
+
+
+def _split(frames: list[bytes], max_batch: int) -> Iterator[list[bytes]]:
+    """`frames` in batches of at most `max_batch` frames and, past one frame, a quarter of the local
+    link's frame limit in bytes: a batch of large events must not exceed what one link message may hold
+    (its sender refuses it, ending the subscription)."""
+    budget = local_link.MAX_FRAME // 4
+    if len(frames) <= max_batch and sum(map(len, frames)) <= budget:  # nearly always: one batch
+        if frames:
+            yield frames
+        return
+    start, size = 0, 0
+    for i, frame in enumerate(frames):
+        if i > start and (i - start >= max_batch or size + len(frame) > budget):
+            yield frames[start:i]
+            start, size = i, 0
+        size += len(frame)
+    yield frames[start:]
 
 
 def bus_link_server(core: EventBusCore, ready: Callable[[], Awaitable[None]] | None = None) -> LinkServer:

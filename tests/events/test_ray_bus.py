@@ -493,3 +493,32 @@ async def _call_ref(ref):
     from reactor_rt.events.ray_bus import _call
 
     return await _call(ref)
+
+
+async def test_a_batch_of_large_events_reaches_a_link_subscriber_in_pieces(monkeypatch):
+    """One link message holds at most MAX_FRAME bytes: the bus splits a batch by bytes too, so large
+    events that pile up for a subscriber do not make a batch its link refuses (ending the subscription)."""
+    from reactor_rt.events import local_link
+    from reactor_rt.events.local_link import LinkClient
+    from reactor_rt.events.ray_bus import EventBusCore, bus_link_server
+
+    monkeypatch.setattr(local_link, "MAX_FRAME", 64 << 10)
+    core = EventBusCore(None)
+    link = bus_link_server(core)
+    client = await LinkClient.connect(await link.start())
+    try:
+        sid = await client.call("subscribe", None, "s")
+        text = "x" * 4000
+        sent = await core.publish_many([("s", "rx.query", encode(Query(subject="s", source="t", data={"text": text})))
+                                        for _ in range(60)])  # ~240 KB in one publish
+        got = []
+        with anyio.fail_after(5):
+            async for frames, _, _ in client.stream("stream", sid, 1024, window=4):
+                got.extend(decode(f).seq for f in frames)
+                if len(got) == len(sent):
+                    break
+        assert got == sent
+    finally:
+        client.close()
+        await link.close()
+        await core.close()
