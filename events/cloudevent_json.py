@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from typing import Any
 
 from reactor_rt.errors import EventDecodeError
@@ -17,7 +18,8 @@ _DATA_CONTENT_TYPE = "application/json"
 def to_cloudevent_json(event: Event) -> str:
     """Write `event` as one CloudEvents 1.0 JSON document (``time`` in RFC 3339, UTC, ``Z``)."""
     doc: dict[str, Any] = event.model_dump(mode="json")
-    doc["time"] = event.time.isoformat().replace("+00:00", "Z")
+    # an event may carry any aware time; other offsets (some with seconds, not RFC 3339) become UTC
+    doc["time"] = event.time.astimezone(UTC).isoformat().replace("+00:00", "Z")
     doc["datacontenttype"] = _DATA_CONTENT_TYPE
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 

@@ -101,3 +101,16 @@ def test_a_deeply_nested_document_is_an_event_decode_error(depth):
         from_cloudevent_json(doc)
     with pytest.raises(EventDecodeError):
         from_cloudevent_json(nested.encode())
+
+
+def test_a_time_with_another_offset_is_written_in_utc_and_read_by_the_sdk():
+    from datetime import timedelta, timezone
+
+    # an offset with seconds is valid for Python but not RFC 3339: the SDK refused the whole document
+    for offset in (timedelta(hours=2), timedelta(hours=5, minutes=30, seconds=30), timedelta(hours=-7)):
+        when = datetime(2026, 1, 1, 12, 0, 0, 250000, tzinfo=timezone(offset))
+        ev = example_event("rx.query", time=when)
+        doc = json.loads(to_cloudevent_json(ev))
+        assert doc["time"].endswith("Z")
+        assert JSONFormat().read(None, to_cloudevent_json(ev)).get_time() == when  # the same instant
+        assert from_cloudevent_json(to_cloudevent_json(ev)) == ev
