@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC
 from typing import Any
 
@@ -16,12 +17,28 @@ _DATA_CONTENT_TYPE = "application/json"
 
 
 def to_cloudevent_json(event: Event) -> str:
-    """Write `event` as one CloudEvents 1.0 JSON document (``time`` in RFC 3339, UTC, ``Z``)."""
+    """Write `event` as one CloudEvents 1.0 JSON document (``time`` in RFC 3339, UTC, ``Z``).
+
+    The document is strict JSON (RFC 8259): a non-finite float in ``data`` (a diverged loss, say) is
+    written as the string "NaN", "Infinity" or "-Infinity", which `from_cloudevent_json` reads back.
+    """
     doc: dict[str, Any] = event.model_dump(mode="json")
     # an event may carry any aware time; other offsets (some with seconds, not RFC 3339) become UTC
     doc["time"] = event.time.astimezone(UTC).isoformat().replace("+00:00", "Z")
     doc["datacontenttype"] = _DATA_CONTENT_TYPE
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    doc["data"] = _finite(doc["data"])
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    """`value` with non-finite floats as the strings pydantic reads back as those floats."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def from_cloudevent_json(text: str | bytes) -> Event:

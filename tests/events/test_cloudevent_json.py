@@ -114,3 +114,23 @@ def test_a_time_with_another_offset_is_written_in_utc_and_read_by_the_sdk():
         assert doc["time"].endswith("Z")
         assert JSONFormat().read(None, to_cloudevent_json(ev)).get_time() == when  # the same instant
         assert from_cloudevent_json(to_cloudevent_json(ev)) == ev
+
+
+def test_non_finite_floats_make_strict_json_and_come_back():
+    import math
+
+    from reactor_rt.events import LearningApplied
+
+    ev = LearningApplied(subject="a", source="learner",
+                         data={"weights_version": 3, "loss_before": float("nan"), "loss_after": float("inf")})
+    text = to_cloudevent_json(ev)
+
+    def refuse(constant: str) -> None:  # what a strict (RFC 8259) reader does with NaN / Infinity
+        raise ValueError(f"not JSON: {constant}")
+
+    doc = json.loads(text, parse_constant=refuse)
+    assert doc["data"]["loss_before"] == "NaN" and doc["data"]["loss_after"] == "Infinity"
+    back = from_cloudevent_json(text)
+    assert math.isnan(back.data.loss_before) and back.data.loss_after == math.inf
+    feedback = LearningFeedback(subject="a", source="s", data={"target": "i", "reward": -math.inf})
+    assert from_cloudevent_json(to_cloudevent_json(feedback)) == feedback
