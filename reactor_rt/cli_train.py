@@ -120,10 +120,12 @@ def eval_recall_command(
     """
     json = json if json_output is None else json_output
     n = n if dialogues is None else dialogues
-    if n < 1:
-        from reactor_rt.errors import ConfigError
+    from reactor_rt.errors import ConfigError
 
+    if n < 1:
         raise ConfigError(f"the recall evaluation needs at least 1 dialogue per cell, not {n}")
+    if not ks or min(ks) < 0:
+        raise ConfigError(f"--ks needs one or more numbers of intervening turns >= 0, not {list(ks)}")
     _set_threads(threads)
     from reactor_rt.training.eval_recall import evaluate_recall, format_table
 

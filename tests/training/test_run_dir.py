@@ -109,3 +109,13 @@ def test_cli_bad_out_and_threads_are_errors_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--threads" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_eval_with_negative_or_no_intervening_turns_is_a_clear_error(capsys):
+    from reactor_rt.cli_train import eval_recall_command
+
+    assert main(["eval", "recall", "--ks", "0", "-1", "--n", "2", "--threads", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --ks") and "Traceback" not in err
+    with pytest.raises(ConfigError, match="--ks"):
+        eval_recall_command(ks=(), n=2, threads=None)
