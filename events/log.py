@@ -24,9 +24,11 @@ from reactor_rt.events.codec import decode_batch, encode
 from reactor_rt.events.filters import TypeFilter
 from reactor_rt.events.schemas import DURABLE_TYPES, Event
 
-__all__ = ["EventLog", "LogRecord"]
+__all__ = ["SCHEMA_VERSION", "EventLog", "LogRecord"]
 
 log = structlog.get_logger()
+
+SCHEMA_VERSION = 1  # PRAGMA user_version of a log this version writes (0: a log from before the stamp)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -44,6 +46,12 @@ CREATE TABLE IF NOT EXISTS subjects (
     last_seq INTEGER NOT NULL     -- last seq assigned on the subject, chunks included
 ) WITHOUT ROWID;
 """
+
+
+_COLUMNS = {
+    "events": ("pos", "subject", "seq", "type", "logged_at", "frame"),
+    "subjects": ("subject", "last_seq"),
+}
 
 
 class LogRecord(NamedTuple):
@@ -89,12 +97,64 @@ class EventLog:
             self._conn: sqlite3.Connection | None = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes
-            self._conn.execute("PRAGMA busy_timeout=5000")
-            self._conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise EventLogError(f"cannot open event log {self.path!r}: {exc}") from exc
+        try:
+            self._conn.execute("PRAGMA busy_timeout=5000")
+            self._init_schema(self._conn)
+            # only once the file is known to be ours: WAL mode is recorded in the file
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes
+        except BaseException as exc:
+            self._conn.close()
+            self._conn = None
+            if isinstance(exc, sqlite3.Error):
+                raise EventLogError(f"cannot open event log {self.path!r}: {exc}") from exc
+            raise
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        """Create the tables in a new file, or check that an existing file is an event log this version
+        reads: a newer version's log or another application's database is refused, left as it was."""
+        if self._is_current(conn):  # the common case: nothing to write (a reader such as the CLI)
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if not self._is_current(conn):  # checked again under the write lock
+                # executescript() would COMMIT on its own: run the statements inside this transaction
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    def _is_current(self, conn: sqlite3.Connection) -> bool:
+        """True for a log of this schema version; False for an empty file or a log from before the
+        version stamp (version 0 with the log's tables); `EventLogError` for anything else."""
+        found = conn.execute("PRAGMA user_version").fetchone()[0]
+        if found > SCHEMA_VERSION:
+            raise EventLogError(
+                f"event log {self.path!r} has schema version {found}; this reactor-rt reads up to "
+                f"{SCHEMA_VERSION} (written by a newer version?)"
+            )
+        tables = {row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%'")}
+        if not tables and found == 0:
+            return False
+        if tables != set(_COLUMNS):
+            raise EventLogError(
+                f"{self.path!r} is not an event log: it holds tables {sorted(tables)!r:.200} "
+                "(another application's file?); give the event log a file of its own"
+            )
+        for table, expected in _COLUMNS.items():
+            columns = tuple(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
+            if columns != expected:
+                raise EventLogError(
+                    f"{self.path!r} is not a valid event log: table {table!r} has columns "
+                    f"{list(columns)!r:.200}, expected {list(expected)}"
+                )
+        return found == SCHEMA_VERSION
 
     # ------------------------------------------------------------------ writing
 

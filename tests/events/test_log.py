@@ -179,3 +179,57 @@ def test_closed_log_raises():
 def test_unopenable_path_is_an_event_log_error(tmp_path):
     with pytest.raises(EventLogError):
         EventLog(tmp_path / "missing-dir" / "log.db")
+
+
+def _journal_mode(path) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("PRAGMA journal_mode").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_a_newer_or_foreign_database_is_refused_and_left_as_it_was(tmp_path):
+    newer = tmp_path / "newer.db"
+    with EventLog(newer) as log:
+        log.append_many(interaction("a", 1))
+    conn = sqlite3.connect(newer)
+    conn.execute("PRAGMA user_version = 99")  # written by a later reactor-rt
+    conn.close()
+    with pytest.raises(EventLogError, match="schema version 99"):
+        EventLog(newer)
+    foreign = tmp_path / "app.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE users (name TEXT)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(EventLogError, match="not an event log"):
+        EventLog(foreign)
+    conn = sqlite3.connect(foreign)
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    conn.close()
+    assert tables == ["users"] and _journal_mode(foreign) == "delete"  # no tables added, not made WAL
+    altered = tmp_path / "altered.db"
+    conn = sqlite3.connect(altered)
+    conn.execute("CREATE TABLE events (pos INTEGER PRIMARY KEY, body BLOB)")
+    conn.execute("CREATE TABLE subjects (subject TEXT PRIMARY KEY, last_seq INTEGER)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(EventLogError, match="not a valid event log"):
+        EventLog(altered)
+
+
+def test_a_log_from_before_the_version_stamp_opens_and_is_stamped(tmp_path):
+    from reactor_rt.events.log import SCHEMA_VERSION
+
+    path = tmp_path / "old.db"
+    with EventLog(path) as log:
+        log.append_many(interaction("a", 1))
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 0")  # what logs written before the stamp hold
+    conn.close()
+    with EventLog(path) as log:
+        assert [e.seq for e in log.read("a")] == [1, 4, 5, 6] and log.last_seq("a") == 6
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
