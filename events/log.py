@@ -178,11 +178,17 @@ class EventLog:
         """
         now = time.time()
         rows: list[tuple[str, int, str, float, bytes]] = []
+        records = list(records)
         with self._lock:
             conn = self._live()
-            for subject, seq, type_, frame in records:
+            for subject, seq, _type, _frame in records:
                 if seq <= 0:
                     raise EventLogError(f"event on {subject!r} has no seq: stamp it before logging")
+            # what a failed batch must leave as it was: nothing of it was logged, and the counters
+            # already pending (chunks') must still be written by a later transaction
+            counters_before = {record[0]: self._counters.get(record[0]) for record in records}
+            dirty_before = set(self._dirty)
+            for subject, seq, type_, frame in records:
                 if seq > self._counters.get(subject, 0):
                     self._counters[subject] = seq
                 self._dirty.add(subject)
@@ -199,7 +205,14 @@ class EventLog:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 _rollback(conn)
+                self._dirty = dirty_before
+                for subject, value in counters_before.items():
+                    if value is None:
+                        self._counters.pop(subject, None)  # read from the table again when asked
+                    else:
+                        self._counters[subject] = value
                 raise EventLogError(f"cannot append to event log: {exc}") from exc
+            self._dirty.clear()
             self._since_prune += len(rows)
             if self._since_prune >= self.prune_every and (self.max_age is not None or self.max_rows is not None):
                 self.prune()
@@ -218,6 +231,7 @@ class EventLog:
             except sqlite3.Error as exc:
                 _rollback(conn)
                 raise EventLogError(f"cannot write seq counters: {exc}") from exc
+            self._dirty.clear()
 
     def _write_counters(self, conn: sqlite3.Connection) -> None:
         conn.executemany(
@@ -225,7 +239,6 @@ class EventLog:
             "ON CONFLICT (subject) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
             [(s, self._counters[s]) for s in self._dirty],
         )
-        self._dirty.clear()
 
     # ------------------------------------------------------------------ reading
 

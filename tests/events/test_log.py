@@ -233,3 +233,41 @@ def test_a_log_from_before_the_version_stamp_opens_and_is_stamped(tmp_path):
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
+
+
+class _FullDisk:
+    """A connection whose next COMMIT fails as on a full disk (in WAL mode pages are written then)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.armed = True
+
+    def execute(self, sql: str, *args):  # type: ignore[no-untyped-def]
+        if sql == "COMMIT" and self.armed:
+            self.armed = False
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.conn, name)
+
+
+def test_chunk_numbers_survive_a_failed_append(tmp_path):
+    """The counters of chunks are written with the next durable append; when that transaction fails
+    at COMMIT they must still be written later, not forgotten with the rolled-back write."""
+    from reactor_rt.events.log import LogRecord
+
+    path = tmp_path / "log.db"
+    log = EventLog(path)
+    log.append(stamped("rx.query", "b", 1))
+    log.append_records([LogRecord("a", 5, "rx.response.chunk", None)])  # counted in memory for now
+    real = log._conn
+    log._conn = _FullDisk(real)  # type: ignore[assignment]
+    with pytest.raises(EventLogError, match="disk is full"):
+        log.append(stamped("rx.query", "c", 1))  # the whole batch rolls back, counters included
+    log._conn = real
+    assert log.last_seq("a") == 5 and log.last_seq("c") == 0
+    log.close()  # the pending counters are written here
+    with EventLog(path) as reopened:
+        assert reopened.last_seq("a") == 5 and reopened.last_seq("c") == 0  # c: nothing of it was logged
+        assert reopened.read("c") == []
