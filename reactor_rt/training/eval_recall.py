@@ -27,6 +27,7 @@ from reactor_rt.training.recall import recall_correct
 __all__ = [
     "DEFAULT_KS",
     "FIXED_EVAL",
+    "PlayedTurns",
     "RecallReport",
     "answer_dialogues",
     "evaluate_recall",
@@ -34,6 +35,7 @@ __all__ = [
     "format_table",
     "pad_rows",
     "play_dialogues",
+    "play_turns",
     "recall_dialogues",
 ]
 
@@ -105,6 +107,36 @@ def play_dialogues(
     generator: torch.Generator | None = None,
 ) -> tuple[list[list[str]], list[list[list[int]]]]:
     """Like `answer_dialogues`, also returning each turn's interaction ids ([BOS][Q] q [A] answer [EOS])."""
+    played = play_turns(model, dialogues, reset_stm, max_new_tokens, sampler, generator)
+    return played.answers, played.interactions
+
+
+@dataclass
+class PlayedTurns:
+    """What `play_turns` produced, per dialogue and turn."""
+
+    answers: list[list[str]]  # the answer texts
+    interactions: list[list[list[int]]]  # [BOS][Q] query [A] answer [EOS]: what the memory update encoded
+    prompt_lengths: list[list[int]]  # tokens of [BOS][Q] query [A]: the answer starts there
+    ended: list[list[bool]]  # the model generated the [EOS]; False: cut at the token budget, [EOS] added
+
+
+@torch.no_grad()
+def play_turns(
+    model: ReactiveTransformer,
+    dialogues: Sequence[Dialogue],
+    reset_stm: bool = False,
+    max_new_tokens: int = 24,
+    sampler: Sampler | None = None,
+    generator: torch.Generator | None = None,
+) -> PlayedTurns:
+    """`play_dialogues` with the facts a policy-gradient update needs: where each answer starts, and
+    whether its closing [EOS] was generated or only added to close the interaction.
+
+    An answer is the generated ids up to its first [EOS], kept as generated ([PAD] included: sampling
+    may produce one mid-answer, and the runtime encodes it too); only the padding after a row that was
+    cut short is dropped.
+    """
     if len({len(d) for d in dialogues}) != 1:
         raise ValueError("answer_dialogues needs dialogues of one length")
     tok = model.tokenizer
@@ -112,8 +144,7 @@ def play_dialogues(
     b, n = len(dialogues), len(dialogues[0])
     init = model.init_stm(b)
     stm = init
-    answers: list[list[str]] = [[] for _ in range(b)]
-    interactions: list[list[list[int]]] = [[] for _ in range(b)]
+    played = PlayedTurns(*([[] for _ in range(b)] for _ in range(4)))
     for t in range(n):
         prompts = [build_prompt(tok, d.turns[t].query) for d in dialogues]
         read = init if reset_stm else stm
@@ -127,14 +158,21 @@ def play_dialogues(
         rows = []
         for i, p in enumerate(prompts):
             new = [int(x) for x in out[i]]
-            new = new[: new.index(tok.eos_id)] if tok.eos_id in new else [x for x in new if x != tok.pad_id]
-            answers[i].append(tok.decode(new))
+            ended = tok.eos_id in new
+            if ended:
+                new = new[: new.index(tok.eos_id)]
+            else:  # generate pads the rows shorter than the longest; those are not the model's tokens
+                while new and new[-1] == tok.pad_id:
+                    new.pop()
+            played.answers[i].append(tok.decode(new))
             rows.append([*p, *new, tok.eos_id])
-            interactions[i].append(rows[-1])
+            played.interactions[i].append(rows[-1])
+            played.prompt_lengths[i].append(len(p))
+            played.ended[i].append(ended)
         if not reset_stm and t < n - 1:
             ids, mask = pad_rows(rows, tok.pad_id, stm.device)  # the model's device (a GPU too)
             stm = model.update_memory(stm, model.encode(ids, attention_mask=mask), attention_mask=mask)
-    return answers, interactions
+    return played
 
 
 def _score(dialogues: Sequence[Dialogue], answers: list[list[str]]) -> list[bool]:

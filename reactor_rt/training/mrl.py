@@ -19,10 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reactor_rt.model import ReactiveTransformer, Sampler
-from reactor_rt.template import answer_start
 from reactor_rt.training.batches import DialogueBatch
 from reactor_rt.training.dialogues import Dialogue, Turn
-from reactor_rt.training.eval_recall import play_dialogues
+from reactor_rt.training.eval_recall import PlayedTurns, play_turns
 from reactor_rt.training.losses import token_logprobs
 from reactor_rt.training.memory_aware import stm_per_turn
 from reactor_rt.training.recall import recall_correct
@@ -59,10 +58,11 @@ class Critic(nn.Module):
 class Rollout:
     """Sampled interactions as a DialogueBatch, plus per-turn rewards and old log-probs."""
 
-    batch: DialogueBatch  # ids hold query + the *sampled* answers
+    batch: DialogueBatch  # ids hold query + the *sampled* answers; target: the sampled tokens only
     reward: Tensor  # (B, N), 0 on non-question turns
     is_question: Tensor  # (B, N) bool
     old_logp: Tensor  # (B*N, T-1) log-probs of the sampled tokens under the rollout policy
+    prompt: Tensor | None = None  # (B, N, T) bool: [BOS][Q] query [A], the state an answer is chosen in
 
     @property
     def mean_reward(self) -> float:
@@ -70,24 +70,35 @@ class Rollout:
 
 
 def _as_batch(
-    model: ReactiveTransformer, dialogues: list[Dialogue], rows: list[list[list[int]]]
-) -> DialogueBatch:
-    """Stack the played interactions (the sampled token ids, not a re-tokenisation) into a batch."""
+    model: ReactiveTransformer, dialogues: list[Dialogue], played: PlayedTurns
+) -> tuple[DialogueBatch, Tensor]:
+    """Stack the played interactions (the sampled token ids, not a re-tokenisation) into a batch, and
+    the prompt positions (B, N, T).
+
+    The target is what the policy sampled: the answer from the end of the prompt (an [A] the model
+    sampled does not move its start) and the [EOS] only when the model generated it — an answer cut at
+    the budget gets an [EOS] to close the interaction, but scoring it would credit a token never chosen.
+    """
     tok = model.tokenizer
     b, n = len(dialogues), len(dialogues[0])
-    flat = [r for per_dialogue in rows for r in per_dialogue]
+    flat = [r for per_dialogue in played.interactions for r in per_dialogue]
+    starts = [s for per_dialogue in played.prompt_lengths for s in per_dialogue]
+    ended = [e for per_dialogue in played.ended for e in per_dialogue]
     width = max(len(r) for r in flat)
     ids = torch.full((b * n, width), tok.pad_id, dtype=torch.long)
     mask = torch.zeros((b * n, width), dtype=torch.bool)
     target = torch.zeros((b * n, width), dtype=torch.bool)
-    for i, r in enumerate(flat):
+    prompt = torch.zeros((b * n, width), dtype=torch.bool)
+    for i, (r, start, done) in enumerate(zip(flat, starts, ended, strict=True)):
         ids[i, : len(r)] = torch.tensor(r)
         mask[i, : len(r)] = True
-        target[i, answer_start(tok, r) : len(r)] = True
+        target[i, start : len(r) - (0 if done else 1)] = True
+        prompt[i, :start] = True
     weight = torch.ones(b, n)
-    return DialogueBatch(
+    batch = DialogueBatch(
         ids.view(b, n, width), mask.view(b, n, width), target.view(b, n, width), weight, dialogues
     )
+    return batch, prompt.view(b, n, width)
 
 
 def _reward(turn: Turn, answer: str) -> float:
@@ -116,20 +127,30 @@ def collect_rollout(
     was_training = model.training
     model.eval()
     sampler = Sampler(temperature=cfg.temperature)
-    answers, rows = play_dialogues(
-        model, dialogues, sampler=sampler, generator=gen, max_new_tokens=cfg.max_new_tokens
-    )
-    batch = _as_batch(model, dialogues, rows)
+    played = play_turns(model, dialogues, sampler=sampler, generator=gen, max_new_tokens=cfg.max_new_tokens)
+    batch, prompt = _as_batch(model, dialogues, played)
     reward = torch.tensor(
         [
             [_reward(t, a) for t, a in zip(d.turns, ans, strict=True)]
-            for d, ans in zip(dialogues, answers, strict=True)
+            for d, ans in zip(dialogues, played.answers, strict=True)
         ]
     )
     is_q = torch.tensor([[t.kind == "question" for t in d.turns] for d in dialogues])
     old_logp, _, _ = _forward(model, batch)
     model.train(was_training)
-    return Rollout(batch, reward, is_q, old_logp)
+    return Rollout(batch, reward, is_q, old_logp, prompt)
+
+
+@torch.no_grad()
+def _query_state(model: ReactiveTransformer, ids: Tensor, prompt: Tensor) -> Tensor:
+    """Mean last-layer encoder state of the prompt alone: ids (R, T), prompt (R, T) -> (R, D).
+
+    The encoder is bidirectional, so pooling the prompt positions of the whole interaction would still
+    see the sampled answer; the answer is masked out of the attention instead.
+    """
+    enc = model.encode(ids, attention_mask=prompt)[-1]  # (R, T, D)
+    m = prompt.to(enc.dtype)[..., None]
+    return (enc * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
 def ppo_loss(
@@ -138,12 +159,14 @@ def ppo_loss(
     """Clipped surrogate on question-turn answer tokens + critic MSE + STM-change regulariser."""
     batch = rollout.batch
     b, n, t = batch.shape
-    logp, read, enc_last = _forward(model, batch)
+    logp, read, _ = _forward(model, batch)
     q_rows = rollout.is_question.reshape(b * n)
     tokens = batch.target.view(b * n, t)[:, 1:] & q_rows[:, None]  # (B*N, T-1) scored tokens
-    mask = batch.mask.view(b * n, t).to(enc_last.dtype)
-    query_state = (enc_last * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # (B*N, D)
-    value = critic(read.flatten(0, 1).detach(), query_state.detach())  # (B*N,)
+    # the critic is a baseline: it must see the state only, never the sampled answer it is judging (a
+    # baseline that depends on the action biases the policy gradient and can cancel its signal)
+    prompt = rollout.prompt if rollout.prompt is not None else batch.mask & ~batch.target
+    query_state = _query_state(model, batch.ids.view(b * n, t), prompt.reshape(b * n, t))  # (B*N, D)
+    value = critic(read.flatten(0, 1).detach(), query_state)  # (B*N,)
     reward = rollout.reward.reshape(b * n)
     advantage = (reward - value.detach())[:, None].expand_as(logp)  # (B*N, T-1)
     ratio = torch.exp(logp - rollout.old_logp)
