@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC
 from typing import Any
 
@@ -14,6 +15,8 @@ __all__ = ["CONTENT_TYPE", "from_cloudevent_json", "to_cloudevent_json"]
 
 CONTENT_TYPE = "application/cloudevents+json"
 _DATA_CONTENT_TYPE = "application/json"
+_EVENT_FIELDS = frozenset(Event.model_fields)
+_ATTRIBUTE_NAME = re.compile(r"[a-z0-9]+")
 
 
 def to_cloudevent_json(event: Event) -> str:
@@ -43,7 +46,8 @@ def _finite(value: Any) -> Any:
 
 def from_cloudevent_json(text: str | bytes) -> Event:
     """Read a CloudEvents 1.0 JSON document written by `to_cloudevent_json` (or any producer that
-    uses our types and fields). Anything else raises `EventDecodeError`."""
+    uses our types and fields; other systems' extension attributes are ignored). Anything else raises
+    `EventDecodeError`."""
     try:
         doc = json.loads(text)
     except (ValueError, TypeError) as exc:
@@ -57,4 +61,10 @@ def from_cloudevent_json(text: str | bytes) -> Event:
         raise EventDecodeError(f"unsupported datacontenttype {content_type!r}: events carry JSON data")
     if "data_base64" in doc:
         raise EventDecodeError("binary (data_base64) CloudEvents are not reactor-rt events")
+    # Any CloudEvent may carry extension attributes, and brokers and tracing add their own on the way
+    # (traceparent, Knative's knativearrivaltime, Dapr's topic...): ignore those (support for an
+    # extension is optional), as well as the optional dataschema. Only names valid for a CloudEvents
+    # attribute (lower-case ASCII letters and digits) are ignored; anything else is still refused.
+    for name in [k for k in doc if k not in _EVENT_FIELDS and _ATTRIBUTE_NAME.fullmatch(k)]:
+        del doc[name]
     return parse_event(doc)

@@ -134,3 +134,22 @@ def test_non_finite_floats_make_strict_json_and_come_back():
     assert math.isnan(back.data.loss_before) and back.data.loss_after == math.inf
     feedback = LearningFeedback(subject="a", source="s", data={"target": "i", "reward": -math.inf})
     assert from_cloudevent_json(to_cloudevent_json(feedback)) == feedback
+
+
+def test_other_systems_extension_attributes_are_ignored():
+    """Any CloudEvent may carry extensions, and brokers add theirs on the way (tracing, Knative, Dapr):
+    an agent reading our events through one must still get the event."""
+    ev = sample("rx.response.done")
+    doc = json.loads(to_cloudevent_json(ev))
+    doc.update({"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "tracestate": "rojo=00f067aa0ba902b7", "knativearrivaltime": "2026-01-01T00:00:00Z",
+                "pubsubname": "events", "topic": "rx", "dataschema": "https://example.com/schema",
+                "partitionkey": "alice", "sequence2": 9})
+    assert from_cloudevent_json(json.dumps(doc)) == ev
+    ce = CloudEvent(attributes={"id": "abc", "source": "s", "type": "rx.query", "specversion": "1.0",
+                                "subject": "bob", "seq": 2, "traceparent": "00-1-2-01"}, data={"text": "hi"})
+    got = from_cloudevent_json(JSONFormat().write(ce))
+    assert (got.id, got.seq, got.data.text) == ("abc", 2, "hi")
+    for bad in ({**doc, "Extra_Field": 1}, {**doc, "data": {**doc["data"], "unknown": 1}}):
+        with pytest.raises(EventDecodeError):  # not an attribute name CloudEvents allows, or inside data
+            from_cloudevent_json(json.dumps(bad))
