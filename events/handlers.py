@@ -91,18 +91,31 @@ class HandlerRegistry:
     async def serve(self) -> AsyncIterator[None]:
         """Subscribe every registered handler, run them while the block runs, stop them on exit.
 
-        A handler that raises is logged and keeps receiving later events.
+        A handler that raises is logged and keeps receiving later events. An error of the block itself
+        comes out as it was raised; a subscription that fails (`SubscriberOverflowError` for a handler
+        that fell behind, `RuntimeUnavailableError` for a bus that went away) ends the block with that
+        error (an `ExceptionGroup` only when several failed at once).
         """
         subscribe = self.subscribe  # type: ignore[attr-defined]
         subs = [await subscribe(types=h.types, subject=h.subject) for h in self._handlers]
+        raised: BaseException | None = None
         try:
-            async with anyio.create_task_group() as tg:
-                for handler, sub in zip(self._handlers, subs, strict=True):
-                    tg.start_soon(_run_handler, handler, sub)
-                try:
-                    yield
-                finally:
-                    tg.cancel_scope.cancel()
+            try:
+                async with anyio.create_task_group() as tg:
+                    for handler, sub in zip(self._handlers, subs, strict=True):
+                        tg.start_soon(_run_handler, handler, sub)
+                    try:
+                        yield
+                    except BaseException as exc:  # re-raised below, not wrapped by the task group
+                        raised = exc
+                    finally:
+                        tg.cancel_scope.cancel()
+            except BaseExceptionGroup as group:  # the handlers' subscriptions failed
+                if len(group.exceptions) == 1:
+                    raise group.exceptions[0] from None
+                raise
+            if raised is not None:
+                raise raised
         finally:
             for sub in subs:
                 await sub.aclose()

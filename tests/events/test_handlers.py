@@ -68,3 +68,40 @@ async def test_handlers_receive_matching_events_and_survive_errors():
     assert len(queries) == 2
     assert bus.subscriber_count == 0  # serve() unsubscribed on exit
     await bus.close()
+
+
+async def test_an_error_in_the_serve_block_comes_out_as_it_was_raised():
+    """`pytest.raises(QueryTooLongError)` or `except ReactorError` around a served block must work: the
+    handlers' task group wrapped the block's own error in an ExceptionGroup."""
+    from reactor_rt.errors import QueryTooLongError
+
+    bus = InProcessBus()
+
+    @bus.subscriber()
+    async def on_query(ev: Query) -> None: ...
+
+    with pytest.raises(QueryTooLongError) as caught:
+        async with bus.serve():
+            await bus.publish(example_event("rx.query"))
+            raise QueryTooLongError("too long")
+    assert type(caught.value) is QueryTooLongError
+    assert bus.subscriber_count == 0
+    await bus.close()
+
+
+async def test_a_handler_that_falls_behind_ends_the_block_with_a_subscriber_overflow_error():
+    from reactor_rt.errors import SubscriberOverflowError
+
+    bus = InProcessBus(buffer=4, overflow_wait=0.01)
+
+    @bus.subscriber()
+    async def slow(ev: Query) -> None:
+        await anyio.sleep(0.05)
+
+    with pytest.raises(SubscriberOverflowError), anyio.fail_after(5):
+        async with bus.serve():
+            for _ in range(20):
+                await bus.publish(example_event("rx.query"))
+            await anyio.sleep(5)  # cancelled when the handler's subscription fails
+    assert bus.subscriber_count == 0
+    await bus.close()
