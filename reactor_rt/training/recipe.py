@@ -265,6 +265,20 @@ def _prepare_out(out: Path) -> None:
         raise ConfigError(f"the run directory {out} is not writable; choose another --out")
 
 
+def _refuse_to_clear_foreign(out: Path) -> None:
+    """A restart deletes ``out``'s tokenizer/, stages/, model/ and summary.json: only in a run directory.
+
+    Without a ``run.json`` those names may be anyone's (``--out .`` in a project with a model/ folder),
+    and a restart would have deleted them.
+    """
+    found = [n for n in ("tokenizer", "stages", "model", "summary.json") if (out / n).exists()]
+    if found and not (out / RUN_FILE).exists():
+        raise ConfigError(
+            f"{out} holds {', '.join(found)} but no {RUN_FILE}, so it may not be a training run; a restart "
+            "will not delete them. Remove them yourself or choose another --out"
+        )
+
+
 def _tokenizer(recipe: Recipe, out: Path, seed: int) -> HFTokenizer:
     tok_dir = out / "tokenizer"
     if (tok_dir / "tokenizer.json").exists():
@@ -299,6 +313,7 @@ def train(
     out = Path(out)
     _prepare_out(out)
     if not resume:  # start over: remove only what a run writes, never the rest of ``out``
+        _refuse_to_clear_foreign(out)
         for sub in ("tokenizer", "stages", "model"):
             shutil.rmtree(out / sub, ignore_errors=True)
         for name in ("summary.json", RUN_FILE):

@@ -119,3 +119,20 @@ def test_eval_with_negative_or_no_intervening_turns_is_a_clear_error(capsys):
     assert err.startswith("error: --ks") and "Traceback" not in err
     with pytest.raises(ConfigError, match="--ks"):
         eval_recall_command(ks=(), n=2, threads=None)
+
+
+def test_restart_never_deletes_what_a_run_did_not_write(tmp_path):
+    # --out pointed at a folder that is not a run directory: its model/ is someone else's
+    out = tmp_path / "project"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "weights.bin").write_text("precious")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"no run\.json.*choose another --out"):
+        _train(out, resume=False)
+    assert (out / "model" / "weights.bin").read_text() == "precious"
+    assert (out / "notes.txt").read_text() == "mine"
+    # a run directory (it has run.json) is cleared as before, and a fresh folder is fine
+    run = tmp_path / "run"
+    _train(run, seed=0)
+    assert _train(run, seed=2, resume=False).seed == 2
+    assert _train(tmp_path / "fresh", resume=False).seed == 0
