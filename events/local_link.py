@@ -396,6 +396,10 @@ class LinkStream:
 
     async def aclose(self) -> None:
         """Stop the stream at the server (a no-op once it ended)."""
+        self.close()
+
+    def close(self) -> None:
+        """`aclose` without awaiting: call it from the client's event loop (its thread)."""
         if self._ended:
             return
         self._ended = True

@@ -470,10 +470,12 @@ class RaySubscription(Subscription):
     """A subscription on a `RayBus`: batches of frames from the actor, over the local link or Ray's
     streaming generator."""
 
-    def __init__(self, bus: RayBus, sid: str, batches: AsyncIterator[tuple[list[bytes], int, str | None]]) -> None:
+    def __init__(self, bus: RayBus, sid: str, batches: AsyncIterator[tuple[list[bytes], int, str | None]],
+                 link_stream: LinkStream | None = None) -> None:
         self._bus = bus
         self._sid = sid
         self._batches = batches
+        self._link_stream = link_stream  # the link's stream under `batches`, when it comes over the link
         self._frames: deque[bytes] = deque()
         self._dropped = 0
         self._overflowed = False
@@ -517,6 +519,12 @@ class RaySubscription(Subscription):
         if not self._closed and not self._done:
             with contextlib.suppress(Exception):  # e.g. Ray already shut down
                 self._bus.actor.unsubscribe.remote(self._sid)
+            stream = self._link_stream
+            if stream is not None:
+                # and stop its link stream: one never read has no generator finalizer to do it, so the
+                # actor's side would wait for credit for good, and this side keep what it was sent
+                with contextlib.suppress(RuntimeError):  # the loop is closed: the link is gone with it
+                    stream._client.loop.call_soon_threadsafe(stream.close)
 
     async def watch(self, subjects: Iterable[str], add: bool = True) -> None:
         """Follow these subjects too (or, with ``add=False``, no longer); a ``watch=True`` subscription."""
@@ -635,10 +643,9 @@ class RayBus(HandlerRegistry):
         sid = await self._invoke("subscribe", _types_arg(types), subject, after, limit, buffer, overflow, watch)
         link = await self._link.get()
         if link is None:
-            batches = _ray_batches(self.actor.stream.remote(sid, self.max_batch))
-        else:
-            batches = _link_batches(link.stream("stream", sid, self.max_batch, window=_STREAM_WINDOW))
-        return RaySubscription(self, sid, batches)
+            return RaySubscription(self, sid, _ray_batches(self.actor.stream.remote(sid, self.max_batch)))
+        stream = link.stream("stream", sid, self.max_batch, window=_STREAM_WINDOW)
+        return RaySubscription(self, sid, _link_batches(stream), stream)
 
     async def replay(
         self, subject: str, after: int = 0, types: Iterable[str] | None = None, limit: int | None = None

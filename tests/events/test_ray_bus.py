@@ -522,3 +522,39 @@ async def test_a_batch_of_large_events_reaches_a_link_subscriber_in_pieces(monke
         client.close()
         await link.close()
         await core.close()
+
+
+async def test_a_link_subscription_dropped_unread_stops_its_stream_at_the_bus(monkeypatch):
+    """A subscription never iterated has no generator finalizer: dropping it must still stop its link
+    stream, or the bus's side waits for credit for good and the client keeps what it was sent."""
+    import gc
+    import types
+
+    from reactor_rt.events.local_link import LinkClient
+    from reactor_rt.events.ray_bus import EventBusCore, RayBus, bus_link_server
+
+    core = EventBusCore(None, buffer=8, overflow_wait=0.01)
+    link = bus_link_server(core)
+    client = await LinkClient.connect(await link.start())
+    bus = RayBus(types.SimpleNamespace())  # no actor: everything goes over the link below
+
+    async def linked() -> LinkClient:
+        return client
+
+    monkeypatch.setattr(bus._link, "get", linked)
+    try:
+        sub = await bus.subscribe(subject="s")
+        for _ in range(30):  # more batches than the window: the bus's side waits for credit
+            await core.publish_many([record("rx.query", "s")])
+            await anyio.sleep(0.005)
+        connection = next(iter(link.connections))
+        assert connection._tasks and client._streams
+        del sub
+        gc.collect()
+        with anyio.fail_after(5):
+            while connection._tasks or client._streams or core.stats()["subscriptions"]:
+                await anyio.sleep(0.02)
+    finally:
+        client.close()
+        await link.close()
+        await core.close()
