@@ -9,7 +9,6 @@ so a crash mid-save leaves the previous file whole.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from torch import Tensor
 
 from reactor_rt.errors import CheckpointError
+from reactor_rt.fsync import fsync_directory
 
 __all__ = [
     "FORMAT",
@@ -46,24 +46,7 @@ def write_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, st
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in directory durable: until its entry is on disk, a power cut can bring the file back
-    as the previous version, though the new one was already announced."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # a platform that cannot open directories (Windows) has no such fsync either
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        # some file systems (network, FUSE) refuse fsync on a directory: that must not fail every save
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise
-    finally:
-        os.close(fd)
+    fsync_directory(path.parent)
 
 
 def read_tensors(path: Path, metadata_only: bool = False) -> tuple[dict[str, Tensor], dict[str, str]]:

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load as st_load
 
 from reactor_rt.errors import StoreError
+from reactor_rt.fsync import fsync_directory
 from reactor_rt.store.codec import STM_KEY, encode_stm
 
 __all__ = ["load_stm_file", "save_stm_file"]
@@ -31,18 +32,6 @@ def _check_metadata(metadata: object) -> dict[str, str]:
     ):
         raise TypeError("metadata must be a dict[str, str]")
     return dict(metadata)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # the rename is durable only once the directory entry is on disk: without this, a power loss
-    # right after save_stm_file returned can bring back the old file, or no file at all
-    if os.name != "posix":  # directories cannot be opened for fsync elsewhere
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_stm_file(
@@ -71,7 +60,7 @@ def save_stm_file(
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-        _fsync_directory(target.parent)
+        fsync_directory(target.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

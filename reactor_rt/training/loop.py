@@ -7,7 +7,6 @@ checkpoint at step s draws exactly the batches an uninterrupted run would have d
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import random
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from reactor_rt.errors import CheckpointError, TrainingError
+from reactor_rt.fsync import fsync_directory
 
 __all__ = [
     "MAX_NONFINITE_STREAK",
@@ -125,22 +125,7 @@ def _save_atomic(obj: Any, path: Path) -> None:
         f.flush()
         os.fsync(f.fileno())  # the bytes on disk before the rename makes them the checkpoint
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable; file systems that cannot fsync a directory are let be."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
+    fsync_directory(path.parent)
 
 
 def _load_checkpoint(path: Path, restore: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
