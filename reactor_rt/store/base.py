@@ -76,21 +76,21 @@ def copy_target_exists_error(src: str, dst: str, current: int) -> StaleVersionEr
 
 
 def _check_version(expected_version: object) -> int:
-    # bool is an int subclass: True would silently mean version 1
-    if not isinstance(expected_version, int) or isinstance(expected_version, bool):
-        raise TypeError(f"expected_version must be an int, not {type(expected_version).__name__}")
-    if expected_version < 0:
-        raise ValueError(f"expected_version must be >= 0 (0 = absent), got {expected_version}")
-    return expected_version
+    return _int_at_least(expected_version, "expected_version", 0, " (0 = absent)")
 
 
 def check_history_size(history_size: object) -> int:
     """A store's ``history_size``: an int >= 1 (a float would only fail later, at the first write)."""
-    if not isinstance(history_size, int) or isinstance(history_size, bool):
-        raise TypeError(f"history_size must be an int, not {type(history_size).__name__}")
-    if history_size < 1:
-        raise ValueError(f"history_size must be >= 1, got {history_size}")
-    return history_size
+    return _int_at_least(history_size, "history_size", 1)
+
+
+def _int_at_least(value: object, name: str, minimum: int, note: str = "") -> int:
+    # bool is an int subclass: True would silently mean 1
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}{note}, got {value}")
+    return value
 
 
 def _check_tensor(stm: object) -> torch.Tensor:
