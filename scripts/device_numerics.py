@@ -24,7 +24,7 @@ import torch
 from reactor_rt.bundled import bundled_path, load_model
 from reactor_rt.model import DecodeBatch, ReactiveTransformer
 from reactor_rt.template import build_prompt
-from reactor_rt.training.eval_recall import fixed_eval, pad_rows, play_dialogues, recall_dialogues
+from reactor_rt.training.eval_recall import fixed_eval, pad_rows, play_turns, recall_dialogues
 
 __all__ = ["compare", "main"]
 
@@ -44,7 +44,7 @@ def _interactions(ref: ReactiveTransformer) -> list[list[list[int]]]:
     """TURNS turns of ROWS held-out recall dialogues, answered by the reference model (its own answers,
     as at inference): the inputs every comparison below shares."""
     dialogues = recall_dialogues(TURNS - 2, ROWS, seed=11)  # fact, TURNS-2 fillers, question
-    return play_dialogues(ref, dialogues)[1]
+    return play_turns(ref, dialogues).interactions
 
 
 def _stm_chain(model: ReactiveTransformer, turns: list[list[list[int]]], device: torch.device) -> list[torch.Tensor]:

@@ -34,7 +34,6 @@ __all__ = [
     "fixed_eval",
     "format_table",
     "pad_rows",
-    "play_dialogues",
     "play_turns",
     "recall_dialogues",
 ]
@@ -94,21 +93,7 @@ def answer_dialogues(
     Memory path as at inference: answer from STM(t-1), then encode query + own answer and update.
     With ``reset_stm`` every turn reads the initial STM (and no update is needed).
     """
-    return play_dialogues(model, dialogues, reset_stm, max_new_tokens, sampler, generator)[0]
-
-
-@torch.no_grad()
-def play_dialogues(
-    model: ReactiveTransformer,
-    dialogues: Sequence[Dialogue],
-    reset_stm: bool = False,
-    max_new_tokens: int = 24,
-    sampler: Sampler | None = None,
-    generator: torch.Generator | None = None,
-) -> tuple[list[list[str]], list[list[list[int]]]]:
-    """Like `answer_dialogues`, also returning each turn's interaction ids ([BOS][Q] q [A] answer [EOS])."""
-    played = play_turns(model, dialogues, reset_stm, max_new_tokens, sampler, generator)
-    return played.answers, played.interactions
+    return play_turns(model, dialogues, reset_stm, max_new_tokens, sampler, generator).answers
 
 
 @dataclass
@@ -130,8 +115,9 @@ def play_turns(
     sampler: Sampler | None = None,
     generator: torch.Generator | None = None,
 ) -> PlayedTurns:
-    """`play_dialogues` with the facts a policy-gradient update needs: where each answer starts, and
-    whether its closing [EOS] was generated or only added to close the interaction.
+    """`answer_dialogues`, with each turn's interaction ids ([BOS][Q] q [A] answer [EOS]) and what a
+    policy-gradient update needs: where each answer starts, and whether its closing [EOS] was generated
+    or only added to close the interaction.
 
     An answer is the generated ids up to its first [EOS], kept as generated ([PAD] included: sampling
     may produce one mid-answer, and the runtime encodes it too); only the padding after a row that was

@@ -9,7 +9,7 @@ import torch
 from reactor_rt.template import build_prompt
 from reactor_rt.training.batches import DialogueBatch
 from reactor_rt.training.dialogues import Dialogue, DialogueGenerator, fact_turn
-from reactor_rt.training.eval_recall import play_dialogues
+from reactor_rt.training.eval_recall import play_turns
 from reactor_rt.training.mrl import Critic, MRLConfig, collect_rollout, ppo_loss
 
 
@@ -75,7 +75,7 @@ def test_played_answers_keep_a_pad_the_model_generated(micro_model):
 
     m.generate = fake_generate  # type: ignore[method-assign]
     dialogues = [Dialogue((fact_turn("name", "Kalo", "Got it."),))] * 3
-    _, rows = play_dialogues(m, dialogues)
+    rows = play_turns(m, dialogues).interactions
     prompt = build_prompt(tok, dialogues[0].turns[0].query)
     # a [PAD] the model generated stays, as in the runtime's memory update; the padding after a row does not
     assert rows[0][0] == [*prompt, a, pad, c, eos]
