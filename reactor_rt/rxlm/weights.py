@@ -43,11 +43,24 @@ class _Source:
         return any(n in self.tensors for n in names)
 
     def get(self, *names: str) -> Tensor:
+        """The first of names present, as float32; CheckpointError for a non-float or non-finite tensor."""
         for n in names:
             if n in self.tensors:
                 self.used.add(n)
-                return self.tensors[n].to(torch.float32)
+                raw = self.tensors[n]
+                # a damaged file must not load: an int/bool tensor would be cast silently, a NaN/inf spreads
+                if not raw.is_floating_point():
+                    raise CheckpointError(f"RxLM tensor {n!r} has dtype {raw.dtype}, not a floating-point type")
+                t = raw.to(torch.float32)
+                if not torch.isfinite(t).all():
+                    raise CheckpointError(f"RxLM tensor {n!r} holds NaN or infinite values")
+                return t
         raise CheckpointError(f"RxLM weights lack {names[0]!r}" + (f" (or {list(names[1:])})" if names[1:] else ""))
+
+    def skip(self, name: str) -> None:
+        """Mark a tensor the reference never runs (a tied duplicate) as consumed, if present."""
+        if name in self.tensors:
+            self.used.add(name)
 
     def unused(self) -> list[str]:
         return sorted(k for k in self.tensors if k not in self.used and not k.endswith(IGNORED_SUFFIXES))
@@ -169,14 +182,11 @@ def map_weights(
     # share_components() gives the decoder the encoder's embedding and the memory attention's STM: those
     # copies win when both names survived (a model saved before sharing)
     out["embedding.weight"] = src.get("encoder.model.embedding.weight", "decoder.model.embedding.weight")
-    if src.has("decoder.model.embedding.weight"):
-        src.get("decoder.model.embedding.weight")
+    src.skip("decoder.model.embedding.weight")
     memory = src.get("memory_attention.model.stm.memory", "decoder.model.stm.memory")  # (L, B, S, D)
     out["stm_init"] = memory[:, 0].contiguous()
-    if src.has("decoder.model.stm.memory"):
-        src.get("decoder.model.stm.memory")
-    if src.has("encoder.model.stm.memory"):
-        src.get("encoder.model.stm.memory")  # the encoder never reads it
+    src.skip("decoder.model.stm.memory")
+    src.skip("encoder.model.stm.memory")  # the encoder never reads it
 
     d = "decoder.model"
     for j, kind in enumerate(c.stateless_layers):

@@ -435,3 +435,35 @@ def test_cli_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert ReactiveTransformer.from_pretrained(tmp_path / "out").config.memory_update == "staged"
     assert main(["import-rxlm", str(tmp_path / "missing"), str(tmp_path / "out2")]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_refused(tmp_path: Path, value: float) -> None:
+    cfg = rxlm_config()
+    tensors = rxlm_tensors(cfg)
+    tensors["decoder.model.head.weight"][3, 1] = value
+    with pytest.raises(CheckpointError, match=r"decoder\.model\.head\.weight.*NaN or infinite"):
+        load_rxlm(write_checkpoint(tmp_path, cfg, tensors))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
+def test_non_float_weights_are_refused(tmp_path: Path, dtype: torch.dtype) -> None:
+    cfg = rxlm_config()
+    tensors = rxlm_tensors(cfg)
+    tensors["decoder.model.head.bias"] = torch.ones(VOCAB, dtype=dtype)
+    with pytest.raises(CheckpointError, match=r"decoder\.model\.head\.bias.*not a floating-point"):
+        load_rxlm(write_checkpoint(tmp_path, cfg, tensors))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_checkpoints_convert_exactly(tmp_path: Path, dtype: torch.dtype) -> None:
+    cfg = rxlm_config()
+    tensors = {k: v.to(dtype) for k, v in rxlm_tensors(cfg).items()}
+    model = load_rxlm(write_checkpoint(tmp_path, cfg, tensors))
+    assert model.embedding.weight.dtype == torch.float32
+    assert torch.equal(model.embedding.weight, tensors["decoder.model.embedding.weight"].float())
+    # an unused tied duplicate is not the model's: its values are not checked (the reference overwrites it)
+    tensors["encoder.model.embedding.weight"] = tensors.pop("decoder.model.embedding.weight")
+    tensors["decoder.model.embedding.weight"] = torch.full((VOCAB, DIM), float("nan"), dtype=dtype)
+    model = load_rxlm(write_checkpoint(tmp_path / "dup", cfg, tensors))
+    assert torch.isfinite(model.embedding.weight).all()
