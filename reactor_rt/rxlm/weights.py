@@ -38,6 +38,7 @@ class _Source:
     def __init__(self, tensors: Mapping[str, Tensor]) -> None:
         self.tensors = dict(tensors)
         self.used: set[str] = set()
+        self.recent: list[str] = []  # the last names fetched: where a layout mismatch is reported
 
     def has(self, *names: str) -> bool:
         return any(n in self.tensors for n in names)
@@ -47,6 +48,7 @@ class _Source:
         for n in names:
             if n in self.tensors:
                 self.used.add(n)
+                self.recent = [*self.recent[-2:], n]
                 raw = self.tensors[n]
                 # a damaged file must not load: an int/bool tensor would be cast silently, a NaN/inf spreads
                 if not raw.is_floating_point():
@@ -167,17 +169,8 @@ def _slot_gate(src: _Source, out: dict[str, Tensor], dst: str, ref: str, c: RxTC
         out[f"{dst}.status_proj.bias"] = src.get(f"{ref}.slot_status.bias")
 
 
-def map_weights(
-    tensors: Mapping[str, Tensor], config: RxTConfig, plan: ImportPlan, fresh: Mapping[str, Tensor]
-) -> dict[str, Tensor]:
-    """RxLM tensors -> a complete reactor-rt state dict for `config`.
-
-    fresh: a freshly initialised model's state dict; only tensors the reference has no counterpart for
-    (the encoder's MLM head: RxLM keeps it in a separate model) are taken from it.
-    UnsupportedCheckpointError when tensors are left over (an option the config mapping did not see).
-    """
-    c = config
-    src = _Source(tensors)
+def _map_all(src: _Source, c: RxTConfig, plan: ImportPlan) -> dict[str, Tensor]:
+    """Every reactor-rt tensor that has an RxLM counterpart."""
     out: dict[str, Tensor] = {}
     # share_components() gives the decoder the encoder's embedding and the memory attention's STM: those
     # copies win when both names survived (a model saved before sharing)
@@ -226,7 +219,25 @@ def map_weights(
         out[f"{dst}.enc_norm.weight"] = src.get(f"{m}.memory_input_norm_layers.{i}.weight")
         _attention(src, out, f"{dst}.attn", f"{m}.attention_layers.{i}", False, True)
         _slot_gate(src, out, f"{dst}.gate", f"{m}.residual_gate_layers.{i}", c)
+    return out
 
+
+def map_weights(
+    tensors: Mapping[str, Tensor], config: RxTConfig, plan: ImportPlan, fresh: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """RxLM tensors -> a complete reactor-rt state dict for `config`.
+
+    fresh: a freshly initialised model's state dict; only tensors the reference has no counterpart for
+    (the encoder's MLM head: RxLM keeps it in a separate model) are taken from it.
+    UnsupportedCheckpointError when tensors are left over (an option the config mapping did not see).
+    """
+    src = _Source(tensors)
+    try:
+        out = _map_all(src, config, plan)
+    except (RuntimeError, IndexError, ValueError) as exc:
+        # a tensor whose shape does not fit the layout config.json describes fails inside cat/stack/reshape
+        shapes = ", ".join(f"{n} {tuple(src.tensors[n].shape)}" for n in src.recent)
+        raise CheckpointError(f"RxLM weights do not match config.json near {shapes}: {exc}") from exc
     # the MLM head: matrices drawn from a fixed seed (a conversion is reproducible), norms/biases as built
     g = torch.Generator().manual_seed(0)
     for name, tensor in sorted(fresh.items()):

@@ -437,6 +437,25 @@ def test_cli_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "error:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [
+        ("decoder.model.layers.0.attention.q_proj.weight", torch.zeros(16, DIM - 1)),  # torch.cat fails
+        ("decoder.model.layers.0.ff.w1", torch.zeros(3, DIM)),  # permute of a 2-D tensor fails
+        ("memory_attention.model.residual_gate_layers.0.gate", torch.zeros(SLOTS - 1, 1)),  # reshape fails
+        ("decoder.model.stm.memory", torch.zeros(LAYERS)),  # indexing fails
+    ],
+)
+def test_tensor_that_breaks_the_layout_is_a_checkpoint_error(tmp_path: Path, name: str, bad: torch.Tensor) -> None:
+    """A tensor whose shape cannot be rearranged was a bare RuntimeError/IndexError (a CLI traceback)."""
+    cfg = rxlm_config()
+    tensors = rxlm_tensors(cfg)
+    tensors[name] = bad
+    with pytest.raises(CheckpointError, match="do not match config.json") as info:
+        load_rxlm(write_checkpoint(tmp_path, cfg, tensors))
+    assert name in str(info.value)
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_weights_are_refused(tmp_path: Path, value: float) -> None:
     cfg = rxlm_config()
