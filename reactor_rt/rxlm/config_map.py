@@ -90,6 +90,39 @@ def _heads(kind: str, heads: int, groups: int | None, query_groups: int | None, 
     return heads, heads
 
 
+# keys whose reference default is None but take a value of this type when set
+_OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
+    "shared_expert_dim": (int,), "att_query_groups": (int,), "cross_att_groups": (int,),
+    "cross_att_query_groups": (int,), "interlayer_att_query_groups": (int,), "use_gated_cross_attention": (bool,),
+    "stateless_layers_config": (list,), "final_stateless_layers_config": (list,), "num_groups": (int,),
+}
+# integer keys where null means the same as 1 here (``groups or 1``) as in the reference
+_NULLABLE_INTS = ("att_groups", "cross_att_groups", "interlayer_att_groups")
+
+
+def _type_problems(c: dict[str, Any], defaults: dict[str, Any], where: str, problems: list[str]) -> None:
+    """Name every value of the wrong JSON type: a damaged or hand-edited config.json must not be read
+    loosely (12.5 layers, null heads or a list where a name belongs crash further on or read wrong).
+    null stays allowed where Python reads it as the reference does (a false flag, a name checked below)."""
+    for key in [*defaults, "num_groups"]:
+        value, default = c.get(key), defaults.get(key)
+        if value is None and (key not in defaults or key in _NULLABLE_INTS or isinstance(default, (bool, str))):
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, float) or key == "rope_base":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:  # default None
+            types = _OPTIONAL_TYPES.get(key, (int,))
+            ok = value is None or (isinstance(value, types) and (bool in types or not isinstance(value, bool)))
+        if not ok:
+            problems.append(f"{where}.{key}={value!r} (wrong type)")
+
+
 def _component_problems(c: dict[str, Any], where: str, problems: list[str]) -> None:
     if not c["use_gated"]:
         problems.append(f"{where}.use_gated=false (non-gated FFN)")
@@ -130,6 +163,11 @@ def map_config(raw: dict[str, Any], tensor_names: Iterable[str] = ()) -> tuple[R
     enc = {**COMPONENT_DEFAULTS, **raw["encoder_config"]}
     mem = {**MEMORY_DEFAULTS, **raw["memory_attention_config"]}
     problems: list[str] = []
+    _type_problems(dec, COMPONENT_DEFAULTS, "decoder_config", problems)
+    _type_problems(enc, COMPONENT_DEFAULTS, "encoder_config", problems)
+    _type_problems(mem, MEMORY_DEFAULTS, "memory_attention_config", problems)
+    if problems:
+        raise CheckpointError("malformed RxLM config.json: " + "; ".join(problems))
     notes: list[str] = []
     _component_problems(dec, "decoder_config", problems)
     _component_problems(enc, "encoder_config", problems)

@@ -451,7 +451,7 @@ def test_tensor_that_breaks_the_layout_is_a_checkpoint_error(tmp_path: Path, nam
     cfg = rxlm_config()
     tensors = rxlm_tensors(cfg)
     tensors[name] = bad
-    with pytest.raises(CheckpointError, match="do not match config.json") as info:
+    with pytest.raises(CheckpointError, match=r"do not match config\.json") as info:
         load_rxlm(write_checkpoint(tmp_path, cfg, tensors))
     assert name in str(info.value)
 
@@ -486,3 +486,31 @@ def test_half_precision_checkpoints_convert_exactly(tmp_path: Path, dtype: torch
     tensors["decoder.model.embedding.weight"] = torch.full((VOCAB, DIM), float("nan"), dtype=dtype)
     model = load_rxlm(write_checkpoint(tmp_path / "dup", cfg, tensors))
     assert torch.isfinite(model.embedding.weight).all()
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("decoder_config", "att_heads", None),  # was a TypeError from the head-count arithmetic
+        ("decoder_config", "num_shared_experts", None),
+        ("decoder_config", "num_layers", "2"),
+        ("encoder_config", "use_gated", "false"),  # a true string: was read as a gated FFN
+        ("decoder_config", "ff_activation", ["silu"]),  # unhashable: was a TypeError
+        ("memory_attention_config", "residual_gate_init", "3.0"),
+        ("memory_attention_config", "num_groups", "x"),  # was a ValueError from int()
+    ],
+)
+def test_malformed_config_values_are_named(section: str, key: str, value: object) -> None:
+    cfg = rxlm_config(variant="grouped-self-interlayer")
+    cfg[section][key] = value
+    with pytest.raises(CheckpointError, match=r"malformed RxLM config\.json") as info:
+        map_config(cfg)
+    assert f"{section}.{key}={value!r} (wrong type)" in str(info.value)
+
+
+def test_config_nulls_the_reference_reads_alike_are_accepted() -> None:
+    cfg = rxlm_config()
+    cfg["decoder_config"].update(head_norm_type=None, att_groups=None, use_gated_cross_attention=None,
+                                 shared_expert_dim=None, stateless_layers_config=None)
+    cfg["memory_attention_config"]["interlayer_att_groups"] = None
+    assert map_config(cfg)[0].kv_heads == 1
