@@ -67,9 +67,13 @@ def _tokenizer(src: Path, tokenizer: str | Path | None, raw: dict, vocab_size: i
     except Exception as exc:  # tokenizers raises bare Exception subclasses on bad files
         raise CheckpointError(f"cannot load tokenizer {path}: {exc}") from exc
     ids = raw.get("tokenizer_config") or {}
+    if not isinstance(ids, dict):
+        raise CheckpointError(f"RxLM config.json: tokenizer_config is not an object: {ids!r}")
     for key, name in TOKENIZER_IDS.items():
-        if key not in ids:
+        if ids.get(key) is None:
             continue
+        if not isinstance(ids[key], int) or isinstance(ids[key], bool) or ids[key] < 0:
+            raise CheckpointError(f"RxLM config.json: tokenizer_config.{key}={ids[key]!r} is not a token id")
         have = hf.token_to_id(name)
         if have != ids[key]:
             # the model was trained with the token at ids[key]: it must be the one reactor-rt uses as `name`

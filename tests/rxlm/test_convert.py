@@ -514,3 +514,24 @@ def test_config_nulls_the_reference_reads_alike_are_accepted() -> None:
                                  shared_expert_dim=None, stateless_layers_config=None)
     cfg["memory_attention_config"]["interlayer_att_groups"] = None
     assert map_config(cfg)[0].kv_heads == 1
+
+
+@pytest.mark.parametrize(("ids", "named"), [
+    (["x"], "tokenizer_config is not an object"),
+    ({"pad_token_id": "0"}, "tokenizer_config.pad_token_id='0' is not a token id"),
+    ({"eos_token_id": 3.0}, "tokenizer_config.eos_token_id=3.0 is not a token id"),
+    ({"bos_token_id": -1}, "tokenizer_config.bos_token_id=-1 is not a token id"),
+])
+def test_malformed_tokenizer_config_is_named(tmp_path: Path, ids: object, named: str) -> None:
+    """A list was silently ignored (no id checked), a non-int id a TypeError from the tokenizers library."""
+    cfg = rxlm_config()
+    cfg["tokenizer_config"] = ids
+    with pytest.raises(CheckpointError, match="tokenizer_config") as info:
+        load_rxlm(write_checkpoint(tmp_path, cfg))
+    assert named in str(info.value)
+
+
+def test_tokenizer_config_null_ids_are_not_checked(tmp_path: Path) -> None:
+    cfg = rxlm_config()
+    cfg["tokenizer_config"]["pad_token_id"] = None
+    assert load_rxlm(write_checkpoint(tmp_path, cfg)).tokenizer.pad_id == 0
