@@ -13,11 +13,12 @@ __all__ = ["import_rxlm_command"]
 def import_rxlm_command(src: str | Path, out: str | Path, tokenizer: str | Path | None = None) -> int:
     """Convert the RxLM checkpoint in src into a reactor-rt checkpoint in out; 0 on success, 1 on a
     ReactorError (printed to stderr)."""
-    from reactor_rt.rxlm.convert import load_rxlm
+    from reactor_rt.rxlm.convert import check_destination, load_rxlm, save_converted
 
     try:
+        destination = check_destination(src, out)
         model = load_rxlm(src, tokenizer)
-        model.save_pretrained(out)
+        save_converted(model, destination)
     except ReactorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

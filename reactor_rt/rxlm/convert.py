@@ -15,7 +15,7 @@ from reactor_rt.rxlm.config_map import UnsupportedCheckpointError, map_config
 from reactor_rt.rxlm.weights import map_weights
 from reactor_rt.tokenizer import SPECIAL_TOKENS, HFTokenizer
 
-__all__ = ["TOKENIZER_IDS", "convert", "load_rxlm"]
+__all__ = ["TOKENIZER_IDS", "check_destination", "convert", "load_rxlm", "save_converted"]
 
 log = structlog.get_logger()
 
@@ -132,14 +132,33 @@ def load_rxlm(src_dir: str | Path, tokenizer: str | Path | None = None) -> React
     return model.eval()
 
 
+def check_destination(src_dir: str | Path, out_dir: str | Path) -> Path:
+    """out_dir as a Path; CheckpointError when writing there would overwrite the RxLM checkpoint
+    (reactor-rt's config.json and model.safetensors have the same names) or out_dir is a file."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"output {out} exists and is not a directory")
+    if out.resolve() == Path(src_dir).resolve():
+        raise CheckpointError(f"output {out} is the RxLM checkpoint itself: converting would overwrite it")
+    return out
+
+
+def save_converted(model: ReactiveTransformer, out: Path) -> None:
+    """model.save_pretrained(out), with a failed write (permissions, a full disk) as a CheckpointError."""
+    try:
+        model.save_pretrained(out)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write the converted checkpoint to {out}: {exc}") from exc
+
+
 def convert(src_dir: str | Path, out_dir: str | Path, tokenizer: str | Path | None = None) -> Path:
     """Convert an RxLM checkpoint (config.json + model.safetensors [+ tokenizer.json]) into a reactor-rt
     checkpoint in out_dir, which `ReactiveTransformer.from_pretrained` and `Reactor.start(model=...)` load.
 
     tokenizer: a tokenizer.json to use when the source directory has none. Returns out_dir as a Path.
     """
+    out = check_destination(src_dir, out_dir)
     model = load_rxlm(src_dir, tokenizer)
-    out = Path(out_dir)
-    model.save_pretrained(out)
+    save_converted(model, out)
     log.info("rxlm.import.done", src=str(src_dir), out=str(out), parameters=model.num_parameters())
     return out

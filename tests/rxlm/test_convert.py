@@ -535,3 +535,27 @@ def test_tokenizer_config_null_ids_are_not_checked(tmp_path: Path) -> None:
     cfg = rxlm_config()
     cfg["tokenizer_config"]["pad_token_id"] = None
     assert load_rxlm(write_checkpoint(tmp_path, cfg)).tokenizer.pad_id == 0
+
+
+def test_converting_into_the_source_directory_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """reactor-rt writes config.json and model.safetensors, the RxLM files' own names: OUT == SRC
+    overwrote the published checkpoint with the converted one."""
+    src = write_checkpoint(tmp_path / "src")
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    with pytest.raises(CheckpointError, match="would overwrite"):
+        convert(src, src / ".." / "src")
+    assert main(["import-rxlm", str(src), str(src)]) == 1
+    assert "would overwrite" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+
+
+def test_output_that_cannot_be_written_is_a_checkpoint_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An output path that is a file was a FileExistsError traceback from the CLI."""
+    src = write_checkpoint(tmp_path / "src")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match="not a directory"):
+        convert(src, tmp_path / "file")
+    with pytest.raises(CheckpointError, match="cannot write"):
+        convert(src, tmp_path / "file" / "out")  # a parent that is a file: mkdir fails
+    assert main(["import-rxlm", str(src), str(tmp_path / "file" / "out")]) == 1
+    assert "cannot write" in capsys.readouterr().err
