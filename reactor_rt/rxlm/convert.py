@@ -32,6 +32,8 @@ def _read_config(src: Path) -> dict:
         raise CheckpointError(f"RxLM checkpoint {src} is missing {CONFIG_FILE}")
     try:
         raw = json.loads(path.read_text())
+    except OSError as exc:  # unreadable (permissions, an I/O error)
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"corrupt {path}: {exc}") from exc
     if not isinstance(raw, dict):
@@ -45,7 +47,11 @@ def _read_weights(src: Path) -> dict[str, torch.Tensor]:
 
     path = src / WEIGHTS_FILE
     if not path.is_file():
-        raise CheckpointError(f"RxLM checkpoint {src} is missing {WEIGHTS_FILE}")
+        # RxLM saves one file; a sharded set (re-saved by other tools) must be merged first
+        sharded = (src / f"{WEIGHTS_FILE}.index.json").is_file()
+        raise CheckpointError(f"RxLM checkpoint {src} is missing {WEIGHTS_FILE}" + (
+            f" (sharded weights, {WEIGHTS_FILE}.index.json, are not supported: merge them into one file)"
+            if sharded else ""))
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:

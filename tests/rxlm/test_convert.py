@@ -559,3 +559,26 @@ def test_output_that_cannot_be_written_is_a_checkpoint_error(tmp_path: Path, cap
         convert(src, tmp_path / "file" / "out")  # a parent that is a file: mkdir fails
     assert main(["import-rxlm", str(src), str(tmp_path / "file" / "out")]) == 1
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_unreadable_config_is_a_checkpoint_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unreadable config.json was a bare PermissionError (tests run as root: chmod cannot show it)."""
+    src = write_checkpoint(tmp_path / "src")
+    real = Path.read_text
+
+    def read_text(self: Path, *args: object, **kwargs: object) -> str:
+        if self.name == "config.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    with pytest.raises(CheckpointError, match=r"cannot read .*config\.json.*Permission denied"):
+        load_rxlm(src)
+
+
+def test_sharded_weights_are_named(tmp_path: Path) -> None:
+    src = write_checkpoint(tmp_path / "src")
+    (src / "model.safetensors").rename(src / "model-00001-of-00001.safetensors")
+    (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {}}))
+    with pytest.raises(CheckpointError, match=r"missing model\.safetensors \(sharded weights"):
+        load_rxlm(src)
