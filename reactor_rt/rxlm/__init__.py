@@ -18,8 +18,10 @@ Reference defects handled (rxlm 0.3.80, checked against its source):
 * the memory-attention dispatch of ``RxTAlpha`` builds the *self-interlayer* network (with interlayer
   gates) for ``memory_attention_variant="interlayer"``, not the documented interlayer one: the
   converter maps both to reactor-rt's "gated-self-interlayer" variant in the staged layout, which is
-  what the reference actually runs (and whose weights the file holds); "grouped-self-interlayer"
-  maps to the same variant with ``memory_groups`` = ``num_groups`` (interlayer means per group);
+  what the reference actually runs (and whose weights the file holds). A gated checkpoint without
+  interlayer gates comes from an rxlm whose dispatch builds the interlayer network it names: it maps to
+  the staged "interlayer" variant (attention to the normalised layer mean). "grouped-self-interlayer"
+  maps to "gated-self-interlayer" with ``memory_groups`` = ``num_groups`` (interlayer means per group);
 * the grouped variant's forward returns None instead of the new STM (no effect on the weights; the
   parity script reads the STM back instead);
 * with ``use_flash_attention`` the reference zeroes padded positions instead of masking them, so

@@ -154,7 +154,8 @@ def map_config(raw: dict[str, Any], tensor_names: Iterable[str] = ()) -> tuple[R
     every option that cannot be reproduced, CheckpointError when a section is missing.
 
     tensor_names (of model.safetensors) reveal the legacy MoE layout in checkpoints whose config.json
-    predates the ``use_vectorized_moe`` switch.
+    predates the ``use_vectorized_moe`` switch, and which network a gated "interlayer" variant holds
+    (with interlayer gates the self-interlayer one rxlm 0.3.80 builds, without them the interlayer one).
     """
     for key in ("decoder_config", "encoder_config", "memory_attention_config"):
         if not isinstance(raw.get(key), dict):
@@ -190,15 +191,25 @@ def map_config(raw: dict[str, Any], tensor_names: Iterable[str] = ()) -> tuple[R
     if dec["use_attention_output_bias"] != enc["use_attention_output_bias"]:
         problems.append("decoder and encoder differ in use_attention_output_bias")
 
+    names = list(tensor_names)
     variant = raw.get("memory_attention_variant", "interlayer")
-    groups = 1
+    groups, kind = 1, "gated-self-interlayer"
     if variant == "grouped-self-interlayer":
         groups = int(mem.get("num_groups") or 1)
         if mem["num_layers"] % groups:
             problems.append(f"memory_attention_config.num_groups={groups} does not divide num_layers")
     elif variant == "interlayer":
-        # reference defect: its dispatch builds the self-interlayer network for "interlayer" too
-        notes.append("memory_attention_variant 'interlayer' is built by the reference as self-interlayer")
+        if mem["use_gated_residual"] and names and not any(
+            n.startswith("memory_attention.model.interlayer_gate_layers.") for n in names
+        ):
+            # gated, yet no interlayer gates: saved by an rxlm whose dispatch builds the interlayer network
+            # it names (kv = the normalised layer mean), which the staged "interlayer" variant computes
+            kind = "interlayer"
+            notes.append("memory_attention_variant 'interlayer' without interlayer gates: the interlayer network")
+        else:
+            # reference defect: its dispatch builds the self-interlayer network for "interlayer" too (rxlm
+            # 0.3.80). Without residual gates the file cannot tell: that version is assumed
+            notes.append("memory_attention_variant 'interlayer' is built by the reference as self-interlayer")
     elif variant != "self-interlayer":
         problems.append(f"memory_attention_variant={variant!r}")
 
@@ -219,7 +230,7 @@ def map_config(raw: dict[str, Any], tensor_names: Iterable[str] = ()) -> tuple[R
         raise UnsupportedCheckpointError("unsupported RxLM options: " + "; ".join(problems))
 
     legacy = bool(dec["use_moe"]) and (
-        not dec["use_vectorized_moe"] or any(".ff.experts.0." in name for name in tensor_names)
+        not dec["use_vectorized_moe"] or any(".ff.experts.0." in name for name in names)
     )
     if legacy:
         # the legacy experts (and shared experts) are gated FFNs with their own biases; no global bias
@@ -238,7 +249,7 @@ def map_config(raw: dict[str, Any], tensor_names: Iterable[str] = ()) -> tuple[R
         moe_shared_expert=bool(dec["use_moe"] and dec["num_shared_experts"] >= 1),
         moe_shared_count=max(1, int(dec["num_shared_experts"])),
         moe_router_bf16=bool(dec["use_moe"] and dec["router_amp"] and dec.get("router_dtype") == "bfloat16"),
-        stm_slots=dec["stm_size"], memory_attention="gated-self-interlayer", residual_gate=gate,
+        stm_slots=dec["stm_size"], memory_attention=kind, residual_gate=gate,
         gate_per_slot=bool(mem["residual_per_slot_gate"]), max_seq_len=seq_len,
         max_query_tokens=max(1, seq_len // 2), rope_theta=float(dec["rope_base"]), norm_eps=TORCH_RMS_EPS,
         encoder_query_heads=eq, encoder_kv_heads=ekv, cross_query_heads=cq, cross_kv_heads=ckv,

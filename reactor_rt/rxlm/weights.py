@@ -214,7 +214,8 @@ def _map_all(src: _Source, c: RxTConfig, plan: ImportPlan) -> dict[str, Tensor]:
         out[f"{dst}.pre_norm.weight"] = src.get(f"{m}.mean_memory_norm_layers.{i}.weight")
         _attention(src, out, f"{dst}.pre_attn", f"{m}.mean_attention_layers.{i}", False, True)
         _slot_gate(src, out, f"{dst}.pre_gate", f"{m}.mean_residual_gate_layers.{i}", c)
-        _slot_gate(src, out, f"{dst}.mix_gate", f"{m}.interlayer_gate_layers.{i}", c)
+        if c.memory_attention == "gated-self-interlayer":
+            _slot_gate(src, out, f"{dst}.mix_gate", f"{m}.interlayer_gate_layers.{i}", c)
         out[f"{dst}.stm_norm.weight"] = src.get(f"{m}.memory_norm_layers.{i}.weight")
         out[f"{dst}.enc_norm.weight"] = src.get(f"{m}.memory_input_norm_layers.{i}.weight")
         _attention(src, out, f"{dst}.attn", f"{m}.attention_layers.{i}", False, True)

@@ -582,3 +582,48 @@ def test_sharded_weights_are_named(tmp_path: Path) -> None:
     (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {}}))
     with pytest.raises(CheckpointError, match=r"missing model\.safetensors \(sharded weights"):
         load_rxlm(src)
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.shape[-1],), w, eps=torch.finfo(torch.float32).eps)
+
+
+def test_gated_interlayer_checkpoint_without_interlayer_gates_is_the_interlayer_network(tmp_path: Path) -> None:
+    """rxlm versions whose dispatch builds what "interlayer" names save no interlayer_gate_layers; such a
+    gated checkpoint was refused ('RxLM weights lack ...interlayer_gate_layers.0.gate'). Its consolidation
+    is: slots (normed) attend to the normed mean of the old STM layers, then the mean residual gate."""
+    cfg = rxlm_config(variant="interlayer")
+    tensors = {k: v for k, v in rxlm_tensors(cfg).items() if ".interlayer_gate_layers." not in k}
+    model = load_rxlm(write_checkpoint(tmp_path, cfg, tensors))
+    assert model.config.memory_attention == "interlayer"
+    # with the gates in the file, the self-interlayer network rxlm 0.3.80 builds for "interlayer"
+    assert load_rxlm(write_checkpoint(tmp_path / "own", cfg)).config.memory_attention == "gated-self-interlayer"
+
+    m = "memory_attention.model"
+    stm = torch.randn(1, LAYERS, SLOTS, DIM)
+    encoded = torch.randn(LAYERS, 1, 5, DIM)
+    mean = _rms(stm.mean(1), tensors[f"{m}.mean_stm_norm.weight"])  # (1, S, D)
+    hd = DIM // 4
+    expected = []
+    layer0 = model.memory_attention.layers[0]
+    for i, layer in enumerate(model.memory_attention.layers):
+        a = f"{m}.mean_attention_layers.{i}"
+        pre = _rms(stm[:, i], tensors[f"{m}.mean_memory_norm_layers.{i}.weight"])
+        q = F.linear(pre, tensors[f"{a}.q_proj.weight"]).view(1, SLOTS, 2, hd).transpose(1, 2)  # SQA: 2 q heads
+        k = F.linear(mean, tensors[f"{a}.k_proj.weight"]).view(1, SLOTS, 1, hd).transpose(1, 2)
+        v = F.linear(mean, tensors[f"{a}.v_proj.weight"]).view(1, SLOTS, 1, hd).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k.expand(-1, 2, -1, -1), v.expand(-1, 2, -1, -1))
+        y = F.linear(y.transpose(1, 2).reshape(1, SLOTS, 2 * hd), tensors[f"{a}.out_proj.weight"],
+                     tensors[f"{a}.out_proj.bias"])
+        w = tensors[f"{m}.mean_residual_gate_layers.{i}.gate"]  # elementwise sigmoid gate (S, 1)
+        g = torch.sigmoid(w * (stm[:, i] + y).mean(-1, keepdim=True))
+        updated = g * y + (1 - g) * stm[:, i]
+        # the write stage is the one every variant shares (checked by the other tests)
+        with torch.no_grad():
+            q2 = layer.attn.project_q(layer.stm_norm(updated))
+            k2, v2 = layer.attn.project_kv(layer.enc_norm(encoded[i]), model.memory_attention.rope.tables(5))
+            expected.append(layer.gate(updated, layer.attn.attend(q2, k2, v2, None)))
+    assert layer0.variant == "interlayer"
+    with torch.no_grad():
+        got = model.update_memory(stm, encoded)
+    torch.testing.assert_close(got, torch.stack(expected, 1), rtol=1e-5, atol=1e-5)
