@@ -23,7 +23,8 @@ CHAT_HELP = "commands: /new [NAME] new stream, /fork NAME copy this memory, /mem
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="bundled model name or checkpoint dir (default: the bundled tiny)")
-    p.add_argument("--store", default=None, help="STM store URL: sqlite:///path.db (default ~/.reactor-rt/stm.db) or memory://")
+    p.add_argument("--store", default=None, help="STM store URL: sqlite:///path.db or memory:// "
+                   "(default $REACTOR_RT_HOME/stm.db, REACTOR_RT_HOME defaulting to ~/.reactor-rt)")
     p.add_argument("--address", default=None, help="join this Ray cluster instead of starting a local one")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the model's)")
@@ -44,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     _runtime_args(ask)
 
     ev = sub.add_parser("events", help="print events from the durable event log (JSON lines)")
-    ev.add_argument("--store", default=None, help="the store whose event log to read (default ~/.reactor-rt/stm.db)")
+    ev.add_argument("--store", default=None, help="the store whose event log to read "
+                    "(default $REACTOR_RT_HOME/stm.db, REACTOR_RT_HOME defaulting to ~/.reactor-rt)")
     ev.add_argument("--subject", default=None)
     ev.add_argument("--after", type=int, default=0, help="only events with seq > AFTER (with --subject)")
     ev.add_argument("--follow", action="store_true", help="keep printing new events as they are logged")

@@ -1,8 +1,8 @@
 """The `Reactor` facade: starts (or joins) Ray, runs the actors, and hands out stream handles.
 
 Everything here is a convenience over the event bus: ``ask()`` publishes a ``Query`` and yields that
-interaction's events, which arrive through the stream's subscription (`reactor_rt.inbox`, opened on
-the stream's first question); the conductor does the work.
+interaction's events, which arrive through one watching subscription for all of this client's streams
+(`reactor_rt.inbox`: a stream joins its watch list at its first question); the conductor does the work.
 """
 
 from __future__ import annotations
@@ -333,7 +333,7 @@ class Reactor:
         self.tokenizer = tokenizer
         self._started_ray = started_ray
         self._closed = False
-        self._inbox = Inbox(bus)  # one subscription per stream for ask(), opened on its first question
+        self._inbox = Inbox(bus)  # one subscription for every stream's ask(), opened on the first question
 
     @classmethod
     def start(cls, model: str | os.PathLike[str] | ReactiveTransformer | None = None,
