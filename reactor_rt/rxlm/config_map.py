@@ -193,7 +193,7 @@ def map_config(raw: dict[str, Any], tensor_names: Iterable[str] = ()) -> tuple[R
 
     names = list(tensor_names)
     variant = raw.get("memory_attention_variant", "interlayer")
-    groups, kind = 1, "gated-self-interlayer"
+    groups, memory_kind = 1, "gated-self-interlayer"
     if variant == "grouped-self-interlayer":
         groups = int(mem.get("num_groups") or 1)
         if mem["num_layers"] % groups:
@@ -204,7 +204,7 @@ def map_config(raw: dict[str, Any], tensor_names: Iterable[str] = ()) -> tuple[R
         ):
             # gated, yet no interlayer gates: saved by an rxlm whose dispatch builds the interlayer network
             # it names (kv = the normalised layer mean), which the staged "interlayer" variant computes
-            kind = "interlayer"
+            memory_kind = "interlayer"
             notes.append("memory_attention_variant 'interlayer' without interlayer gates: the interlayer network")
         else:
             # reference defect: its dispatch builds the self-interlayer network for "interlayer" too (rxlm
@@ -249,7 +249,7 @@ def map_config(raw: dict[str, Any], tensor_names: Iterable[str] = ()) -> tuple[R
         moe_shared_expert=bool(dec["use_moe"] and dec["num_shared_experts"] >= 1),
         moe_shared_count=max(1, int(dec["num_shared_experts"])),
         moe_router_bf16=bool(dec["use_moe"] and dec["router_amp"] and dec.get("router_dtype") == "bfloat16"),
-        stm_slots=dec["stm_size"], memory_attention=kind, residual_gate=gate,
+        stm_slots=dec["stm_size"], memory_attention=memory_kind, residual_gate=gate,
         gate_per_slot=bool(mem["residual_per_slot_gate"]), max_seq_len=seq_len,
         max_query_tokens=max(1, seq_len // 2), rope_theta=float(dec["rope_base"]), norm_eps=TORCH_RMS_EPS,
         encoder_query_heads=eq, encoder_kv_heads=ekv, cross_query_heads=cq, cross_kv_heads=ckv,
