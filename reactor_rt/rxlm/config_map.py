@@ -143,8 +143,9 @@ def _component_problems(c: dict[str, Any], where: str, problems: list[str]) -> N
     if c["use_moe"]:
         if c["use_vectorized_moe"] and c["vectorized_moe_from_legacy"]:
             problems.append(f"{where}.vectorized_moe_from_legacy=true (two expert layouts at once)")
-        if c["moe_bias_mode"] not in ("global", "local", "off"):
-            problems.append(f"{where}.moe_bias_mode={c['moe_bias_mode']!r}")
+        for key in ("moe_bias_mode", "moe_shared_experts_bias_mode"):
+            if c[key] not in ("global", "local", "off"):
+                problems.append(f"{where}.{key}={c[key]!r}")
         if c["router_amp"] and c.get("router_dtype", "float32") == "float16":
             problems.append(f"{where}: router_amp with router_dtype='float16'")
 

@@ -344,6 +344,8 @@ def test_encoder_cross_attention_weights_are_ignored(tmp_path: Path) -> None:
         ({}, {}, {"num_groups": 3}, "grouped-self-interlayer", "num_groups=3 does not divide"),
         ({"use_moe": False, "stateless_layers_config": ["moe"]}, {}, {}, "self-interlayer", "dense decoder"),
         ({}, {"embed_dim": 64}, {}, "self-interlayer", "embed_dim differs"),
+        # was read as "no shared-expert bias" without a word
+        ({"moe_shared_experts_bias_mode": "both"}, {}, {}, "self-interlayer", "moe_shared_experts_bias_mode='both'"),
     ],
 )
 def test_unsupported_options_are_named(decoder: dict, encoder: dict, mem: dict, variant: str, named: str) -> None:
