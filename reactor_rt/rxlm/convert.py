@@ -87,7 +87,15 @@ def _tokenizer(src: Path, tokenizer: str | Path | None, raw: dict, vocab_size: i
                 f"tokenizer_config.{key}={ids[key]} is {hf.id_to_token(ids[key])!r} in the tokenizer, "
                 f"but reactor-rt needs it to be {name}" + ("" if have is None else f" (which is id {have})")
             )
-    # only tokens the checkpoint never used (e.g. [R] in a model without reasoning) may be added
+    # only tokens the checkpoint never used (e.g. [R] in a model without reasoning) may be added: the
+    # reference prompts with all of TOKENIZER_IDS, so a fresh, untrained [EOS] or [Q] would serve a model
+    # that never sees its own markers (its end token never ends an answer)
+    unknown = [name for name in TOKENIZER_IDS.values() if hf.token_to_id(name) is None]
+    if unknown:
+        raise CheckpointError(
+            f"tokenizer {path} has no {unknown} and tokenizer_config names no id for them: the model was "
+            "trained with such tokens under other names (set tokenizer_config ids, or rename them)"
+        )
     missing = [name for name in SPECIAL_TOKENS if hf.token_to_id(name) is None]
     if missing:
         from tokenizers import AddedToken

@@ -629,3 +629,18 @@ def test_gated_interlayer_checkpoint_without_interlayer_gates_is_the_interlayer_
     with torch.no_grad():
         got = model.update_memory(stm, encoded)
     torch.testing.assert_close(got, torch.stack(expected, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_tokens_the_model_was_trained_with_are_never_added_fresh(tmp_path: Path) -> None:
+    """With eos_token_id absent from tokenizer_config and the end token named [END], an untrained [EOS]
+    was appended (id 92): the served model never recognised its own end token."""
+    cfg = rxlm_config()
+    del cfg["tokenizer_config"]["eos_token_id"]
+    src = write_checkpoint(tmp_path / "src", cfg)
+    assert load_rxlm(src).tokenizer.eos_id == 3  # found by name when the tokenizer has it
+    data = json.loads((src / "tokenizer.json").read_text())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != "[EOS]"]
+    data["model"]["vocab"]["[END]"] = data["model"]["vocab"].pop("[EOS]")
+    (src / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=r"has no \['\[EOS\]'\]"):
+        load_rxlm(src)
