@@ -418,13 +418,9 @@ class LiveLearner:
         with self._lock:
             if version <= self._version:
                 raise ValueError(f"version {version} is not ahead of this learner's ({self._version})")
-            if set(state) != set(self._params):
-                raise ValueError("the state does not hold exactly this learner's parameters")
-            for name, p in self._params.items():
-                value = state[name]
-                if value.shape != p.shape or not bool(torch.isfinite(value).all()):
-                    raise ValueError(f"parameter {name!r}: shape {tuple(value.shape)}, expected {tuple(p.shape)}, "
-                                     "finite values")
+            problem = self._weights_problem(state)
+            if problem is not None:
+                raise ValueError(f"the state to adopt {problem}")
             with torch.no_grad():
                 for name, p in self._params.items():
                     p.copy_(state[name])
@@ -528,18 +524,25 @@ class LiveLearner:
             raise CheckpointError(f"{file} holds params={meta.get('params')!r}, this learner trains {self.params!r}")
         # parameter names have no "/", so the prefix alone tells weights from optimizer moments
         weights = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        problem = self._weights_problem(weights)
+        if problem is not None:
+            raise CheckpointError(f"{file} {problem}")
+        return weights
+
+    def _weights_problem(self, weights: dict[str, Tensor]) -> str | None:
+        """Why ``weights`` cannot be this learner's parameters (names, shapes, finite values), or None."""
         if set(weights) != set(self._params):
             missing = sorted(set(self._params) - set(weights))[:5]
             extra = sorted(set(weights) - set(self._params))[:5]
-            raise CheckpointError(f"{file} does not match the model: missing {missing}, unexpected {extra}")
+            return f"does not match the model: missing {missing}, unexpected {extra}"
         wrong = [n for n, p in self._params.items() if weights[n].shape != p.shape]
         if wrong:
-            raise CheckpointError(f"{file} does not match the model's shapes: {wrong[:5]}")
+            return f"does not match the model's shapes: {wrong[:5]}"
         # safetensors has no checksum: damage that decodes as NaN/inf would otherwise be served
         broken = [n for n, t in weights.items() if not torch.isfinite(t).all()]
         if broken:
-            raise CheckpointError(f"{file} holds non-finite weights: {broken[:5]}")
-        return weights
+            return f"holds non-finite weights: {broken[:5]}"
+        return None
 
     def _checked_moments(self, tensors: dict[str, Tensor], file: Path) -> dict[str, dict[str, Tensor]]:
         """AdamW's state per parameter name, checked like the weights (a wrong shape would only fail, or
