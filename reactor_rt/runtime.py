@@ -30,6 +30,7 @@ from reactor_rt.ids import validate_id
 from reactor_rt.inbox import Inbox
 from reactor_rt.model import ReactiveTransformer, RxTConfig
 from reactor_rt.store.lock import StoreLock
+from reactor_rt.store.url import sqlite_path
 
 __all__ = ["DEFAULT_NAMESPACE", "Budget", "Reactor", "Stream", "Subscription", "Thinking", "default_store",
            "resolve_model"]
@@ -73,11 +74,10 @@ def default_store() -> str:
 def _absolute_store(store: str) -> str:
     """``store`` with a SQLite path made absolute (``~`` expanded), so that every process opens the same
     file whatever its working directory; other URLs as they are."""
-    if store.startswith("sqlite:///"):
-        path = store[len("sqlite:///"):]
-        if path and path != ":memory:":  # (both refused by open_store, with the reason)
-            return "sqlite:///" + str(Path(path).expanduser().absolute())
-    return store
+    path = sqlite_path(store)
+    if not path or path == ":memory:":  # (both refused by open_store, with the reason)
+        return store
+    return "sqlite:///" + str(_absolute_path(path))
 
 
 def _absolute_path(path: str | None) -> str | None:
@@ -88,20 +88,16 @@ def _absolute_path(path: str | None) -> str | None:
 
 def weights_path(store: str) -> str | None:
     """Live-learned weights live beside a SQLite STM store (``x.db`` -> ``x.weights/``)."""
-    if store.startswith("sqlite:///"):
-        path = Path(store[len("sqlite:///"):])
-        return str(path.with_name(path.stem + ".weights"))
-    return None
+    path = sqlite_path(store)
+    return None if path is None else str(Path(path).with_name(Path(path).stem + ".weights"))
 
 
 def event_log_path(store: str) -> str:
     """The durable event log lives beside a SQLite STM store (``x.db`` -> ``x.events.db``); with any
     other store it is an in-memory log, so replays (``subscribe(after=...)``) work while the runtime
     runs."""
-    if store.startswith("sqlite:///"):
-        path = Path(store[len("sqlite:///"):])
-        return str(path.with_name(path.stem + ".events.db"))
-    return ":memory:"
+    path = sqlite_path(store)
+    return ":memory:" if path is None else str(Path(path).with_name(Path(path).stem + ".events.db"))
 
 
 class Stream:

@@ -11,7 +11,7 @@ from reactor_rt.store.base import DEFAULT_HISTORY_SIZE, STMStore, StoredSTM
 from reactor_rt.store.files import load_stm_file, save_stm_file
 from reactor_rt.store.in_memory import MemorySTMStore
 from reactor_rt.store.sqlite import SQLiteSTMStore
-from reactor_rt.store.url import ACCEPTED_URLS, open_store
+from reactor_rt.store.url import ACCEPTED_URLS, open_store, sqlite_path
 
 __all__ = [
     "ACCEPTED_URLS",
@@ -23,4 +23,5 @@ __all__ = [
     "load_stm_file",
     "open_store",
     "save_stm_file",
+    "sqlite_path",
 ]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO
 
 from reactor_rt.errors import StoreError
+from reactor_rt.store.url import sqlite_path
 
 try:
     import fcntl
@@ -20,9 +21,6 @@ except ImportError:  # not POSIX: no lock (and no protection)
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["StoreLock"]
-
-_SQLITE = "sqlite:///"
-
 
 class StoreLock:
     """Holds the lock of one store URL until `release` (a ``memory://`` store needs none)."""
@@ -34,9 +32,10 @@ class StoreLock:
     @classmethod
     def acquire(cls, url: str) -> StoreLock:
         """Lock ``url``'s store for this process; `StoreError` when another runtime holds it."""
-        if not url.startswith(_SQLITE) or fcntl is None:
+        store = sqlite_path(url)
+        if store is None or fcntl is None:
             return cls(None, None)
-        path = Path(url[len(_SQLITE):] + ".lock")
+        path = Path(store + ".lock")
         try:
             file = path.open("a")
         except OSError as exc:
@@ -45,7 +44,7 @@ class StoreLock:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             file.close()
-            raise StoreError(f"the store {url[len(_SQLITE):]!r} is in use by another reactor-rt runtime "
+            raise StoreError(f"the store {store!r} is in use by another reactor-rt runtime "
                              f"(its lock {str(path)!r} is held): stop that one, or use another store") from None
         return cls(file, path)
 

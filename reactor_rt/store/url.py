@@ -7,7 +7,7 @@ from reactor_rt.store.base import STMStore
 from reactor_rt.store.in_memory import MemorySTMStore
 from reactor_rt.store.sqlite import SQLiteSTMStore
 
-__all__ = ["ACCEPTED_URLS", "open_store"]
+__all__ = ["ACCEPTED_URLS", "open_store", "sqlite_path"]
 
 ACCEPTED_URLS = (
     "sqlite:///relative/path.db",
@@ -24,6 +24,11 @@ def _bad_url(url: object, why: str) -> ConfigError:
     return ConfigError(f"bad STM store URL {shown}: {why}; accepted forms: {', '.join(ACCEPTED_URLS)}")
 
 
+def sqlite_path(url: str) -> str | None:
+    """The file path of a ``sqlite:///`` URL as written (None for any other URL)."""
+    return url.removeprefix(_SQLITE) if url.startswith(_SQLITE) else None
+
+
 def open_store(url: str) -> STMStore:
     """Open the store a URL names.
 
@@ -38,8 +43,8 @@ def open_store(url: str) -> STMStore:
         raise _bad_url(url, "leading or trailing whitespace")
     if url == _MEMORY:
         return MemorySTMStore()
-    if url.startswith(_SQLITE):
-        path = url.removeprefix(_SQLITE)
+    path = sqlite_path(url)
+    if path is not None:
         if not path:
             raise _bad_url(url, "no database path after 'sqlite:///'")
         if "\x00" in path:
