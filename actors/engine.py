@@ -169,13 +169,13 @@ class LocalEngine:
             return self.weights_version
         version, state = self.learner.weights_since(self.weights_version)
         if state is not None and version < self.weights_version:  # the learner lost its state (RayEngine)
-            self.learner.adopt(self.weights_version, self._serving_state())
+            self.learner.adopt(self.weights_version, self._served_weights())
         elif state is not None:
             await self.decoder.set_weights(state)  # encoder and updater share this model object
             self.weights_version = version
         return self.weights_version
 
-    def _serving_state(self) -> dict[str, torch.Tensor]:
+    def _served_weights(self) -> dict[str, torch.Tensor]:
         """The serving model's values of the parameters the learner changes."""
         assert self.learner is not None
         params = dict(self.model.named_parameters())
