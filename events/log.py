@@ -186,9 +186,11 @@ class EventLog:
                     raise EventLogError(f"event on {subject!r} has no seq: stamp it before logging")
             # what a failed batch must leave as it was: nothing of it was logged, and the counters
             # already pending (chunks') must still be written by a later transaction
-            counters_before = {record[0]: self._counters.get(record[0]) for record in records}
+            counters_before: dict[str, int | None] = {}
             dirty_before = set(self._dirty)
             for subject, seq, type_, frame in records:
+                if subject not in counters_before:
+                    counters_before[subject] = self._counters.get(subject)
                 if seq > self._counters.get(subject, 0):
                     self._counters[subject] = seq
                 self._dirty.add(subject)
