@@ -50,9 +50,9 @@ class _Pending:
 class DecoderCore:
     """Admits generation requests into a :class:`DecodeBatch` at step boundaries and runs its steps.
 
-    Memory keys/values are pre-computed once per STM version and kept in a bounded LRU cache keyed
-    on ``(memory_id, version, token)``, so a stream's later turns on the same version (and other
-    streams sharing that memory) skip the projection.
+    Memory keys/values are pre-computed once per stored STM and kept in a bounded LRU cache keyed on
+    its handle's token (`STMHandle.cache_key`), so a stream's later turns on the same version, other
+    streams sharing that memory, and new memories (all on the one initial STM) skip the projection.
 
     Threads: `submit`, `cached_memory`, `has_memory` and `warm` may run on one thread while another
     runs `step` (the pending queue is a deque, the cache has a lock); `cancel`, `fail_step` and
@@ -62,7 +62,7 @@ class DecoderCore:
     def __init__(self, model: ReactiveTransformer, capacity: int = 16, memory_cache_size: int = 256) -> None:
         self.model = model.eval()
         self.batch = DecodeBatch(model, capacity=capacity)
-        self._memory_cache: OrderedDict[tuple[str, int, str], Any] = OrderedDict()
+        self._memory_cache: OrderedDict[str, Any] = OrderedDict()
         self._memory_cache_size = memory_cache_size
         self._cache_lock = threading.Lock()
         self._pending: deque[_Pending] = deque()

@@ -24,7 +24,7 @@ from reactor_rt.actors.background import Background
 from reactor_rt.actors.decoder import DecoderCore, DecoderService
 from reactor_rt.actors.decoder_client import ChannelClosedError, DecoderChannelClient
 from reactor_rt.actors.encoder import EncoderCore
-from reactor_rt.actors.handles import GenerateRequest, STMHandle, tensor_from_wire, tensor_to_wire
+from reactor_rt.actors.handles import GenerateRequest, STMHandle, new_token, tensor_from_wire, tensor_to_wire
 from reactor_rt.actors.learner import LearnerCore
 from reactor_rt.actors.memory_updater import MemoryUpdaterCore
 from reactor_rt.actors.stm_store import STMRegistry
@@ -113,11 +113,13 @@ class LocalEngine:
         self.learner = learner
         self.weights_version = 0
         self._history: dict[str, OrderedDict[int, STMHandle]] = {}
+        self._initial_token = new_token()  # shared by every memory not written yet (see STMHandle)
 
     def _handle(self, memory_id: str, version: int, stm: torch.Tensor) -> STMHandle:
         history = self._history.setdefault(memory_id, OrderedDict())
         if version not in history:
-            history[version] = STMHandle(memory_id, version, stm)
+            token = self._initial_token if version == 0 else new_token()
+            history[version] = STMHandle(memory_id, version, stm, token)
             while len(history) > self.HISTORY:
                 history.popitem(last=False)
         return history[version]
@@ -241,6 +243,7 @@ class RayEngine:
         # (and the decoder's prepare) instead of the receiver fetching the store's copy. Over local
         # links ref is None and index the STM itself, as `tensor_to_wire` fields
         self._latest: OrderedDict[str, tuple[int, Any, Any]] = OrderedDict()
+        self._initial: tuple[str, list[Any]] | None = None  # (token, fields) of the shared initial STM
         # encoder and memory updater on this node: the update's two model calls go over local links
         self._encoder_link = LinkResolver(lambda: actors.encoder.link_address.remote(), enabled=local_link)
         self._memory_link = LinkResolver(lambda: actors.memory.link_address.remote(), enabled=local_link)
@@ -412,12 +415,18 @@ class RayEngine:
 
     async def _stm_fields(self, handle: STMHandle) -> list[Any]:
         """The STM of ``handle`` as `tensor_to_wire` fields: the one this process computed for that
-        version, else the store's copy."""
+        version, the initial STM fetched once (every new memory's version 0 shares it), else the
+        store's copy."""
         latest = self._latest.get(handle.memory_id)
         if latest is not None and latest[0] == handle.version:
             ref, index = latest[1], latest[2]
             return index if ref is None else tensor_to_wire((await ref)[index])
-        return tensor_to_wire(await (await self._full(handle)).stm)
+        if handle.version == 0 and self._initial is not None and self._initial[0] == handle.token:
+            return self._initial[1]
+        fields = tensor_to_wire(await (await self._full(handle)).stm)
+        if handle.version == 0:
+            self._initial = (handle.token, fields)
+        return fields
 
     async def _full(self, handle: STMHandle) -> STMHandle:
         """``handle`` with its STM reference: a version committed over the local link is handed out

@@ -23,7 +23,9 @@ class STMHandle:
 
     ``stm`` is a Ray ``ObjectRef`` when the runtime runs on Ray (one ``ray.put`` per version), or the
     tensor itself (``(layers, slots, dim)``) in the in-process engine. ``token`` is unique per stored
-    object: the decoder keys its pre-computed memory keys/values on ``(memory_id, version, token)``.
+    object, and the decoder keys its pre-computed memory keys/values on it alone: every memory not
+    written yet (version 0) reads one object, the model's initial STM, under one token, so the first
+    queries of new streams share one projection instead of fetching and projecting a copy each.
     """
 
     memory_id: str
@@ -32,8 +34,9 @@ class STMHandle:
     token: str = field(default_factory=new_token)
 
     @property
-    def cache_key(self) -> tuple[str, int, str]:
-        return (self.memory_id, self.version, self.token)
+    def cache_key(self) -> str:
+        """What the decoder's memory key/value cache is keyed on: the stored object's token."""
+        return self.token
 
     def to_wire(self) -> list[Any]:
         """``[memory_id, version, token]``: the handle without its STM, for the local link."""

@@ -132,6 +132,9 @@ class STMStoreActorImpl(LinkHost):
 
     def __init__(self, store_url: str, initial: torch.Tensor) -> None:
         self.registry = STMRegistry(open_store(store_url), initial)
+        # every memory not written yet reads the initial STM: one object in Ray and one token for all
+        # (the decoder projects its memory keys/values once, the conductor fetches it once)
+        self._initial = STMHandle("", 0, ray.put(self.registry.initial))
         self._handles: OrderedDict[str, OrderedDict[int, STMHandle]] = OrderedDict()
         self._kept = 0
         self._unput: dict[tuple[str, int], torch.Tensor] = {}  # handed out over the link, not yet in Ray
@@ -144,7 +147,9 @@ class STMStoreActorImpl(LinkHost):
         history = self._handles.setdefault(memory_id, OrderedDict())
         self._handles.move_to_end(memory_id)
         if version not in history:
-            if put:
+            if version == 0:  # never written: the shared initial STM (nothing of its own to put)
+                history[version] = dataclasses.replace(self._initial, memory_id=memory_id)
+            elif put:
                 history[version] = STMHandle(memory_id, version, ray.put(stm))
             else:
                 history[version] = STMHandle(memory_id, version, None)

@@ -107,6 +107,21 @@ def test_memory_keys_values_are_cached_per_version(model):
         core.submit(GenerateRequest([5], handles[0], max_new_tokens=1), None, lambda t, d, e: None)
 
 
+def test_handles_of_one_stored_stm_share_its_memory_keys_values(model):
+    # every memory not written yet reads the one initial STM under one token (see STMHandle)
+    core = DecoderCore(model, capacity=2)
+    stm = _stm(model, 7)
+    first, other = STMHandle("a", 0, None, token="initial"), STMHandle("b", 0, None, token="initial")
+    core.warm(first, stm)
+    assert core.has_memory(other)
+    assert not core.has_memory(STMHandle("a", 0, None))  # another stored object: another token
+    got: list[int] = []
+    core.submit(GenerateRequest(_prompt(7, 6), other, max_new_tokens=6), None, lambda t, d, e: got.extend(t))
+    while core.busy:
+        core.step()
+    assert got == _alone(model, _prompt(7, 6), stm, 6)
+
+
 def test_a_request_keeps_the_cached_memory_it_was_accepted_with(model):
     # the decoder actor accepts a request without its STM when the version is cached; a warm of another
     # version (on another thread, see DecoderService) may evict that entry before the next step admits it

@@ -66,3 +66,29 @@ async def test_with_nothing_pushed_yet_the_learners_weights_serve(pushed):
     assert await eng.swap_weights() == 3
     assert [v for v, _ in pushed] == [3] and learner.adopt.args == []
     assert eng._serving_state is pushed[0][1]
+
+
+class Ref:
+    """Stands in for an ObjectRef: awaiting it gives the tensor, and is counted."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor, self.fetched = tensor, 0
+
+    def __await__(self):
+        self.fetched += 1
+        yield from []
+        return self.tensor
+
+
+async def test_the_shared_initial_stm_is_fetched_once_for_every_new_memory():
+    from reactor_rt.actors.handles import STMHandle, tensor_from_wire
+
+    engine = RayEngine(ActorSet(decoder=None, encoder=None, memory=None, stm=None, learner=None))
+    initial = Ref(torch.randn(2, 4, 8))
+    for memory in ("a", "b", "c"):  # memories never written: one object under one token
+        fields = await engine._stm_fields(STMHandle(memory, 0, initial, token="initial"))
+        assert torch.equal(tensor_from_wire(fields), initial.tensor)
+    assert initial.fetched == 1
+    restarted = Ref(initial.tensor.clone())  # a restarted store puts it again, under a new token
+    await engine._stm_fields(STMHandle("d", 0, restarted, token="initial-2"))
+    assert restarted.fetched == 1

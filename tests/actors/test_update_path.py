@@ -76,3 +76,17 @@ def test_tensors_cross_the_wire_unchanged_in_every_serving_dtype():
     assert tensor_from_wire(tensor_to_wire(torch.empty(0, 4))).shape == (0, 4)
     view = torch.arange(12.0).reshape(3, 4).t()  # not contiguous
     assert torch.equal(tensor_from_wire(tensor_to_wire(view)), view)
+
+
+def test_the_in_process_engine_gives_new_memories_the_one_initial_stm_token(model):
+    from reactor_rt.actors.engine import LocalEngine
+    from reactor_rt.store import MemorySTMStore
+
+    async def run() -> None:
+        engine = LocalEngine(model, MemorySTMStore())
+        a, b = await engine.handle("a"), await engine.handle("b")
+        assert a.version == b.version == 0 and a.token == b.token  # one projection in the decoder
+        written = await engine.update(a, [1, 5, 6, 2], "i1")
+        assert written.version == 1 and written.token != a.token
+
+    asyncio.run(run())

@@ -65,3 +65,18 @@ def test_handle_at_serves_recent_versions_and_forgets_old_ones(fake_put, initial
         assert torch.equal((await actor.handle_at("m", 4)).stm[2], initial + 3)
 
     asyncio.run(run())
+
+
+def test_memories_never_written_share_one_initial_object_and_token(fake_put, initial):
+    async def run() -> None:
+        actor = STMStoreActorImpl("memory://", initial)
+        a, b = await actor.handle("a"), await actor.handle("b")
+        assert (a.memory_id, a.version, b.memory_id, b.version) == ("a", 0, "b", 0)
+        assert a.stm is b.stm and a.token == b.token  # one put, one projection in the decoder
+        assert torch.equal(a.stm[2], initial)
+        assert await actor.handle_at("b", 0) == b
+        written = await actor.commit("a", 0, initial + 1, "q1")  # a written version is its own object
+        assert written.version == 1 and written.token != a.token and written.stm is not a.stm
+        assert (await actor.handle("b")).token == a.token
+
+    asyncio.run(run())
