@@ -76,3 +76,63 @@ async def test_a_failed_item_fails_alone_and_a_failed_batch_fails_all():
     batcher.expect()
     results = await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True)
     assert all(isinstance(r, RuntimeError) for r in results)
+
+
+class Gated(Recorder):
+    """A batch runner whose batches end only when the test opens the gate (one gate per batch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gates: list[asyncio.Event] = []
+
+    async def __call__(self, items: list[int]) -> list[int | BaseException]:
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        self.batches.append(list(items))
+        await gate.wait()
+        return [i * 10 for i in items]
+
+
+async def test_updates_submitted_while_a_batch_runs_go_together_once_it_ends():
+    run = Gated()
+    batcher = UpdateBatcher(run, max_wait_s=10.0)
+    first = asyncio.ensure_future(batcher.submit(1))  # nothing in flight: goes at once
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert run.batches == [[1]]
+    later = [asyncio.ensure_future(batcher.submit(i)) for i in (2, 3, 4)]  # one by one, none expected
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert run.batches == [[1]]  # they wait for the running batch, not going out as three more
+    run.gates[0].set()
+    assert await asyncio.wait_for(first, 1.0) == 10
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert run.batches == [[1], [2, 3, 4]]
+    run.gates[1].set()
+    assert await asyncio.wait_for(asyncio.gather(*later), 1.0) == [20, 30, 40]
+
+
+async def test_max_in_flight_lets_more_batches_run_at_once():
+    run = Gated()
+    batcher = UpdateBatcher(run, max_wait_s=10.0, max_in_flight=2)
+    tasks = []
+    for i in (1, 2, 3):
+        tasks.append(asyncio.ensure_future(batcher.submit(i)))
+        for _ in range(20):
+            await asyncio.sleep(0)
+    assert run.batches == [[1], [2]]  # two run at once; the third waits for one of them
+    run.gates[0].set()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert run.batches == [[1], [2], [3]]
+    for gate in run.gates:
+        gate.set()
+    assert await asyncio.wait_for(asyncio.gather(*tasks), 1.0) == [10, 20, 30]
+
+
+def test_limits_below_one_are_refused():
+    with pytest.raises(ValueError):
+        UpdateBatcher(Recorder(), max_in_flight=0)
+    with pytest.raises(ValueError):
+        UpdateBatcher(Recorder(), max_batch=0)
