@@ -54,6 +54,9 @@ _REPLY, _FAIL, _ITEM, _END = 5, 6, 7, 8
 _HEADER = 4
 _NO_REPLY = 0  # the key of a call sent with `LinkClient.notify`
 MAX_FRAME = 256 << 20  # a longer length prefix means a broken peer: the connection is dropped
+_READ_ROOM = 256 << 10  # free room offered to each read (more when the frame being received needs it)
+_JOIN_BELOW = 64 << 10  # frames shorter than this go out as one write (prefix and body joined)
+_SOCKET_BUFFER = 4 << 20  # kernel send/receive buffers asked for: a megabyte frame leaves in few writes
 
 
 class LinkClosedError(RuntimeUnavailableError):
@@ -111,50 +114,88 @@ def pack(kind: int, key: int, payload: Any) -> bytes:
     A frame over `MAX_FRAME` raises `RuntimeUnavailableError` here, before anything is written: the
     peer would take it for a broken peer and drop the connection, and every other call and stream on it.
     """
+    return b"".join(_frame(kind, key, payload))
+
+
+def _frame(kind: int, key: int, payload: Any) -> tuple[bytes, bytes]:
+    """`pack` as (length prefix, body): written one after the other, a large body is not copied to
+    join them."""
     body = msgpack.packb([kind, key, payload], default=_to_wire, use_bin_type=True)
     if len(body) > MAX_FRAME:
         raise RuntimeUnavailableError(
             f"a {len(body)}-byte message is over the local link's {MAX_FRAME}-byte frame limit")
-    return len(body).to_bytes(_HEADER, "little") + body
+    return len(body).to_bytes(_HEADER, "little"), body
 
 
-class _Framed(asyncio.Protocol):
-    """Length-prefixed msgpack frames over a stream transport, with write flow control."""
+class _Framed(asyncio.BufferedProtocol):
+    """Length-prefixed msgpack frames over a stream transport, with write flow control.
+
+    Frames are read straight into one buffer that grows to hold the frame being received (its length
+    is known from its header): a large frame (a batch of encoded interactions is megabytes) arrives
+    in a few reads of whatever the socket holds, with no copy per read and none to cut it out. The
+    sockets ask the kernel for large buffers, so such a frame also leaves in a few writes.
+    """
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
+        self._buffer = bytearray(_READ_ROOM)
+        self._start = 0  # the first byte not parsed yet
+        self._end = 0  # the end of what has been received
         self._writable = asyncio.Event()
         self._writable.set()
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            with contextlib.suppress(OSError, AttributeError):  # the kernel caps it at its own maximum
+                sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
 
-    def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        start = 0
-        while len(buffer) - start >= _HEADER:
-            size = int.from_bytes(buffer[start : start + _HEADER], "little")
-            if size > MAX_FRAME:
-                log.warning("link.bad_frame", size=size)
-                self.abort()
-                return
-            end = start + _HEADER + size
-            if len(buffer) < end:
-                break
-            try:
-                kind, key, payload = msgpack.unpackb(buffer[start + _HEADER : end], ext_hook=_from_wire,
-                                                     raw=False, strict_map_key=False)
-            except Exception:
-                log.warning("link.bad_frame", size=size)
-                self.abort()
-                return
-            start = end
-            self.on_frame(kind, key, payload)
-        if start:
-            del buffer[:start]
+    def get_buffer(self, sizehint: int) -> memoryview:
+        pending = self._end - self._start
+        room = _READ_ROOM
+        if pending >= _HEADER:  # the rest of the frame being received, when it is longer
+            size = int.from_bytes(self._buffer[self._start : self._start + _HEADER], "little")
+            if size <= MAX_FRAME:  # (a longer one is refused as soon as it is parsed)
+                room = max(room, _HEADER + size - pending)
+        if len(self._buffer) - self._end < room:
+            if len(self._buffer) - pending >= room:  # enough once the unparsed bytes move to the front
+                self._buffer[:pending] = self._buffer[self._start : self._end]
+            else:
+                grown = bytearray(pending + room)
+                grown[:pending] = self._buffer[self._start : self._end]
+                self._buffer = grown
+            self._start, self._end = 0, pending
+        return memoryview(self._buffer)[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._end += nbytes
+        buffer, start = self._buffer, self._start
+        with memoryview(buffer) as view:
+            while self._end - start >= _HEADER:
+                size = int.from_bytes(buffer[start : start + _HEADER], "little")
+                if size > MAX_FRAME:
+                    log.warning("link.bad_frame", size=size)
+                    self.abort()
+                    return
+                end = start + _HEADER + size
+                if self._end < end:
+                    break
+                try:
+                    kind, key, payload = msgpack.unpackb(view[start + _HEADER : end], ext_hook=_from_wire,
+                                                         raw=False, strict_map_key=False)
+                except Exception:
+                    log.warning("link.bad_frame", size=size)
+                    self.abort()
+                    return
+                start = end
+                self.on_frame(kind, key, payload)
+        self._start = start
+        if start == self._end:  # all parsed: start over at the front, and let a large buffer go
+            self._start = self._end = 0
+            if len(buffer) > _READ_ROOM:
+                self._buffer = bytearray(_READ_ROOM)
 
     def on_frame(self, kind: int, key: int, payload: Any) -> None:
         raise NotImplementedError
@@ -162,7 +203,12 @@ class _Framed(asyncio.Protocol):
     def send(self, kind: int, key: int, payload: Any) -> None:
         if self.closed or self.transport is None:
             raise LinkClosedError("the link is closed")
-        self.transport.write(pack(kind, key, payload))
+        header, body = _frame(kind, key, payload)
+        if len(body) < _JOIN_BELOW:  # one write: a small frame costs one send
+            self.transport.write(header + body)
+        else:
+            self.transport.write(header)
+            self.transport.write(body)
 
     async def drained(self) -> None:
         """Wait while the transport's write buffer is over its high-water mark."""

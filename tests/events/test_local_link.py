@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from reactor_rt.errors import QueueFullError, RuntimeUnavailableError
+from reactor_rt.events import local_link
 from reactor_rt.events.local_link import LinkClient, LinkClosedError, LinkServer, pack
 
 pytestmark = pytest.mark.anyio
@@ -304,3 +305,58 @@ async def test_a_stream_cancelled_before_it_starts_leaves_nothing_at_the_server(
     await asyncio.sleep(0.05)
     assert not connection._tasks
     assert not connection._credits and not connection._credit_ready
+
+
+class _Recorder(local_link._Framed):
+    """A framed protocol without a socket: what a test feeds it, read by read, and the frames it parsed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[tuple[int, int, object]] = []
+        self.aborted = False
+
+    def on_frame(self, kind: int, key: int, payload: object) -> None:
+        self.frames.append((kind, key, payload))
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def feed(self, data: bytes, most: int) -> None:
+        """Hand ``data`` over as a transport would: reads of at most ``most`` bytes into `get_buffer`."""
+        at = 0
+        while at < len(data):
+            room = self.get_buffer(-1)
+            n = min(len(room), most, len(data) - at)
+            room[:n] = data[at : at + n]
+            self.buffer_updated(n)
+            at += n
+
+
+@pytest.mark.parametrize("most", [3, 4096, 1 << 30], ids=["headers-split", "4k", "whole"])
+def test_frames_are_rebuilt_from_reads_cut_anywhere(most: int) -> None:
+    big = bytes(range(256)) * 1200  # 300 kB: more than one read's room
+    frames = [(5, 1, "small"), (5, 2, big), (7, 3, ["x", 1.5]), (5, 4, big[:1000])]
+    wire = b"".join(pack(*f) for f in frames)
+    proto = _Recorder()
+    proto.feed(wire, most)
+    assert proto.frames == [(k, key, p) for k, key, p in frames] and not proto.aborted
+    assert len(proto._buffer) == local_link._READ_ROOM  # the room a large frame needed is let go
+
+
+def test_a_length_over_the_frame_limit_is_refused_without_taking_the_memory() -> None:
+    proto = _Recorder()
+    proto.feed((local_link.MAX_FRAME + 1).to_bytes(4, "little") + b"x" * 10, 1 << 30)
+    assert proto.aborted and proto.frames == []
+    assert len(proto.get_buffer(-1)) <= local_link._READ_ROOM
+
+
+async def test_a_megabyte_frame_crosses_a_real_socket_both_ways(linked) -> None:
+    server, client = linked
+    big = bytes(range(256)) * (12 << 12)  # 12 MiB: more than the socket buffers hold
+
+    async def echo(data: bytes) -> bytes:
+        return data
+
+    server.calls["echo"] = echo
+    assert await client.call("echo", big) == big
+    assert await client.call("add", 2, 3) == 5  # the connection goes on after it
