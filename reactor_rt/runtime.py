@@ -547,9 +547,12 @@ def _ensure_ray(address: str | None) -> bool:
             _local_ray_on_loopback()
             # STMs and encoded interactions are 10-200 KiB: passed inline with the call that needs them
             # rather than through the shared-memory object store (Ray's cut-off is 100 KiB), which saved
-            # a few ms per memory update here
+            # a few ms per memory update here. Ray runs its worker processes at nice 15 (background
+            # batch work), which would put every actor of this runtime - the model's whole work -
+            # behind anything else on the machine: they run at the caller's priority instead
             ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     _system_config={"max_direct_call_object_size": INLINE_OBJECT_BYTES})
+                     _system_config={"max_direct_call_object_size": INLINE_OBJECT_BYTES,
+                                     "worker_niceness": 0})
         else:
             ray.init(address=join, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError, OSError) as exc:  # no cluster there, ports, sockets
