@@ -482,7 +482,7 @@ class DecoderActorImpl(LinkHost):
     async def _prepare_wired(self, handles: list[list[Any] | None], stms: list[list[Any] | None]) -> None:
         """`prepare_many` as the local link carries it (handles and tensors as plain fields)."""
         await self.prepare_many([None if h is None else STMHandle.from_wire(h) for h in handles],
-                                [None if t is None else tensor_from_wire(t) for t in stms])  # type: ignore[misc]
+                                [None if t is None else tensor_from_wire(t, copy=False) for t in stms])  # type: ignore[misc]
 
     async def cancel(self, channel_id: str, key: int) -> None:
         channel = self._channels.get(channel_id)

@@ -24,7 +24,14 @@ from reactor_rt.actors.background import Background
 from reactor_rt.actors.decoder import DecoderCore, DecoderService
 from reactor_rt.actors.decoder_client import ChannelClosedError, DecoderChannelClient
 from reactor_rt.actors.encoder import EncoderCore
-from reactor_rt.actors.handles import GenerateRequest, STMHandle, new_token, tensor_from_wire, tensor_to_wire
+from reactor_rt.actors.handles import (
+    GenerateRequest,
+    STMHandle,
+    new_token,
+    tensor_from_wire,
+    tensor_to_wire,
+    wire_copy,
+)
 from reactor_rt.actors.learner import LearnerCore
 from reactor_rt.actors.memory_updater import MemoryUpdaterCore
 from reactor_rt.actors.stm_store import STMRegistry
@@ -392,7 +399,7 @@ class RayEngine:
                 self._stm_link.reset()
             log.warning("engine.batch_update_failed", items=len(items), error=type(_unwrap(exc)).__name__)
             return await self._one_at_a_time(items)
-        out, written = self._committed(items, results, lambda i: (None, new[i]))
+        out, written = self._committed(items, results, lambda i: (None, wire_copy(new[i])))
         if any(h is not None for h in written):
             self._decoder.warm_fields(written, [None if h is None else new[i] for i, h in enumerate(written)])
         return out

@@ -9,7 +9,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["GenerateRequest", "STMHandle", "new_token", "tensor_from_wire", "tensor_to_wire"]
+from reactor_rt.events.local_link import Blob
+
+__all__ = ["GenerateRequest", "STMHandle", "new_token", "tensor_from_wire", "tensor_to_wire", "wire_copy"]
 
 
 def new_token() -> str:
@@ -74,19 +76,36 @@ class GenerateRequest:
 
 
 def tensor_to_wire(tensor: torch.Tensor) -> list[Any]:
-    """``[dtype, shape, bytes]`` of a CPU tensor, for the local link."""
+    """``[dtype, shape, data]`` of a CPU tensor, for the local link; ``data`` is a `Blob` of the tensor's
+    own memory (or of a contiguous copy), so the tensor must not change until the link has sent it."""
     raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8)  # any dtype (numpy has no bfloat16)
-    return [str(tensor.dtype).removeprefix("torch."), list(tensor.shape), raw.numpy().tobytes()]
+    return [str(tensor.dtype).removeprefix("torch."), list(tensor.shape), Blob(raw.numpy())]
 
 
-def tensor_from_wire(fields: list[Any]) -> torch.Tensor:
-    """The tensor `tensor_to_wire` described (a copy that owns its memory)."""
+def tensor_from_wire(fields: list[Any], copy: bool = True) -> torch.Tensor:
+    """The tensor `tensor_to_wire` described: a copy that owns its memory, or with ``copy=False`` (for
+    a tensor used at once and dropped) a view of the received bytes where they are aligned for its dtype
+    (a long-lived view would keep the whole message it came in alive)."""
     dtype, shape, data = fields
     if dtype not in _WIRE_DTYPES:
         raise TypeError(f"unexpected tensor dtype {dtype!r}")
-    if not data:
-        return torch.empty(shape, dtype=_WIRE_DTYPES[dtype])
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(_WIRE_DTYPES[dtype]).reshape(shape)
+    kind = _WIRE_DTYPES[dtype]
+    if not len(data):
+        return torch.empty(shape, dtype=kind)
+    raw = data.data if isinstance(data, Blob) else data
+    if copy or not isinstance(data, Blob):
+        return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(kind).reshape(shape)
+    view = torch.frombuffer(raw, dtype=torch.uint8)
+    if view.data_ptr() % kind.itemsize:  # (views of misaligned floats are slow, and not portable)
+        view = view.clone()
+    return view.view(kind).reshape(shape)
+
+
+def wire_copy(fields: list[Any]) -> list[Any]:
+    """`tensor_to_wire` fields with their own copy of the data: what is kept from a received message,
+    which a view would keep alive whole."""
+    dtype, shape, data = fields
+    return [dtype, shape, Blob(bytes(data))]
 
 
 _WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,

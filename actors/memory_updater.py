@@ -58,7 +58,9 @@ class MemoryUpdaterActorImpl(ServingModelActor):
 
     async def _update_many_wired(self, encoded: list[list[Any]], stms: list[list[Any]]) -> list[list[Any]]:
         """`update_many` over the local link: every STM given, tensors as ``tensor_to_wire`` fields."""
-        new = self.core.update_many([tensor_from_wire(s) for s in stms], [tensor_from_wire(e) for e in encoded])
+        # views of the received message: used here and dropped
+        new = self.core.update_many([tensor_from_wire(s, copy=False) for s in stms],
+                                    [tensor_from_wire(e, copy=False) for e in encoded])
         return [tensor_to_wire(t) for t in new]
 
     async def update_many(self, encoded: list[torch.Tensor], picks: list[tuple[int, int | None]],

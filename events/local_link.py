@@ -13,10 +13,16 @@ window for backpressure). A `LinkClient` multiplexes any number of both over one
 Trust: only processes of this user get in (on Linux an abstract socket, which leaves no file behind
 when its process is killed, and the peer's uid is checked on connect; elsewhere a socket file in a
 directory of mode 0700). Even so nothing is unpickled: a frame is a 4-byte little-endian length and
-the msgpack of ``[kind, id, payload]``; payloads are msgpack's plain types (tuples arrive as lists)
-and exceptions, which travel as class name and message and come back as the same `ReactorError`
+the msgpack of ``[kind, id, payload]``; payloads are msgpack's plain types (tuples arrive as lists),
+`Blob` s and exceptions, which travel as class name and message and come back as the same `ReactorError`
 subclass (or ValueError, TypeError, KeyError, RuntimeError), anything else as
 `RuntimeUnavailableError`. Ray's "actor unavailable" errors arrive as `LinkClosedError`: retry.
+
+Bulk data (a batch of encoded interactions is megabytes) travels as `Blob` s: a large one is not packed
+into the msgpack but sent after it, straight from the sender's memory, and arrives as a view of the
+receiver's read buffer, which a relaying process can send on without copying it either. Such a frame's
+length has its top bit set, its msgpack is preceded by the msgpack's own 4-byte length, and its blobs
+start at multiples of 16 bytes from the frame's start (a receiver can view tensors in place).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import structlog
 from reactor_rt import errors
 from reactor_rt.errors import RuntimeUnavailableError
 
-__all__ = ["LinkClient", "LinkClosedError", "LinkHost", "LinkResolver", "LinkServer", "LinkStream", "pack"]
+__all__ = ["Blob", "LinkClient", "LinkClosedError", "LinkHost", "LinkResolver", "LinkServer", "LinkStream", "pack"]
 
 log = structlog.get_logger()
 
@@ -57,6 +63,9 @@ MAX_FRAME = 256 << 20  # a longer length prefix means a broken peer: the connect
 _READ_ROOM = 256 << 10  # free room offered to each read (more when the frame being received needs it)
 _JOIN_BELOW = 64 << 10  # frames shorter than this go out as one write (prefix and body joined)
 _SOCKET_BUFFER = 4 << 20  # kernel send/receive buffers asked for: a megabyte frame leaves in few writes
+_OUT_OF_BAND_MIN = 64 << 10  # smaller blobs are packed into the msgpack (a copy is cheaper than a frame buffer)
+_HAS_BLOBS = 1 << 31  # set in a frame's length prefix: the frame carries blobs after its msgpack
+_BLOB_ALIGN = 16  # blobs start at multiples of this from their frame's start
 
 
 class LinkClosedError(RuntimeUnavailableError):
@@ -65,7 +74,37 @@ class LinkClosedError(RuntimeUnavailableError):
     way the work may be tried again."""
 
 
+class Blob:
+    """Bytes for the local link that are not copied into (nor out of) the msgpack: what a sender wraps
+    is written to the socket from its own memory, and a large blob arrives as a view of the receiver's
+    read buffer, which is then its own (sent on again, it is not copied either). ``bytes(blob)``
+    copies it out. The sender must not change what it wrapped until `send` has returned."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any) -> None:
+        self.data = memoryview(data).cast("B")
+
+    def __len__(self) -> int:
+        return self.data.nbytes
+
+    def __bytes__(self) -> bytes:
+        return self.data.tobytes()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Blob):
+            return self.data == other.data
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable contents
+
+    def __repr__(self) -> str:
+        return f"Blob({len(self)} bytes)"
+
+
 _EXCEPTION = 1  # msgpack extension type of an exception: [class name, message]
+_BLOB = 2  # msgpack extension type of a blob sent after the msgpack: `_BLOB_REF`
+_BLOB_REF = struct.Struct("<QQ")  # a blob's offset (from the first blob's start) and length
 _KNOWN_ERRORS: dict[str, type[BaseException]] = {
     **{name: cls for name, cls in vars(errors).items()
        if isinstance(cls, type) and issubclass(cls, errors.ReactorError)},
@@ -95,7 +134,12 @@ def _to_wire(obj: Any) -> Any:
     raise TypeError(f"the local link carries plain data and exceptions, not {type(obj).__name__}")
 
 
-def _from_wire(code: int, data: bytes) -> Any:
+def _from_wire(code: int, data: bytes, blobs: memoryview | None = None) -> Any:
+    if code == _BLOB and blobs is not None:
+        offset, length = _BLOB_REF.unpack(data)
+        if offset + length > blobs.nbytes:
+            raise ValueError("a blob reaches past its frame")
+        return Blob(blobs[offset : offset + length])
     if code != _EXCEPTION:
         return msgpack.ExtType(code, data)
     name, message = msgpack.unpackb(data)
@@ -109,7 +153,7 @@ def _from_wire(code: int, data: bytes) -> Any:
 
 
 def pack(kind: int, key: int, payload: Any) -> bytes:
-    """One frame: length prefix + msgpack of ``[kind, key, payload]``.
+    """One frame: length prefix + msgpack of ``[kind, key, payload]`` (+ its large blobs, see the module).
 
     A frame over `MAX_FRAME` raises `RuntimeUnavailableError` here, before anything is written: the
     peer would take it for a broken peer and drop the connection, and every other call and stream on it.
@@ -117,14 +161,44 @@ def pack(kind: int, key: int, payload: Any) -> bytes:
     return b"".join(_frame(kind, key, payload))
 
 
-def _frame(kind: int, key: int, payload: Any) -> tuple[bytes, bytes]:
-    """`pack` as (length prefix, body): written one after the other, a large body is not copied to
-    join them."""
-    body = msgpack.packb([kind, key, payload], default=_to_wire, use_bin_type=True)
-    if len(body) > MAX_FRAME:
+def _frame(kind: int, key: int, payload: Any) -> list[bytes | memoryview]:
+    """`pack` as pieces to write one after the other: a large body or blob is not copied to join them."""
+    blobs: list[memoryview] = []
+    at = 0  # where the next blob goes, from the start of the frame's blobs
+
+    def to_wire(obj: Any) -> Any:
+        nonlocal at
+        if isinstance(obj, Blob):
+            if len(obj) < _OUT_OF_BAND_MIN:
+                return obj.data.tobytes()
+            at = _aligned(at)
+            blobs.append(obj.data)
+            at += len(obj)
+            return msgpack.ExtType(_BLOB, _BLOB_REF.pack(at - len(obj), len(obj)))
+        return _to_wire(obj)
+
+    body = msgpack.packb([kind, key, payload], default=to_wire, use_bin_type=True)
+    if not blobs:
+        pieces: list[bytes | memoryview] = [body]
+    else:  # the blobs start aligned from the frame's start (so that tensors can be viewed in place)
+        pieces = [len(body).to_bytes(_HEADER, "little"), body]
+        end = _HEADER + _HEADER + len(body)
+        start = _aligned(end)
+        for blob in blobs:
+            if start > end:
+                pieces.append(bytes(start - end))
+            pieces.append(blob)
+            end = start + blob.nbytes
+            start = _aligned(end)
+    size = sum(len(piece) for piece in pieces)
+    if size > MAX_FRAME:
         raise RuntimeUnavailableError(
-            f"a {len(body)}-byte message is over the local link's {MAX_FRAME}-byte frame limit")
-    return len(body).to_bytes(_HEADER, "little"), body
+            f"a {size}-byte message is over the local link's {MAX_FRAME}-byte frame limit")
+    return [(size | (_HAS_BLOBS if blobs else 0)).to_bytes(_HEADER, "little"), *pieces]
+
+
+def _aligned(offset: int) -> int:
+    return -(-offset // _BLOB_ALIGN) * _BLOB_ALIGN
 
 
 class _Framed(asyncio.BufferedProtocol):
@@ -133,7 +207,9 @@ class _Framed(asyncio.BufferedProtocol):
     Frames are read straight into one buffer that grows to hold the frame being received (its length
     is known from its header): a large frame (a batch of encoded interactions is megabytes) arrives
     in a few reads of whatever the socket holds, with no copy per read and none to cut it out. The
-    sockets ask the kernel for large buffers, so such a frame also leaves in a few writes.
+    sockets ask the kernel for large buffers, so such a frame also leaves in a few writes. The blobs
+    of a frame are views of that buffer: after such a frame the buffer is theirs, and reading goes on
+    in a new one.
     """
 
     def __init__(self) -> None:
@@ -156,7 +232,7 @@ class _Framed(asyncio.BufferedProtocol):
         pending = self._end - self._start
         room = _READ_ROOM
         if pending >= _HEADER:  # the rest of the frame being received, when it is longer
-            size = int.from_bytes(self._buffer[self._start : self._start + _HEADER], "little")
+            size = int.from_bytes(self._buffer[self._start : self._start + _HEADER], "little") & ~_HAS_BLOBS
             if size <= MAX_FRAME:  # (a longer one is refused as soon as it is parsed)
                 room = max(room, _HEADER + size - pending)
         if len(self._buffer) - self._end < room:
@@ -172,9 +248,11 @@ class _Framed(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
         buffer, start = self._buffer, self._start
+        given = False  # the buffer now backs a frame's blobs
         with memoryview(buffer) as view:
             while self._end - start >= _HEADER:
                 size = int.from_bytes(buffer[start : start + _HEADER], "little")
+                blobs, size = size & _HAS_BLOBS, size & ~_HAS_BLOBS
                 if size > MAX_FRAME:
                     log.warning("link.bad_frame", size=size)
                     self.abort()
@@ -183,8 +261,12 @@ class _Framed(asyncio.BufferedProtocol):
                 if self._end < end:
                     break
                 try:
-                    kind, key, payload = msgpack.unpackb(view[start + _HEADER : end], ext_hook=_from_wire,
-                                                         raw=False, strict_map_key=False)
+                    if blobs:
+                        kind, key, payload = _unpack_with_blobs(buffer, start, end)
+                        given = True
+                    else:
+                        kind, key, payload = msgpack.unpackb(view[start + _HEADER : end], ext_hook=_from_wire,
+                                                             raw=False, strict_map_key=False)
                 except Exception:
                     log.warning("link.bad_frame", size=size)
                     self.abort()
@@ -192,7 +274,12 @@ class _Framed(asyncio.BufferedProtocol):
                 start = end
                 self.on_frame(kind, key, payload)
         self._start = start
-        if start == self._end:  # all parsed: start over at the front, and let a large buffer go
+        if given:  # the blobs keep this buffer: what follows their frame moves to a new one
+            rest = self._end - start
+            self._buffer = bytearray(max(_READ_ROOM, rest))
+            self._buffer[:rest] = buffer[start : self._end]
+            self._start, self._end = 0, rest
+        elif start == self._end:  # all parsed: start over at the front, and let a large buffer go
             self._start = self._end = 0
             if len(buffer) > _READ_ROOM:
                 self._buffer = bytearray(_READ_ROOM)
@@ -203,12 +290,12 @@ class _Framed(asyncio.BufferedProtocol):
     def send(self, kind: int, key: int, payload: Any) -> None:
         if self.closed or self.transport is None:
             raise LinkClosedError("the link is closed")
-        header, body = _frame(kind, key, payload)
-        if len(body) < _JOIN_BELOW:  # one write: a small frame costs one send
-            self.transport.write(header + body)
+        pieces = _frame(kind, key, payload)
+        if len(pieces) == 2 and len(pieces[1]) < _JOIN_BELOW:  # one write: a small frame costs one send
+            self.transport.write(pieces[0] + pieces[1])  # type: ignore[operator]
         else:
-            self.transport.write(header)
-            self.transport.write(body)
+            for piece in pieces:
+                self.transport.write(piece)
 
     async def drained(self) -> None:
         """Wait while the transport's write buffer is over its high-water mark."""
@@ -230,6 +317,18 @@ class _Framed(asyncio.BufferedProtocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+def _unpack_with_blobs(buffer: bytearray, start: int, end: int) -> Any:
+    """The ``[kind, key, payload]`` of a frame with blobs (the frame, length prefix included, is
+    ``buffer[start:end]``); its blobs are views of ``buffer``."""
+    length = int.from_bytes(buffer[start + _HEADER : start + 2 * _HEADER], "little")
+    body_end = start + 2 * _HEADER + length
+    if body_end > end:
+        raise ValueError("the frame's msgpack reaches past its end")
+    blobs = memoryview(buffer)[start + _aligned(body_end - start) : end]
+    return msgpack.unpackb(memoryview(buffer)[start + 2 * _HEADER : body_end], raw=False, strict_map_key=False,
+                           ext_hook=lambda code, data: _from_wire(code, data, blobs))
 
 
 class _ServerConnection(_Framed):

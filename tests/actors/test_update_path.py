@@ -7,8 +7,10 @@ import asyncio
 import torch
 
 from reactor_rt.actors.encoder import EncoderActorImpl, EncoderCore
-from reactor_rt.actors.handles import tensor_from_wire, tensor_to_wire
+from reactor_rt.actors.handles import tensor_from_wire, tensor_to_wire, wire_copy
 from reactor_rt.actors.memory_updater import MemoryUpdaterActorImpl, MemoryUpdaterCore
+from reactor_rt.events import local_link
+from reactor_rt.events.local_link import Blob, pack
 
 
 def _interaction(seed: int, n: int) -> list[int]:
@@ -90,3 +92,45 @@ def test_the_in_process_engine_gives_new_memories_the_one_initial_stm_token(mode
         assert written.version == 1 and written.token != a.token
 
     asyncio.run(run())
+
+
+class _Receiver(local_link._Framed):
+    def __init__(self) -> None:
+        super().__init__()
+        self.payloads: list[object] = []
+
+    def on_frame(self, kind: int, key: int, payload: object) -> None:
+        self.payloads.append(payload)
+
+
+def _received(fields: list) -> list:  # type: ignore[type-arg]
+    """``fields`` as a peer receives them over the local link (a large blob: a view of its read buffer)."""
+    receiver, data, at = _Receiver(), pack(5, 1, fields), 0
+    while at < len(data):
+        room = receiver.get_buffer(-1)
+        n = min(len(room), len(data) - at)
+        room[:n] = data[at : at + n]
+        receiver.buffer_updated(n)
+        at += n
+    return receiver.payloads[0]  # type: ignore[return-value]
+
+
+def test_a_received_tensor_is_a_view_only_when_asked_and_aligned():
+    t = torch.randn(64, 512)  # 128 KiB: out of band
+    fields = _received(tensor_to_wire(t))
+    assert isinstance(fields[2], Blob)
+    view, copy = tensor_from_wire(fields, copy=False), tensor_from_wire(fields)
+    assert torch.equal(view, t) and torch.equal(copy, t)
+    view.add_(1.0)  # shares the received bytes; the copy does not
+    assert torch.equal(tensor_from_wire(fields), t + 1.0) and torch.equal(copy, t)
+    assert view.data_ptr() % 4 == 0
+    misaligned = [fields[0], [8], Blob(fields[2].data[1:33])]
+    assert tensor_from_wire(misaligned, copy=False).data_ptr() % 4 == 0
+
+
+def test_kept_fields_own_their_bytes():
+    t = torch.randn(64, 512)
+    fields = _received(tensor_to_wire(t))
+    kept = wire_copy(fields)
+    tensor_from_wire(fields, copy=False).zero_()  # the message's buffer is reused or changed
+    assert torch.equal(tensor_from_wire(kept), t)

@@ -360,3 +360,59 @@ async def test_a_megabyte_frame_crosses_a_real_socket_both_ways(linked) -> None:
     server.calls["echo"] = echo
     assert await client.call("echo", big) == big
     assert await client.call("add", 2, 3) == 5  # the connection goes on after it
+
+
+def _blob_frames(big: bytes) -> list[tuple[int, int, object]]:
+    return [(5, 1, ["a", local_link.Blob(big), local_link.Blob(big[:100]), local_link.Blob(big[7:])]),
+            (7, 2, "after"), (5, 3, [local_link.Blob(big[3:])])]
+
+
+@pytest.mark.parametrize("most", [3, 4096, 1 << 30], ids=["headers-split", "4k", "whole"])
+def test_blobs_travel_after_the_msgpack_and_arrive_as_views(most: int) -> None:
+    big = bytes(range(251)) * 1000  # 251 kB, over the out-of-band threshold; 100 bytes go inline
+    wire = b"".join(pack(*f) for f in _blob_frames(big))
+    assert len(wire) < 3 * len(big) + 4096  # each large blob once, not packed and appended
+    proto = _Recorder()
+    proto.feed(wire, most)
+    assert not proto.aborted
+    (_, _, first), (_, _, after), (_, _, last) = proto.frames
+    assert after == "after"
+    assert first[0] == "a" and first[2] == big[:100]  # a small blob is packed: it arrives as bytes
+    assert isinstance(first[1], local_link.Blob) and bytes(first[1]) == big
+    assert bytes(first[3]) == big[7:] and bytes(last[0]) == big[3:]
+    # the frames read after a blob's frame went into another buffer: the views still hold their bytes
+    assert bytes(first[1]) == big and bytes(first[3]) == big[7:]
+
+
+def test_a_received_blob_is_sent_on_out_of_band_again() -> None:
+    big = bytes(range(256)) * 1024
+    proto = _Recorder()
+    proto.feed(pack(5, 1, [local_link.Blob(big)]), 1 << 30)
+    relayed = pack(5, 2, proto.frames[0][2])  # a process passing what it received on
+    assert len(relayed) < len(big) + 256
+    again = _Recorder()
+    again.feed(relayed, 1 << 30)
+    assert bytes(again.frames[0][2][0]) == big
+
+
+def test_a_blob_reference_past_its_frame_is_a_broken_peer() -> None:
+    frame = bytearray(pack(5, 1, [local_link.Blob(b"x" * (128 << 10))]))
+    body_length = int.from_bytes(frame[4:8], "little")
+    ref = frame.rindex(local_link._BLOB_REF.pack(0, 128 << 10), 8, 8 + body_length)
+    frame[ref : ref + 16] = local_link._BLOB_REF.pack(1, 128 << 10)  # one byte past the end
+    proto = _Recorder()
+    proto.feed(bytes(frame), 1 << 30)
+    assert proto.aborted and proto.frames == []
+
+
+async def test_a_large_blob_crosses_a_real_socket_both_ways(linked) -> None:
+    server, client = linked
+    big = bytes(range(256)) * (12 << 12)  # 12 MiB
+
+    async def echo(data: local_link.Blob) -> local_link.Blob:
+        return data  # sent back from this side's read buffer
+
+    server.calls["echo"] = echo
+    back = await client.call("echo", local_link.Blob(big))
+    assert isinstance(back, local_link.Blob) and bytes(back) == big
+    assert await client.call("add", 2, 3) == 5
