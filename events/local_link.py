@@ -62,6 +62,7 @@ _NO_REPLY = 0  # the key of a call sent with `LinkClient.notify`
 MAX_FRAME = 256 << 20  # a longer length prefix means a broken peer: the connection is dropped
 _READ_ROOM = 256 << 10  # free room offered to each read (more when the frame being received needs it)
 _JOIN_BELOW = 64 << 10  # frames shorter than this go out as one write (prefix and body joined)
+_BACKLOG = 128  # connections waiting to be accepted (every actor and client of a node may connect at once)
 _SOCKET_BUFFER = 4 << 20  # kernel send/receive buffers asked for: a megabyte frame leaves in few writes
 _OUT_OF_BAND_MIN = 64 << 10  # smaller blobs are packed into the msgpack (a copy is cheaper than a frame buffer)
 _HAS_BLOBS = 1 << 31  # set in a frame's length prefix: the frame carries blobs after its msgpack
@@ -473,8 +474,18 @@ class LinkServer:
                 else:
                     self._dir = tempfile.mkdtemp(prefix="rxrt-link-")  # mode 0700: only this user gets in
                     path = os.path.join(self._dir, "s")
-                loop = asyncio.get_running_loop()
-                self._server = await loop.create_unix_server(lambda: _ServerConnection(self), path)
+                # the socket is made here, not by the loop: uvloop (which Ray's actors run when it is
+                # installed) cannot bind or connect an abstract name itself
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.bind(path)
+                    sock.listen(_BACKLOG)
+                    sock.setblocking(False)
+                    self._server = await asyncio.get_running_loop().create_unix_server(
+                        lambda: _ServerConnection(self), sock=sock)
+                except BaseException:
+                    sock.close()
+                    raise
                 self.path = path
         assert self.path is not None
         return self.path
@@ -566,7 +577,15 @@ class LinkClient(_Framed):
     @classmethod
     async def connect(cls, path: str) -> LinkClient:
         """Connect to the server listening at ``path`` (``OSError`` if none does)."""
-        _, client = await asyncio.get_running_loop().create_unix_connection(cls, path)
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # made here: see `LinkServer.start`
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, path)
+            _, client = await loop.create_unix_connection(cls, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
         return client
 
     async def call(self, name: str, *args: Any) -> Any:

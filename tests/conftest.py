@@ -8,6 +8,9 @@ import os
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# uvloop comes with the dev tools (for the local link's test under it), and Ray would then run every
+# actor on it: the suite runs them on asyncio's own loop, as a plain install does
+os.environ.setdefault("RAY_USE_UVLOOP", "0")
 
 import pytest
 

@@ -416,3 +416,31 @@ async def test_a_large_blob_crosses_a_real_socket_both_ways(linked) -> None:
     back = await client.call("echo", local_link.Blob(big))
     assert isinstance(back, local_link.Blob) and bytes(back) == big
     assert await client.call("add", 2, 3) == 5
+
+
+def test_the_link_works_under_uvloop() -> None:
+    """Ray runs its async actors on uvloop when it is installed: uvloop cannot bind or connect an
+    abstract socket name itself, so the link makes its sockets (before, every link call failed there
+    and the runtime fell back to Ray calls)."""
+    uvloop = pytest.importorskip("uvloop")
+    big = bytes(range(256)) * (4 << 12)  # 4 MiB: a blob frame through uvloop's buffered reads
+
+    async def main() -> tuple[int, bool, bool]:
+        server = _server()
+
+        async def echo(data: local_link.Blob) -> local_link.Blob:
+            return data
+
+        server.calls["echo"] = echo
+        client = await _connected(server)
+        try:
+            total = await client.call("add", 2, 3)
+            connection = next(iter(server.connections))
+            checked = local_link._same_user(connection.transport.get_extra_info("socket"))
+            back = await client.call("echo", local_link.Blob(big))
+            return total, checked, bytes(back) == big
+        finally:
+            client.close()
+            await server.close()
+
+    assert uvloop.run(main()) == (5, True, True)
