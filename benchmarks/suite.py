@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import importlib.util
 import os
 import platform
 import sys
@@ -205,6 +206,16 @@ def _met(met: bool | None) -> str:
     return "—" if met is None else ("met" if met else "**NOT met**")
 
 
+def actor_event_loop() -> str:
+    """The event loop Ray gives its async actors here: uvloop when it is installed (the dev tools bring
+    it), unless ``RAY_USE_UVLOOP`` says otherwise (Ray reads it as "1"/"true")."""
+    if importlib.util.find_spec("uvloop") is None:
+        return "asyncio (uvloop not installed)"
+    if "RAY_USE_UVLOOP" in os.environ and os.environ["RAY_USE_UVLOOP"].lower() not in ("1", "true"):
+        return "asyncio (RAY_USE_UVLOOP is off)"
+    return "uvloop"
+
+
 def render(results: dict[str, tuple[str, list[Goal], float]], quick: bool, started: dt.datetime,
            load_start: str, elapsed: float, speed_start: str = "n/a") -> str:
     """RESULTS.md: machine info, the goals table, then one section per benchmark."""
@@ -226,6 +237,7 @@ def render(results: dict[str, tuple[str, list[Goal], float]], quick: bool, start
         f"{host_speed()} at end |",
         f"| torch | {torch.__version__} (CPU), threads used: 1 |",
         f"| python | {platform.python_version()} on {platform.system()} {platform.machine()} |",
+        f"| Ray actors' event loop | {actor_event_loop()} |",
         "",
         "## Goals",
         "",

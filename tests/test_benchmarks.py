@@ -115,3 +115,16 @@ def test_the_median_confidence_interval_is_the_binomial_order_statistics():
     assert low == high == 5.0
     with pytest.raises(ValueError):
         median_ci([])
+
+
+def test_the_report_says_which_event_loop_rays_actors_run(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "uvloop" else None)
+    monkeypatch.delenv("RAY_USE_UVLOOP", raising=False)
+    assert suite.actor_event_loop() == "uvloop"
+    monkeypatch.setenv("RAY_USE_UVLOOP", "0")
+    assert suite.actor_event_loop().startswith("asyncio")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.delenv("RAY_USE_UVLOOP")
+    assert suite.actor_event_loop() == "asyncio (uvloop not installed)"
