@@ -77,7 +77,7 @@ class GenerateRequest:
 
 def tensor_to_wire(tensor: torch.Tensor) -> list[Any]:
     """``[dtype, shape, data]`` of a CPU tensor, for the local link; ``data`` is a `Blob` of the tensor's
-    own memory (or of a contiguous copy), so the tensor must not change until the link has sent it."""
+    own memory (or of a contiguous copy), so the tensor must not change once sent."""
     raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8)  # any dtype (numpy has no bfloat16)
     return [str(tensor.dtype).removeprefix("torch."), list(tensor.shape), Blob(raw.numpy())]
 

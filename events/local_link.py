@@ -79,7 +79,7 @@ class Blob:
     """Bytes for the local link that are not copied into (nor out of) the msgpack: what a sender wraps
     is written to the socket from its own memory, and a large blob arrives as a view of the receiver's
     read buffer, which is then its own (sent on again, it is not copied either). ``bytes(blob)``
-    copies it out. The sender must not change what it wrapped until `send` has returned."""
+    copies it out. What a sender wraps must not change once sent: the transport may write it later."""
 
     __slots__ = ("data",)
 
