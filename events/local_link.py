@@ -92,13 +92,6 @@ class Blob:
     def __bytes__(self) -> bytes:
         return self.data.tobytes()
 
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Blob):
-            return self.data == other.data
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]  # mutable contents
-
     def __repr__(self) -> str:
         return f"Blob({len(self)} bytes)"
 
@@ -164,33 +157,31 @@ def pack(kind: int, key: int, payload: Any) -> bytes:
 
 def _frame(kind: int, key: int, payload: Any) -> list[bytes | memoryview]:
     """`pack` as pieces to write one after the other: a large body or blob is not copied to join them."""
-    blobs: list[memoryview] = []
-    at = 0  # where the next blob goes, from the start of the frame's blobs
+    blobs: list[tuple[int, memoryview]] = []  # (offset from the first blob's start, data)
+    end = 0
 
     def to_wire(obj: Any) -> Any:
-        nonlocal at
+        nonlocal end
         if isinstance(obj, Blob):
             if len(obj) < _OUT_OF_BAND_MIN:
                 return obj.data.tobytes()
-            at = _aligned(at)
-            blobs.append(obj.data)
-            at += len(obj)
-            return msgpack.ExtType(_BLOB, _BLOB_REF.pack(at - len(obj), len(obj)))
+            offset = _aligned(end)
+            blobs.append((offset, obj.data))
+            end = offset + len(obj)
+            return msgpack.ExtType(_BLOB, _BLOB_REF.pack(offset, len(obj)))
         return _to_wire(obj)
 
     body = msgpack.packb([kind, key, payload], default=to_wire, use_bin_type=True)
-    if not blobs:
-        pieces: list[bytes | memoryview] = [body]
-    else:  # the blobs start aligned from the frame's start (so that tensors can be viewed in place)
-        pieces = [len(body).to_bytes(_HEADER, "little"), body]
-        end = _HEADER + _HEADER + len(body)
-        start = _aligned(end)
-        for blob in blobs:
-            if start > end:
-                pieces.append(bytes(start - end))
+    pieces: list[bytes | memoryview] = [body]
+    if blobs:  # the blobs start aligned from the frame's start (so that tensors can be viewed in place)
+        pieces.insert(0, len(body).to_bytes(_HEADER, "little"))
+        written = 2 * _HEADER + len(body)
+        area = _aligned(written)
+        for offset, blob in blobs:
+            if area + offset > written:
+                pieces.append(bytes(area + offset - written))
             pieces.append(blob)
-            end = start + blob.nbytes
-            start = _aligned(end)
+            written = area + offset + blob.nbytes
     size = sum(len(piece) for piece in pieces)
     if size > MAX_FRAME:
         raise RuntimeUnavailableError(
