@@ -55,14 +55,26 @@ def test_a_wrong_shape_is_refused(initial):
 
 @pytest.mark.parametrize("bad", [lambda s: s.double(), lambda s: s.to(torch.bfloat16), lambda s: s > 0,
                                  lambda s: s.index_fill(0, torch.tensor([1]), float("nan")),
-                                 lambda s: s.index_fill(2, torch.tensor([0]), float("inf"))],
-                         ids=["float64", "bfloat16", "bool", "nan", "inf"])
+                                 lambda s: s.index_fill(2, torch.tensor([0]), float("inf")),
+                                 lambda s: s.index_fill(2, torch.tensor([1]), -float("inf")),
+                                 # +inf and -inf together: a check by sum must still see them
+                                 lambda s: s.index_fill(2, torch.tensor([0]), float("inf")).index_fill(
+                                     2, torch.tensor([1]), -float("inf"))],
+                         ids=["float64", "bfloat16", "bool", "nan", "inf", "-inf", "inf-and-minus-inf"])
 def test_an_stm_the_model_cannot_read_is_refused_and_nothing_is_stored(initial, bad):
     reg = STMRegistry(MemorySTMStore(), initial)
     with pytest.raises(StoreError, match=r"dtype|NaN"):
         reg.commit("m", 0, bad(initial), None)
     version, stm = reg.load("m")
     assert version == 0 and torch.equal(stm, initial)
+
+
+def test_huge_but_finite_values_are_stored(initial):
+    """Values whose float32 sum would overflow are still finite: the check must not refuse them."""
+    reg = STMRegistry(MemorySTMStore(), initial)
+    huge = torch.full_like(initial, 3e38)
+    version, stm = reg.commit("m", 0, huge, None)
+    assert version == 1 and torch.equal(stm, huge)
 
 
 @pytest.mark.ray
