@@ -23,6 +23,7 @@ import structlog
 import torch
 
 from reactor_rt.actors.handles import GenerateRequest, STMHandle, tensor_from_wire
+from reactor_rt.actors.heap import keep_freed_memory
 from reactor_rt.actors.outlets import Channel, ChunkItem, Outlet, call_in_loop
 from reactor_rt.events.local_link import LinkHost, LinkServer
 from reactor_rt.learning import apply_serving_state
@@ -167,6 +168,8 @@ class DecoderCore:
     def _admit(self) -> None:
         """Prefill what waits and fits: several requests in one forward (requests that fall due together,
         e.g. after a batched memory update, join in one prefill instead of one each)."""
+        if not self._pending:  # the usual step: nothing waits (and counting free rows is not free)
+            return
         ready: list[tuple[_Pending, Any, Sampler, torch.Generator | None]] = []
         free = len(self.batch.free_slots)
         while self._pending and len(ready) < free:
@@ -412,6 +415,7 @@ class DecoderActorImpl(LinkHost):
 
     def __init__(self, model: ReactiveTransformer, capacity: int = 16, threads: int = 1,
                  chunk_tokens: int = 32, chunk_ms: float = 50.0) -> None:
+        keep_freed_memory()
         torch.set_num_threads(threads)
         self.service = DecoderService(DecoderCore(model, capacity=capacity), chunk_tokens=chunk_tokens,
                                       chunk_ms=chunk_ms)

@@ -8,6 +8,7 @@ import ray
 import torch
 
 from reactor_rt.actors.handles import tensor_to_wire
+from reactor_rt.actors.heap import keep_freed_memory
 from reactor_rt.actors.serving import ServingModelActor
 from reactor_rt.events.local_link import LinkServer
 from reactor_rt.model import ReactiveTransformer
@@ -50,6 +51,7 @@ class EncoderActorImpl(ServingModelActor):
     share a node."""
 
     def __init__(self, model: ReactiveTransformer, threads: int = 1) -> None:
+        keep_freed_memory()
         torch.set_num_threads(threads)
         self.core = EncoderCore(model)
         self.link = LinkServer({"encode_many": self._encode_many_wired}, {})

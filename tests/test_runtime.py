@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import anyio
 import pytest
 import ray
@@ -65,6 +67,25 @@ async def test_the_hot_path_takes_the_local_link_on_one_node_and_ray_otherwise(r
         assert over_link >= 2 and rx._bus._link._client is not None
     else:
         assert over_link == 0 and rx._bus._link._client is None
+
+
+def _refaults(_actor: object) -> int:
+    """Page faults of allocating an 8 MiB buffer again after freeing one (in the actor's process)."""
+    import resource
+
+    for _ in range(2):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        buf = bytearray(8 << 20)
+        del buf
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning")
+async def test_the_actors_moving_tensors_keep_freed_memory_in_their_heap(rx):
+    """Large link frames land in fresh buffers: the actors keep freed memory (see actors.heap)."""
+    for name in ("decoder", "encoder", "memory", "stm", "conductor"):
+        actor = ray.get_actor(name, namespace="reactor_rt")
+        assert await actor.__ray_call__.remote(_refaults) < 100, name  # 2048 pages when handed back
 
 
 async def test_interleaved_streams_keep_order_and_do_not_leak(rx):
