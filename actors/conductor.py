@@ -19,7 +19,7 @@ import torch
 
 from reactor_rt.actors.engine import InteractionEngine
 from reactor_rt.actors.handles import GenerateRequest, STMHandle
-from reactor_rt.actors.heap import keep_freed_memory
+from reactor_rt.actors.heap import settle_actor_process
 from reactor_rt.actors.thoughts import Budget, StopRule, ThoughtLoop
 from reactor_rt.actors.weights_gate import WeightsGate
 from reactor_rt.error_codes import code_for
@@ -880,7 +880,6 @@ class ConductorActorImpl(BusHost):
                  log_path: str | None = None, **bus_options: Any) -> None:
         from reactor_rt.actors.engine import RayEngine
 
-        keep_freed_memory()
         self.bus_core = EventBusCore(log_path, **bus_options)
         self.bus_core.prune_log()  # a log kept under new bounds shrinks now, not 1000 events later
         self.bus = CoreBus(self.bus_core)
@@ -893,6 +892,7 @@ class ConductorActorImpl(BusHost):
         self._started = False
         self._starting: asyncio.Lock | None = None
         self.recovered: dict[str, list[str]] = {}
+        settle_actor_process()
 
     async def _ensure_started(self) -> None:
         if self._started:

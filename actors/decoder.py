@@ -23,7 +23,7 @@ import structlog
 import torch
 
 from reactor_rt.actors.handles import GenerateRequest, STMHandle, tensor_from_wire
-from reactor_rt.actors.heap import keep_freed_memory
+from reactor_rt.actors.heap import settle_actor_process
 from reactor_rt.actors.outlets import Channel, ChunkItem, Outlet, call_in_loop
 from reactor_rt.events.local_link import LinkHost, LinkServer
 from reactor_rt.learning import apply_serving_state
@@ -415,7 +415,6 @@ class DecoderActorImpl(LinkHost):
 
     def __init__(self, model: ReactiveTransformer, capacity: int = 16, threads: int = 1,
                  chunk_tokens: int = 32, chunk_ms: float = 50.0) -> None:
-        keep_freed_memory()
         torch.set_num_threads(threads)
         self.service = DecoderService(DecoderCore(model, capacity=capacity), chunk_tokens=chunk_tokens,
                                       chunk_ms=chunk_ms)
@@ -426,6 +425,7 @@ class DecoderActorImpl(LinkHost):
         # a conductor on this node submits and reads chunks over a local link (see events.local_link)
         self.link = LinkServer({"submit": self._submit_cached, "cancel": self.cancel,
                                 "prepare": self._prepare_wired}, {"channel": self._batches})
+        settle_actor_process()
 
     def _channel(self, channel_id: str) -> Channel:
         channel = self._channels.get(channel_id)

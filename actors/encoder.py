@@ -8,7 +8,7 @@ import ray
 import torch
 
 from reactor_rt.actors.handles import tensor_to_wire
-from reactor_rt.actors.heap import keep_freed_memory
+from reactor_rt.actors.heap import settle_actor_process
 from reactor_rt.actors.serving import ServingModelActor
 from reactor_rt.events.local_link import LinkServer
 from reactor_rt.model import ReactiveTransformer
@@ -51,10 +51,10 @@ class EncoderActorImpl(ServingModelActor):
     share a node."""
 
     def __init__(self, model: ReactiveTransformer, threads: int = 1) -> None:
-        keep_freed_memory()
         torch.set_num_threads(threads)
         self.core = EncoderCore(model)
         self.link = LinkServer({"encode_many": self._encode_many_wired}, {})
+        settle_actor_process()
 
     async def encode(self, interaction_ids: list[int]) -> torch.Tensor:
         return self.core.encode(interaction_ids)

@@ -8,7 +8,7 @@ import ray
 import torch
 
 from reactor_rt.actors.handles import tensor_from_wire, tensor_to_wire
-from reactor_rt.actors.heap import keep_freed_memory
+from reactor_rt.actors.heap import settle_actor_process
 from reactor_rt.actors.serving import ServingModelActor
 from reactor_rt.events.local_link import LinkServer
 from reactor_rt.model import ReactiveTransformer
@@ -50,10 +50,10 @@ class MemoryUpdaterActorImpl(ServingModelActor):
     conductor on this node, over the local link)."""
 
     def __init__(self, model: ReactiveTransformer, threads: int = 1) -> None:
-        keep_freed_memory()
         torch.set_num_threads(threads)
         self.core = MemoryUpdaterCore(model)
         self.link = LinkServer({"update_many": self._update_many_wired}, {})
+        settle_actor_process()
 
     async def update(self, stm: torch.Tensor, encoded: torch.Tensor) -> torch.Tensor:
         return self.core.update(stm, encoded)

@@ -21,7 +21,7 @@ import ray
 import torch
 
 from reactor_rt.actors.handles import STMHandle, tensor_from_wire
-from reactor_rt.actors.heap import keep_freed_memory
+from reactor_rt.actors.heap import settle_actor_process
 from reactor_rt.events.local_link import LinkHost, LinkServer
 from reactor_rt.store import STMStore, open_store
 
@@ -141,7 +141,6 @@ class STMStoreActorImpl(LinkHost):
     MAX_KEPT_BYTES = 1 << 30
 
     def __init__(self, store_url: str, initial: torch.Tensor) -> None:
-        keep_freed_memory()
         self.registry = STMRegistry(open_store(store_url), initial)
         # every memory not written yet reads the initial STM: one object in Ray and one token for all
         # (the decoder projects its memory keys/values once, the conductor fetches it once)
@@ -150,6 +149,7 @@ class STMStoreActorImpl(LinkHost):
         self._kept = 0
         self._unput: dict[tuple[str, int], torch.Tensor] = {}  # handed out over the link, not yet in Ray
         self.link = LinkServer({"commit_many": self._commit_many_wired}, {})
+        settle_actor_process()
 
     def _handle(self, memory_id: str, put: bool = True) -> STMHandle:
         """The latest version as a handle; ``put=False`` leaves its ``ray.put`` until a handle with the

@@ -88,6 +88,15 @@ async def test_the_actors_moving_tensors_keep_freed_memory_in_their_heap(rx):
         assert await actor.__ray_call__.remote(_refaults) < 100, name  # 2048 pages when handed back
 
 
+async def test_the_actors_start_up_objects_are_left_out_of_garbage_collections(rx):
+    """A full collection over an actor's start-up heap stalls its event loop ~0.1 s (see actors.heap)."""
+    import gc
+
+    for name in ("decoder", "encoder", "memory", "stm", "conductor"):
+        actor = ray.get_actor(name, namespace="reactor_rt")
+        assert await actor.__ray_call__.remote(lambda _self: gc.get_freeze_count()) > 50_000, name
+
+
 async def test_interleaved_streams_keep_order_and_do_not_leak(rx):
     """8 streams x 5 turns at once: per-stream order holds, and a stream's answers and STM equal those
     of a stream with the same turns run alone."""
