@@ -1,21 +1,21 @@
-"""How an actor process treats its heaps: freed memory stays in malloc's, and what the process built
-at start-up (Ray, torch, the model: ~220,000 objects) leaves the cycle collector's.
+"""How a serving actor's process treats its heaps: freed memory stays in malloc's, and what the process
+built at start-up (Ray, torch, the model: ~220,000 objects) leaves the cycle collector's.
 
 `keep_freed_memory`: tensors crossing the local link are fresh buffers each time. Every large frame
 the link receives lands in a new buffer (its blobs keep the old one), and the actors copy STMs in and
-out of them: hundreds of kilobytes to megabytes per memory update, allocated and freed
-again and again. glibc hands memory above its mmap threshold (128 KiB at first) back to the kernel on
-free, and trims the heap's top beyond twice that threshold, so the next allocation page-faults every
-page in afresh: the STM store took ~60 page faults for one single-stream update, and a two-process
-round trip of 15 tensors of 235 kB each way took 5.0 ms where 2.1 ms suffice once freed memory stays
-in the heap (``linkbench``, alternating). Raising both thresholds keeps it there: the price is up to
+out of them: hundreds of kilobytes to megabytes per memory update, allocated and freed again and
+again. glibc hands memory above its mmap threshold (128 KiB at first) back to the kernel on free, and
+trims the heap's top beyond twice that threshold, so the next allocation page-faults every page in
+afresh: the STM store took ~60 page faults for one single-stream update, and a two-process round trip
+of 15 tensors of 235 kB each way took 5.0 ms where 2.1 ms suffice once freed memory stays in the heap
+(two processes, measured alternately). Raising both thresholds keeps it there: the price is up to
 `TRIM_THRESHOLD` of freed memory kept per process.
 
 `freeze_startup_objects`: Python's full (generation 2) collection walks every tracked object, and an
-actor process holds ~220,000 after start-up; one collection took 133 ms in the conductor under load
-(about one every 5 s with 16 streams), and the conductor's event loop, so every stream, stood still
-meanwhile. Frozen (`gc.freeze`), those objects are left out of every collection: a full one then
-takes well under a millisecond. They live as long as the process anyway.
+actor process holds ~220,000 after start-up. One such collection took 133 ms in the conductor during a
+5-second run of single-stream and 16-stream turns, and meanwhile the conductor's event loop, and so
+every stream, stood still. Frozen (`gc.freeze`), those objects are left out of every collection: a full
+one then takes well under a millisecond. They live as long as the process anyway.
 """
 
 from __future__ import annotations
