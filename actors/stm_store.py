@@ -232,7 +232,8 @@ class STMStoreActorImpl(LinkHost):
     async def _commit_many_wired(self, items: list[list[Any]], stms: list[list[Any]]) -> list[Any]:
         """`commit_many` over the local link: STMs as ``tensor_to_wire`` fields in, handles without
         their reference (``STMHandle.to_wire``) or the item's exception out."""
-        out = self._commit_each(items, [tensor_from_wire(s) for s in stms], put=False)
+        # views of the received message: the store and the registry each keep a copy of their own
+        out = self._commit_each(items, [tensor_from_wire(s, copy=False) for s in stms], put=False)
         return [r.to_wire() if isinstance(r, STMHandle) else r for r in out]
 
     def _commit_each(self, items: list[Any], stms: list[torch.Tensor], put: bool) -> list[STMHandle | Exception]:

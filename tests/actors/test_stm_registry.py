@@ -105,3 +105,19 @@ def test_a_commit_over_the_local_link_is_durable_at_once_and_put_in_ray_only_whe
         assert ("n", 1) not in actor._unput and len(actor._unput) == actor.HISTORY
 
     asyncio.run(run())
+
+
+def test_a_committed_stm_owns_its_memory_when_given_a_view_of_a_message(initial):
+    """The STM store commits views of the received link message: what it keeps must be copies."""
+    from reactor_rt.actors.handles import tensor_from_wire, tensor_to_wire
+    from reactor_rt.events.local_link import Blob
+
+    dtype, shape, data = tensor_to_wire(initial + 1)
+    message = bytearray(bytes(data))
+    view = tensor_from_wire([dtype, shape, Blob(message)], copy=False)
+    reg = STMRegistry(MemorySTMStore(), initial)
+    reg.commit("m", 0, view, "i")
+    message[:] = bytes(len(message))  # the message buffer is reused or freed
+    assert torch.equal(reg.load("m")[1], initial + 1)
+    reg.forget("m")  # and the store's own copy
+    assert torch.equal(reg.load("m")[1], initial + 1)
