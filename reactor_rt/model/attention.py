@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reactor_rt.model.linear import Linear
+
 __all__ = ["Attention", "RotaryEmbedding", "apply_rope"]
 
 
@@ -89,17 +91,17 @@ class Attention(nn.Module):
         q_width, kv_width = query_heads * self.head_dim, kv_heads * self.head_dim
         self.q_width, self.kv_width = q_width, kv_width
         if fused:
-            self.qkv = nn.Linear(dim, q_width + 2 * kv_width, bias=False)
+            self.qkv = Linear(dim, q_width + 2 * kv_width, bias=False)
         else:
-            self.q = nn.Linear(dim, q_width, bias=False)
-            self.kv = nn.Linear(dim, 2 * kv_width, bias=False)
-        self.out = nn.Linear(q_width, dim, bias=out_bias)  # SQA: from the reduced width
+            self.q = Linear(dim, q_width, bias=False)
+            self.kv = Linear(dim, 2 * kv_width, bias=False)
+        self.out = Linear(q_width, dim, bias=out_bias)  # SQA: from the reduced width
         # gated attention (imported checkpoints): heads' output * act(Linear(query input)) before `out`
-        self.gate: nn.Linear | None = None
+        self.gate: Linear | None = None
         if out_gate is not None:
             from reactor_rt.model.layers import ACTIVATIONS
 
-            self.gate = nn.Linear(dim, q_width, bias=False)
+            self.gate = Linear(dim, q_width, bias=False)
             self.gate_act = ACTIVATIONS[out_gate]
 
     def project_qkv(self, x: Tensor, cis: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reactor_rt.model.linear import Linear
+
 __all__ = ["ACTIVATIONS", "MoE", "RMSNorm", "SwiGLU", "load_balancing_loss"]
 
 # gate activations of the gated FFNs (silu is SwiGLU, the native choice; the rest for imported models)
@@ -49,8 +51,8 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.ff_dim = ff_dim
         self.act = ACTIVATIONS[activation]
-        self.gate_up = nn.Linear(dim, 2 * ff_dim, bias=bias)
-        self.down = nn.Linear(ff_dim, dim, bias=bias)
+        self.gate_up = Linear(dim, 2 * ff_dim, bias=bias)
+        self.down = Linear(ff_dim, dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         g, u = self.gate_up(x).split(self.ff_dim, dim=-1)
@@ -108,7 +110,7 @@ class MoE(nn.Module):
         super().__init__()
         self.experts, self.top_k, self.ff_dim = experts, top_k, ff_dim
         self.act = ACTIVATIONS[activation]
-        self.router = nn.Linear(dim, experts, bias=False)
+        self.router = Linear(dim, experts, bias=False)
         # (D, E, 2F) and (E, F, D): both views the dense path needs, (D, E*2F) and (E*F, D), are free
         self.w_gate_up = nn.Parameter(torch.randn(dim, experts, 2 * ff_dim) / math.sqrt(dim))
         self.w_down = nn.Parameter(torch.randn(experts, ff_dim, dim) / math.sqrt(ff_dim))
@@ -122,7 +124,7 @@ class MoE(nn.Module):
             self.shared_experts = nn.ModuleList(
                 SwiGLU(dim, shared_ff_dim or ff_dim, activation, shared_bias) for _ in range(shared_count)
             )
-            self.shared_gate = nn.Linear(dim, shared_count, bias=False)
+            self.shared_gate = Linear(dim, shared_count, bias=False)
         self.n_shared = shared_count if shared_expert else 0
         # imported checkpoints: learned output biases, and routed/shared outputs weighted k:S
         self.global_bias = nn.Parameter(torch.zeros(dim)) if global_bias else None

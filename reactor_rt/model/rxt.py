@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from reactor_rt.model.attention import Attention, RotaryEmbedding
 from reactor_rt.model.config import RxTConfig
 from reactor_rt.model.layers import MoE, RMSNorm, SwiGLU
+from reactor_rt.model.linear import Linear, TransposedWeight, linear
 from reactor_rt.model.memory import MemoryAttention, MemoryKV, MemoryNorm
 from reactor_rt.tokenizer import ByteTokenizer, Tokenizer
 
@@ -153,7 +154,8 @@ class ReactiveTransformer(nn.Module):
         if c.final_norm:
             self.decoder_norm = RMSNorm(c.dim, c.norm_eps)
         if not c.tied_head:
-            self.head = nn.Linear(c.dim, c.vocab_size)
+            self.head = Linear(c.dim, c.vocab_size)
+        self._tied_head = TransposedWeight()  # the embedding as the output head, for inference
         self.encoder_layers = nn.ModuleList(EncoderLayer(c) for _ in range(c.layers))
         self.mlm_head = nn.Sequential(nn.Linear(c.dim, c.dim), nn.GELU(), RMSNorm(c.dim, c.norm_eps))
         self.memory_attention: nn.Module
@@ -305,7 +307,7 @@ class ReactiveTransformer(nn.Module):
         elif last_only:
             x = x[:, -1:]
         h = self.decoder_norm(x) if self.config.final_norm else x
-        logits = F.linear(h, self.embedding.weight) if self.config.tied_head else self.head(h)
+        logits = linear(h, self.embedding.weight, None, self._tied_head) if self.config.tied_head else self.head(h)
         aux_mean = logits.new_zeros(()) if aux_sum is None else aux_sum / n_aux
         return logits, aux_mean
 
