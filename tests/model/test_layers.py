@@ -13,6 +13,20 @@ def test_rms_norm_gives_unit_rms():
     assert torch.allclose(y.pow(2).mean(-1), torch.ones(3, 5), atol=1e-4)
 
 
+def test_rms_norm_formula_state_dict_and_cast():
+    torch.manual_seed(0)
+    norm = RMSNorm(16, eps=1e-3)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(3, 5, 16)
+    want = x / (x.pow(2).mean(-1, keepdim=True).sqrt() + 1e-3) * norm.weight
+    torch.testing.assert_close(norm(x), want)
+    assert set(norm.state_dict()) == {"weight"}  # its constants are not state
+    assert norm(torch.zeros(2, 16)).abs().max() == 0  # eps keeps an all-zero row finite
+    norm.double()
+    assert norm(x.double()).dtype == torch.float64
+
+
 def test_swiglu_shape():
     assert SwiGLU(16, 40)(torch.randn(2, 3, 16)).shape == (2, 3, 16)
 
