@@ -48,6 +48,15 @@ class _Pending:
     memory_kv: Any = None  # taken from the cache at submit time, when no STM came with the request
 
 
+@dataclass
+class _Held:
+    """A finished request whose last token waits for answers about to end (`align_finish_steps`)."""
+
+    pending: _Pending
+    token: int
+    waited: int = 0  # steps so far
+
+
 class DecoderCore:
     """Admits generation requests into a :class:`DecodeBatch` at step boundaries and runs its steps.
 
@@ -55,12 +64,24 @@ class DecoderCore:
     its handle's token (`STMHandle.cache_key`), so a stream's later turns on the same version, other
     streams sharing that memory, and new memories (all on the one initial STM) skip the projection.
 
+    Answers that end together have their memory updates batched together (one encoder, memory-updater
+    and store call for all), and their streams' next queries then prefill and decode together. Answers
+    a few steps apart would split the streams into groups that run out of step with each other from
+    then on (more steps with fewer rows, each group's update alone). So an answer that ends while
+    another row will reach its token budget within ``align_finish_steps`` steps has its last token held
+    back until that row ends, for at most that many steps (0: never). Only rows that will end by their
+    budget count; with a single stream nothing waits.
+
     Threads: `submit`, `cached_memory`, `has_memory` and `warm` may run on one thread while another
     runs `step` (the pending queue is a deque, the cache has a lock); `cancel`, `fail_step` and
     `set_weights` must run where the steps run, or between them.
     """
 
-    def __init__(self, model: ReactiveTransformer, capacity: int = 16, memory_cache_size: int = 256) -> None:
+    def __init__(self, model: ReactiveTransformer, capacity: int = 16, memory_cache_size: int = 256,
+                 align_finish_steps: int = 0) -> None:
+        if align_finish_steps < 0:
+            raise ValueError("align_finish_steps must be >= 0")
+        self.align_finish_steps = align_finish_steps
         self.model = model.eval()
         self.batch = DecodeBatch(model, capacity=capacity)
         self._memory_cache: OrderedDict[str, Any] = OrderedDict()
@@ -69,6 +90,7 @@ class DecoderCore:
         self._pending: deque[_Pending] = deque()
         self._rows: dict[int, _Pending] = {}  # slot -> request
         self._admitting: dict[int, _Pending] = {}  # request id -> taken by this step, not yet placed nor ended
+        self._held: list[_Held] = []  # finished, last token held back (see the class doc)
         self._ids = itertools.count(1)
 
     def set_weights(self, state: dict[str, torch.Tensor]) -> None:
@@ -100,7 +122,7 @@ class DecoderCore:
 
     @property
     def busy(self) -> bool:
-        return bool(self._pending or self._rows)
+        return bool(self._pending or self._rows or self._held)
 
     def submit(self, request: GenerateRequest, stm: torch.Tensor | None, sink: TokenSink,
                memory_kv: Any = None) -> int:
@@ -125,6 +147,7 @@ class DecoderCore:
             if pending.request_id == request_id:
                 self.batch.remove(slot)
                 del self._rows[slot]
+        self._held = [h for h in self._held if h.pending.request_id != request_id]
 
     def fail_step(self, error: BaseException) -> None:
         """After `step` raised: end the requests that were in that step with ``error``, and only those.
@@ -135,6 +158,7 @@ class DecoderCore:
         request there). Every row of the batch is freed, one the core lost track of too. Requests still
         queued (submitted while the step ran, or finding no free row) had no part in it: they stay and
         join the next step. A batch that cannot free its rows is replaced by an empty one."""
+        self._release_held()  # they ended in earlier steps, complete: not part of the failed one
         ended = list(self._rows.values())
         self._rows.clear()
         while self._admitting:
@@ -153,6 +177,7 @@ class DecoderCore:
         `fail_step` ends the requests that were in it."""
         self._admit()
         if not self._rows:
+            self._release_held()
             return
         with torch.inference_mode():
             outputs = self.batch.step()
@@ -163,7 +188,27 @@ class DecoderCore:
             if out.finished:
                 self.batch.remove(out.slot)
                 del self._rows[out.slot]
-            pending.sink([out.token], out.finished, None)
+                self._held.append(_Held(pending, out.token))
+            else:
+                pending.sink([out.token], False, None)
+        left = self.batch.fewest_left()
+        if left is None or left > self.align_finish_steps:
+            self._release_held()
+        else:  # a row ends within the window: the finished ones wait for it, each at most the window
+            waiting = []
+            for held in self._held:
+                if held.waited < self.align_finish_steps:
+                    held.waited += 1
+                    waiting.append(held)
+                else:
+                    held.pending.sink([held.token], True, None)
+            self._held = waiting
+
+    def _release_held(self) -> None:
+        """Send every held request its last token."""
+        held, self._held = self._held, []
+        for h in held:
+            h.pending.sink([h.token], True, None)
 
     def _admit(self) -> None:
         """Prefill what waits and fits: several requests in one forward (requests that fall due together,
@@ -414,10 +459,10 @@ class DecoderActorImpl(LinkHost):
     """Ray actor named ``decoder``: one process generating for every stream."""
 
     def __init__(self, model: ReactiveTransformer, capacity: int = 16, threads: int = 1,
-                 chunk_tokens: int = 32, chunk_ms: float = 50.0) -> None:
+                 chunk_tokens: int = 32, chunk_ms: float = 50.0, align_finish_steps: int = 0) -> None:
         torch.set_num_threads(threads)
-        self.service = DecoderService(DecoderCore(model, capacity=capacity), chunk_tokens=chunk_tokens,
-                                      chunk_ms=chunk_ms)
+        core = DecoderCore(model, capacity=capacity, align_finish_steps=align_finish_steps)
+        self.service = DecoderService(core, chunk_tokens=chunk_tokens, chunk_ms=chunk_ms)
         self.weights_version = 0
         self._channels: dict[str, Channel] = {}
         self._closed_channels: OrderedDict[str, None] = OrderedDict()  # ids whose reader has gone

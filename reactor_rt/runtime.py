@@ -338,7 +338,7 @@ class Reactor:
               max_new_tokens: int = 64, event_log: str | None = None,
               learning: dict[str, Any] | bool = True, weights_dir: str | None = None,
               local_link: bool = True, log_max_age: float | None = None,
-              log_max_rows: int | None = None) -> _Starting:
+              log_max_rows: int | None = None, align_finish_steps: int = 4) -> _Starting:
         """Start the runtime: ``async with Reactor.start(model="tiny") as rx: ...``.
 
         Runs ``ray.init()`` locally (loopback only, no dashboard) unless Ray is already initialised in
@@ -354,8 +354,13 @@ class Reactor:
         False keeps every message on Ray. ``log_max_age`` (seconds) and ``log_max_rows`` bound the
         durable event log, oldest events first (applied at start and every 1000 logged events; the
         default keeps everything, and recovery reads the whole log at every start).
+        ``align_finish_steps``: an answer that ends while another will reach its token budget within
+        this many decode steps waits for it (at most that long), so their memory updates batch together
+        and their streams stay in step (see `DecoderCore`); 0 sends every answer's end at once.
         """
         _check_retention(log_max_age, log_max_rows)
+        if isinstance(align_finish_steps, bool) or not isinstance(align_finish_steps, int) or align_finish_steps < 0:
+            raise ConfigError(f"align_finish_steps must be an int >= 0, not {align_finish_steps!r}")
         _check_limits(decoder_capacity=decoder_capacity, decoder_threads=decoder_threads, max_queue=max_queue,
                       max_new_tokens=max_new_tokens)
         # the actors open these paths in their own working directories (on a joined cluster: other
@@ -364,13 +369,14 @@ class Reactor:
                          namespace=namespace, decoder_capacity=decoder_capacity, decoder_threads=decoder_threads,
                          max_queue=max_queue, max_new_tokens=max_new_tokens, event_log=_absolute_path(event_log),
                          learning=learning, weights_dir=_absolute_path(weights_dir), local_link=local_link,
-                         log_max_age=log_max_age, log_max_rows=log_max_rows)
+                         log_max_age=log_max_age, log_max_rows=log_max_rows,
+                         align_finish_steps=align_finish_steps)
 
     @classmethod
     async def _launch(cls, *, model: Any, store: str, address: str | None, namespace: str, decoder_capacity: int,
                       decoder_threads: int, max_queue: int, max_new_tokens: int, event_log: str | None,
                       learning: dict[str, Any] | bool, weights_dir: str | None, local_link: bool,
-                      log_max_age: float | None, log_max_rows: int | None) -> Reactor:
+                      log_max_age: float | None, log_max_rows: int | None, align_finish_steps: int) -> Reactor:
         from reactor_rt.actors.launch import launch_actors
         from reactor_rt.store import open_store
 
@@ -386,7 +392,7 @@ class Reactor:
             bus, actors = await launch_actors(
                 resolved, store=store, namespace=namespace, event_log=event_log or event_log_path(store),
                 decoder_capacity=decoder_capacity, decoder_threads=decoder_threads, max_queue=max_queue,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=max_new_tokens, align_finish_steps=align_finish_steps,
                 learning=None if learning is False else ({} if learning is True else dict(learning)),
                 weights_dir=weights_dir or weights_path(store), local_link=local_link,
                 log_max_age=log_max_age, log_max_rows=log_max_rows,

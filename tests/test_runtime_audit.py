@@ -153,6 +153,14 @@ def test_limits_below_one_are_refused_before_anything_starts(limit):
         Reactor.start(model="tiny", store="memory://", **{limit: 0})
 
 
+@pytest.mark.parametrize("value", [-1, 1.5, True, "4"])
+def test_a_finish_alignment_window_that_is_not_a_count_is_refused(value):
+    from reactor_rt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="align_finish_steps"):
+        Reactor.start(model="tiny", store="memory://", align_finish_steps=value)
+
+
 def test_relative_paths_are_made_absolute_before_the_actors_open_them(tmp_path, monkeypatch):
     """The STM store actor (and on a joined cluster, processes on other machines) opened a relative
     ``sqlite:///`` path in its own working directory: another file than the caller's."""

@@ -171,6 +171,12 @@ class DecodeBatch:
         """Number of tokens in the slot's cache (prompt plus tokens fed so far)."""
         return self._rows[slot].pos
 
+    def fewest_left(self) -> int | None:
+        """The fewest tokens a running row may still emit before its budget ends it (so that row ends
+        within that many steps; [EOS] may end it sooner); None when no row is running."""
+        left = [r.budget - r.emitted for s, r in self._rows.items() if s not in self._finished]
+        return min(left) if left else None
+
     @torch.inference_mode()
     def add(
         self,

@@ -328,3 +328,20 @@ def test_generate_samples_each_row_independently_of_its_neighbours(model):
     first = model.generate([p, q], s, max_new_tokens=6, sampler=smp)
     torch.manual_seed(5)
     assert torch.equal(model.generate([p, q], s, max_new_tokens=6, sampler=smp), first)  # global seed
+
+
+def test_fewest_left_counts_down_to_the_row_nearest_its_budget(model):
+    db = DecodeBatch(model, capacity=3)
+    db.eos_id = -1  # only budgets end rows here
+    stm = model.init_stm(1)
+    assert db.fewest_left() is None
+    a = db.add(torch.tensor([5, 6, 7]), stm=stm, max_new_tokens=4)
+    db.add(torch.tensor([8, 9]), stm=stm, max_new_tokens=9)
+    assert db.fewest_left() == 4
+    db.step()
+    assert db.fewest_left() == 3
+    for _ in range(3):
+        db.step()
+    assert db.finished == [a] and db.fewest_left() == 5  # a finished row no longer counts
+    db.remove(a)
+    assert db.fewest_left() == 5
