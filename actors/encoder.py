@@ -9,7 +9,7 @@ import torch
 
 from reactor_rt.actors.handles import tensor_to_wire
 from reactor_rt.actors.heap import settle_actor_process
-from reactor_rt.actors.serving import ServingModelActor
+from reactor_rt.actors.serving import ServingModelActor, intra_op_threads
 from reactor_rt.events.local_link import LinkServer
 from reactor_rt.model import ReactiveTransformer
 
@@ -59,12 +59,15 @@ class EncoderActorImpl(ServingModelActor):
     async def encode(self, interaction_ids: list[int]) -> torch.Tensor:
         return self.core.encode(interaction_ids)
 
-    async def encode_many(self, interactions: list[list[int]]) -> list[torch.Tensor]:
-        return self.core.encode_many(interactions)
+    async def encode_many(self, interactions: list[list[int]], threads: int = 1) -> list[torch.Tensor]:
+        """Several interactions in one forward, on ``threads`` torch threads (see `intra_op_threads`)."""
+        with intra_op_threads(threads):
+            return self.core.encode_many(interactions)
 
-    async def _encode_many_wired(self, interactions: list[list[int]]) -> list[list[Any]]:
+    async def _encode_many_wired(self, interactions: list[list[int]], threads: int = 1) -> list[list[Any]]:
         """`encode_many` over the local link: tensors as ``tensor_to_wire`` fields."""
-        return [tensor_to_wire(t) for t in self.core.encode_many(interactions)]
+        with intra_op_threads(threads):
+            return [tensor_to_wire(t) for t in self.core.encode_many(interactions)]
 
 
 EncoderActor = ray.remote(EncoderActorImpl)

@@ -9,7 +9,7 @@ import torch
 
 from reactor_rt.actors.handles import tensor_from_wire, tensor_to_wire
 from reactor_rt.actors.heap import settle_actor_process
-from reactor_rt.actors.serving import ServingModelActor
+from reactor_rt.actors.serving import ServingModelActor, intra_op_threads
 from reactor_rt.events.local_link import LinkServer
 from reactor_rt.model import ReactiveTransformer
 
@@ -58,19 +58,23 @@ class MemoryUpdaterActorImpl(ServingModelActor):
     async def update(self, stm: torch.Tensor, encoded: torch.Tensor) -> torch.Tensor:
         return self.core.update(stm, encoded)
 
-    async def _update_many_wired(self, encoded: list[list[Any]], stms: list[list[Any]]) -> list[list[Any]]:
+    async def _update_many_wired(self, encoded: list[list[Any]], stms: list[list[Any]],
+                                 threads: int = 1) -> list[list[Any]]:
         """`update_many` over the local link: every STM given, tensors as ``tensor_to_wire`` fields."""
         # views of the received message: used here and dropped
-        new = self.core.update_many([tensor_from_wire(s, copy=False) for s in stms],
-                                    [tensor_from_wire(e, copy=False) for e in encoded])
+        with intra_op_threads(threads):
+            new = self.core.update_many([tensor_from_wire(s, copy=False) for s in stms],
+                                        [tensor_from_wire(e, copy=False) for e in encoded])
         return [tensor_to_wire(t) for t in new]
 
     async def update_many(self, encoded: list[torch.Tensor], picks: list[tuple[int, int | None]],
-                          *sources: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
-        """Several updates at once. ``sources`` arrive resolved by Ray: STM tensors, or lists of them
-        (an earlier `update_many` result); ``picks[i] = (source, index or None)`` is memory i's STM."""
+                          *sources: torch.Tensor | list[torch.Tensor], threads: int = 1) -> list[torch.Tensor]:
+        """Several updates at once, on ``threads`` torch threads (see `intra_op_threads`). ``sources``
+        arrive resolved by Ray: STM tensors, or lists of them (an earlier `update_many` result);
+        ``picks[i] = (source, index or None)`` is memory i's STM."""
         stms = [sources[s] if i is None else sources[s][i] for s, i in picks]  # type: ignore[index]
-        return self.core.update_many(stms, encoded)
+        with intra_op_threads(threads):
+            return self.core.update_many(stms, encoded)
 
 
 MemoryUpdaterActor = ray.remote(MemoryUpdaterActorImpl)

@@ -3,6 +3,9 @@ learned weights are swapped in place, and a local link for a conductor on the sa
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -10,7 +13,24 @@ import torch
 from reactor_rt.events.local_link import LinkHost
 from reactor_rt.learning import apply_serving_state
 
-__all__ = ["ServingModelActor"]
+__all__ = ["ServingModelActor", "intra_op_threads"]
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int) -> Iterator[None]:
+    """Run the block's torch ops on ``threads`` threads (at most the CPUs this process may use), then
+    go back to the actor's own setting. For a big update batch while no answer is generated: the
+    decoder's CPU is free then (see `RayEngine`)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    wanted, before = max(1, min(threads, usable)), torch.get_num_threads()
+    if wanted == before:
+        yield
+        return
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class ServingModelActor(LinkHost):

@@ -25,10 +25,12 @@ class Method:
         self.failures = list(failures)
         self.calls = 0
         self.args: list[tuple] = []
+        self.kwargs: list[dict] = []
 
     def remote(self, *args, **kwargs):
         self.calls += 1
         self.args.append(args)
+        self.kwargs.append(kwargs)
         failure = self.failures.pop(0) if self.failures else None
 
         async def run():
@@ -286,3 +288,31 @@ async def test_an_update_whose_version_is_no_longer_kept_fails_alone_in_its_batc
                                    return_exceptions=True)
     assert results[0].version == 2 and results[2].version == 2
     assert isinstance(results[1], StaleVersionError)
+
+
+async def test_a_big_batch_runs_on_two_threads_only_while_no_answer_is_being_generated():
+    handles = [STMHandle(f"m{i}", 1, f"ref{i}") for i in range(4)]
+    commits = {(h.memory_id, 1): STMHandle(h.memory_id, 2, "x") for h in handles}
+    eng, encoder, memory, _, _ = batching_engine(commits)
+    release = asyncio.Event()
+
+    async def stream(request):
+        yield [1]
+        await release.wait()
+        yield [2]
+
+    eng._decoder.stream = stream  # the decoder client streams these chunks
+
+    async def update_all(count):
+        for _ in range(count):
+            eng._updates.expect()
+        await asyncio.gather(*(eng.update(h, [i], f"i{i}") for i, h in enumerate(handles[:count])))
+        return encoder.encode_many.args[-1][1], memory.update_many.kwargs[-1]["threads"]
+
+    answer = eng.generate(GenerateRequest([1], STMHandle("other", 0, None), max_new_tokens=2))
+    assert await answer.__anext__() == [1]  # an answer is being generated: the decoder needs its CPU
+    assert await update_all(4) == (1, 1)
+    release.set()
+    assert [chunk async for chunk in answer] == [[2]]
+    assert await update_all(4) == (2, 2)  # nothing generating: the batch takes the decoder's CPU too
+    assert await update_all(3) == (1, 1)  # a small batch gains too little
