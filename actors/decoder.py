@@ -191,6 +191,8 @@ class DecoderCore:
                 self._held.append(_Held(pending, out.token))
             else:
                 pending.sink([out.token], False, None)
+        if not self._held:  # the usual step: nothing ended, nothing waits
+            return
         left = self.batch.fewest_left()
         if left is None or left > self.align_finish_steps:
             self._release_held()

