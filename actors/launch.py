@@ -51,7 +51,7 @@ def _refuse_if_running(namespace: str) -> None:
 
 async def launch_actors(model: ReactiveTransformer, *, store: str, namespace: str, event_log: str | None,
                         decoder_capacity: int, decoder_threads: int, max_queue: int,
-                        max_new_tokens: int, align_finish_steps: int = 0, learning: dict[str, Any] | None = None,
+                        max_new_tokens: int, align_finish_steps: int, learning: dict[str, Any] | None = None,
                         weights_dir: str | None = None, local_link: bool = True,
                         log_max_age: float | None = None, log_max_rows: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Start bus, decoder, encoder, memory updater, STM store, learner (unless ``learning`` is None)

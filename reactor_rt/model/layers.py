@@ -34,10 +34,9 @@ class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.eps = eps
-        self.inv_sqrt_dim = dim**-0.5
         self.weight = nn.Parameter(torch.ones(dim))
         # not in the state dict; moved and cast with the module
-        self.register_buffer("_inv_sqrt_dim", torch.tensor(self.inv_sqrt_dim), persistent=False)
+        self.register_buffer("_inv_sqrt_dim", torch.tensor(dim**-0.5), persistent=False)
         self.register_buffer("_eps", torch.tensor(eps), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
