@@ -78,12 +78,12 @@ class DecoderCore:
     """
 
     def __init__(self, model: ReactiveTransformer, capacity: int = 16, memory_cache_size: int = 256,
-                 align_finish_steps: int = 0) -> None:
+                 align_finish_steps: int = 0, compile: bool = False) -> None:
         if align_finish_steps < 0:
             raise ValueError("align_finish_steps must be >= 0")
         self.align_finish_steps = align_finish_steps
         self.model = model.eval()
-        self.batch = DecodeBatch(model, capacity=capacity)
+        self.batch = DecodeBatch(model, capacity=capacity, compile=compile)
         self._memory_cache: OrderedDict[str, Any] = OrderedDict()
         self._memory_cache_size = memory_cache_size
         self._cache_lock = threading.Lock()
@@ -168,7 +168,8 @@ class DecoderCore:
                 self.batch.remove(slot)
         except Exception:  # its bookkeeping is broken: the step thread must go on with a sound batch
             log.exception("decoder.batch_replaced")
-            self.batch = DecodeBatch(self.model, capacity=self.batch.capacity)
+            self.batch = DecodeBatch(self.model, capacity=self.batch.capacity,
+                                     compile=self.batch.compiled)
         for pending in ended:
             pending.sink([], True, error)
 
@@ -461,9 +462,10 @@ class DecoderActorImpl(LinkHost):
     """Ray actor named ``decoder``: one process generating for every stream."""
 
     def __init__(self, model: ReactiveTransformer, capacity: int = 16, threads: int = 1,
-                 chunk_tokens: int = 32, chunk_ms: float = 50.0, align_finish_steps: int = 0) -> None:
+                 chunk_tokens: int = 32, chunk_ms: float = 50.0, align_finish_steps: int = 0,
+                 compile: bool = False) -> None:
         torch.set_num_threads(threads)
-        core = DecoderCore(model, capacity=capacity, align_finish_steps=align_finish_steps)
+        core = DecoderCore(model, capacity=capacity, align_finish_steps=align_finish_steps, compile=compile)
         self.service = DecoderService(core, chunk_tokens=chunk_tokens, chunk_ms=chunk_ms)
         self.weights_version = 0
         self._channels: dict[str, Channel] = {}
@@ -562,9 +564,9 @@ class DecoderActorImpl(LinkHost):
         return version
 
     async def stats(self) -> dict[str, float]:
-        """Decode-step counters (`DecoderService.stats`) and how many requests came over the local link
-        and over Ray."""
-        return {**self.service.stats(), **self._submits}
+        """Decode-step counters (`DecoderService.stats`), how many requests came over the local link and
+        over Ray, and whether a lone answer's steps run compiled (1.0) or not (0.0)."""
+        return {**self.service.stats(), **self._submits, "compiled": float(self.service.core.batch.compiled)}
 
     async def ping(self) -> bool:
         return True

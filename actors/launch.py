@@ -51,7 +51,8 @@ def _refuse_if_running(namespace: str) -> None:
 
 async def launch_actors(model: ReactiveTransformer, *, store: str, namespace: str, event_log: str | None,
                         decoder_capacity: int, decoder_threads: int, max_queue: int,
-                        max_new_tokens: int, align_finish_steps: int, learning: dict[str, Any] | None = None,
+                        max_new_tokens: int, align_finish_steps: int, compile_decode: bool,
+                        learning: dict[str, Any] | None = None,
                         weights_dir: str | None = None, local_link: bool = True,
                         log_max_age: float | None = None, log_max_rows: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Start bus, decoder, encoder, memory updater, STM store, learner (unless ``learning`` is None)
@@ -72,7 +73,8 @@ async def launch_actors(model: ReactiveTransformer, *, store: str, namespace: st
         # all processes start at once (each imports torch: seconds); the conductor only needs handles
         actors[MODEL_REF] = (model_ref, initial_ref)
         actors["decoder"] = DecoderActor.options(**_options("decoder", namespace)).remote(
-            model_ref, capacity=decoder_capacity, threads=decoder_threads, align_finish_steps=align_finish_steps)
+            model_ref, capacity=decoder_capacity, threads=decoder_threads, align_finish_steps=align_finish_steps,
+            compile=compile_decode)
         actors["encoder"] = EncoderActor.options(**_options("encoder", namespace)).remote(model_ref)
         actors["memory"] = MemoryUpdaterActor.options(**_options("memory", namespace)).remote(model_ref)
         actors["stm"] = STMStoreActor.options(**_options("stm", namespace)).remote(store, initial_ref)

@@ -161,6 +161,14 @@ def test_a_finish_alignment_window_that_is_not_a_count_is_refused(value):
         Reactor.start(model="tiny", store="memory://", align_finish_steps=value)
 
 
+@pytest.mark.parametrize("value", [1, "yes", None])
+def test_compile_decode_must_be_a_bool(value):
+    from reactor_rt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="compile_decode"):
+        Reactor.start(model="tiny", store="memory://", compile_decode=value)
+
+
 def test_relative_paths_are_made_absolute_before_the_actors_open_them(tmp_path, monkeypatch):
     """The STM store actor (and on a joined cluster, processes on other machines) opened a relative
     ``sqlite:///`` path in its own working directory: another file than the caller's."""

@@ -59,9 +59,19 @@ class RotaryEmbedding(nn.Module):
 
 
 def apply_rope(x: Tensor, cis: Tensor) -> Tensor:
-    """Rotate x (B, T, H, hd) by cis (broadcastable to (B, T, H, hd/2)); returns a new tensor."""
+    """Rotate x (B, T, H, hd) by cis (broadcastable to (B, T, H, hd/2)); returns a new tensor.
+
+    cis may also be real: the same rotations as (cos, sin) pairs, (..., hd/2, 2) (`torch.view_as_real`
+    of the complex table). That form is what torch.compile can trace (its compiler has no complex
+    kernels); the complex multiply is fewer ops in eager mode.
+    """
     if x.dtype != torch.float32:  # complex32 is poorly supported: rotate in float32
         return apply_rope(x.float(), cis).to(x.dtype)
+    if not cis.is_complex():
+        pairs = x.unflatten(-1, (-1, 2))  # (B, T, H, hd/2, 2)
+        a, b = pairs[..., 0], pairs[..., 1]
+        cos, sin = cis[..., 0], cis[..., 1]
+        return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
     pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # (B, T, H, hd/2)
     return torch.view_as_real(pairs * cis).flatten(-2)
 

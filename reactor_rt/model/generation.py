@@ -10,12 +10,14 @@ one): a step then reads its rows as one slice, not a gather of scattered cache r
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from reactor_rt.model.compiled_step import CompiledRowStep
 from reactor_rt.model.memory import MemoryKV
 from reactor_rt.model.sampler import Sampler
 
@@ -126,6 +128,7 @@ class DecodeBatch:
         max_len: int | None = None,
         *,
         cache_memory_kv: bool = True,
+        compile: bool = False,
     ) -> None:
         c = model.config
         self.model = model
@@ -150,6 +153,38 @@ class DecodeBatch:
         self._finished: set[int] = set()
         self._cache_row: dict[int, int] = {}  # slot -> its cache row; occupied rows are 0..len(_rows)-1
         self._slot_at: list[int] = []  # cache row -> slot
+        self._compiled: CompiledRowStep | None = None
+        if compile:
+            if not cache_memory_kv:
+                raise ValueError("compile=True needs cache_memory_kv=True")
+            self._compiled = self._compile_row_step()
+
+    def _compile_row_step(self) -> CompiledRowStep:
+        """Compile the one-row step now, on cache row 0 (empty: a prefill overwrites what this writes),
+        so that a missing compiler fails here and not in the middle of an answer."""
+        step = CompiledRowStep(self.model, self.max_len)
+        try:
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the compiler's own (deprecations in torch's code)
+                step(self.pending[:1, None], torch.zeros(1, dtype=torch.long, device=self.pending.device),
+                     *self._row0_buffers())
+        except Exception as exc:
+            raise RuntimeError(f"torch.compile could not compile the decode step ({type(exc).__name__}: "
+                               f"{str(exc)[:500]}); it needs a C++ compiler on the PATH") from exc
+        finally:
+            with torch.inference_mode():
+                self.k_cache[:, 0].zero_()
+                self.v_cache[:, 0].zero_()
+        return step
+
+    @property
+    def compiled(self) -> bool:
+        """Whether a lone row's steps run compiled (``compile=True``)."""
+        return self._compiled is not None
+
+    def _row0_buffers(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Cache row 0's self-attention keys/values and memory keys/values, as (L, 1, ...) views."""
+        return self.k_cache[:, :1], self.v_cache[:, :1], self.mem_k[:, :1], self.mem_v[:, :1]
 
     # ------------------------------------------------------------ membership
     @property
@@ -320,7 +355,6 @@ class DecodeBatch:
         return outs
 
     def _forward(self, slots: list[int]) -> None:
-        model = self.model
         n = len(slots)
         slots = sorted(slots, key=self._cache_row.__getitem__)  # in cache-row order
         first, last = self._cache_row[slots[0]], self._cache_row[slots[-1]]
@@ -330,6 +364,24 @@ class DecodeBatch:
         else:  # a finished row not yet removed sits between running ones
             rows = torch.tensor([self._cache_row[s] for s in slots], device=self.pending.device)
         positions = [self._rows[s].pos for s in slots]
+        if self._compiled is not None and isinstance(rows, slice) and rows == slice(0, 1):  # one row, in cache row 0: compiled
+            position = torch.tensor(positions, device=self.pending.device)
+            logits = self._compiled(self.pending[:1, None], position, *self._row0_buffers())
+        else:
+            logits = self._eager_logits(rows, positions)
+        nxt = logits.argmax(dim=-1)  # greedy rows: one batched argmax
+        for i, s in enumerate(slots):
+            row = self._rows[s]
+            if not row.sampler.greedy:  # sampled rows: each with its own sampler and generator
+                nxt[i] = row.sampler.sample(logits[i : i + 1], row.generator)[0]
+        self.pending[rows] = nxt
+        for s in slots:
+            self._rows[s].pos += 1
+
+    def _eager_logits(self, rows: slice | Tensor, positions: list[int]) -> Tensor:
+        """The next-token logits (n, V) of the running rows (cache ``rows``, at ``positions``)."""
+        model = self.model
+        n = len(positions)
         length = max(positions) + 1
         mask = pos = None
         if n == 1:  # one row: no index tensors, no mask (its keys are exactly the cache prefix)
@@ -349,15 +401,7 @@ class DecodeBatch:
         ids = self.pending[rows][:, None]  # (n, 1)
         with _attention_backends(ids.device):
             logits, _ = model.run_decoder(ids, mem, cis, hook, need_aux=False)
-        logits = logits[:, -1]  # (n, V)
-        nxt = logits.argmax(dim=-1)  # greedy rows: one batched argmax
-        for i, s in enumerate(slots):
-            row = self._rows[s]
-            if not row.sampler.greedy:  # sampled rows: each with its own sampler and generator
-                nxt[i] = row.sampler.sample(logits[i : i + 1], row.generator)[0]
-        self.pending[rows] = nxt
-        for s in slots:
-            self._rows[s].pos += 1
+        return logits[:, -1]  # (n, V)
 
 
 @torch.no_grad()

@@ -157,7 +157,7 @@ class MoE(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])  # (N, D)
         logits, weights, idx = self.route(flat)
-        if flat.shape[0] == 1:
+        if flat.shape[0] == 1 and not torch.compiler.is_compiling():  # its expert choice is Python ints
             y = self._single(flat, weights, idx)
         elif flat.shape[0] * self.experts <= self.dense_limit:
             y = self._dense(flat, weights, idx)

@@ -48,8 +48,9 @@ class TransposedWeight:
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None, transposed: TransposedWeight) -> Tensor:
-    """`F.linear(x, weight, bias)`; with autograd off, as ``x @ transposed.get(weight) + bias``."""
-    t = None if torch.is_grad_enabled() else transposed.get(weight)
+    """`F.linear(x, weight, bias)`; with autograd off, as ``x @ transposed.get(weight) + bias``
+    (not while torch.compile traces: its compiler lays out the matmuls itself)."""
+    t = None if torch.is_grad_enabled() or torch.compiler.is_compiling() else transposed.get(weight)
     if t is None:
         return F.linear(x, weight, bias)
     y = x @ t
