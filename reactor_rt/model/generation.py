@@ -364,10 +364,10 @@ class DecodeBatch:
         else:  # a finished row not yet removed sits between running ones
             rows = torch.tensor([self._cache_row[s] for s in slots], device=self.pending.device)
         positions = [self._rows[s].pos for s in slots]
-        if self._compiled is not None and isinstance(rows, slice) and rows == slice(0, 1):  # one row, in cache row 0: compiled
-            position = torch.tensor(positions, device=self.pending.device)
-            logits = self._compiled(self.pending[:1, None], position, *self._row0_buffers())
-        else:
+        logits = None
+        if self._compiled is not None and isinstance(rows, slice) and rows == slice(0, 1):  # one row, in cache row 0
+            logits = self._compiled_logits(positions[0])
+        if logits is None:
             logits = self._eager_logits(rows, positions)
         nxt = logits.argmax(dim=-1)  # greedy rows: one batched argmax
         for i, s in enumerate(slots):
@@ -377,6 +377,20 @@ class DecodeBatch:
         self.pending[rows] = nxt
         for s in slots:
             self._rows[s].pos += 1
+
+    def _compiled_logits(self, position: int) -> Tensor | None:
+        """The lone row's logits (1, V) from the compiled step; None after it failed (e.g. a recompile
+        that found no compiler), which turns it off for good: the eager step then writes the same
+        cache position again."""
+        try:
+            assert self._compiled is not None
+            return self._compiled(self.pending[:1, None], torch.tensor([position], device=self.pending.device),
+                                  *self._row0_buffers())
+        except Exception as exc:
+            self._compiled = None
+            warnings.warn(f"the compiled decode step failed ({type(exc).__name__}: {str(exc)[:300]}); "
+                          "decoding eagerly from now on", RuntimeWarning, stacklevel=2)
+            return None
 
     def _eager_logits(self, rows: slice | Tensor, positions: list[int]) -> Tensor:
         """The next-token logits (n, V) of the running rows (cache ``rows``, at ``positions``)."""

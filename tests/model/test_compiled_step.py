@@ -137,3 +137,24 @@ def test_weights_changed_in_place_are_seen_by_the_compiled_step(pair):
         assert changed != before
     finally:
         model.load_state_dict(saved)
+
+
+@needs_compiler
+def test_a_compiled_step_that_fails_later_falls_back_to_eager_steps(pair):
+    """E.g. a recompile (the thread count changed) on a machine whose compiler has gone: the answer goes
+    on, eagerly, with the tokens the eager batch gives; the compiled step stays off."""
+    model = pair[0]
+    eager, compiled = DecodeBatch(model, capacity=1), DecodeBatch(model, capacity=1, compile=True)
+    row = [(prompt(6, 5), stm(5), 16)]
+    step, calls = compiled._compiled, []
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) > 3:
+            raise RuntimeError("recompile failed")
+        return step(*args)
+
+    compiled._compiled = failing
+    with pytest.warns(RuntimeWarning, match="decoding eagerly"):
+        assert run(compiled, row) == run(eager, row)
+    assert not compiled.compiled and len(calls) == 4
