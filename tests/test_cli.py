@@ -122,3 +122,11 @@ def test_new_without_a_name_opens_a_fresh_stream_each_time(monkeypatch):
     first = asyncio.run(_chat_command(rx, None, "/new"))
     second = asyncio.run(_chat_command(rx, first, "/new"))
     assert first.id != second.id and rx.opened == [first.id, second.id]
+
+
+@pytest.mark.parametrize("flags, compiled", [([], False), (["--compile"], True)])
+def test_chat_and_ask_compile_the_decode_step_on_request(flags, compiled):
+    from reactor_rt import cli
+
+    args = cli._parser().parse_args(["ask", "--stream", "s", *flags, "hi"])
+    assert cli._start(args)._options["compile_decode"] is compiled
