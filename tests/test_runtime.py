@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import anyio
@@ -255,3 +256,23 @@ async def test_feedback_updates_the_weights_between_interactions(rx):
     assert next(e for e in events if e.type == "rx.response.done").data.weights_version == 1
     for name in ("decoder", "encoder", "memory"):  # what a resync after an actor restart compares against
         assert await ray.get_actor(name, namespace="reactor_rt").loaded_weights_version.remote() == 1
+
+
+async def _compiled_conversation(model: ReactiveTransformer, compile_decode: bool) -> tuple[list[str], float]:
+    namespace = f"compiled-{compile_decode}"
+    async with Reactor.start(model=model, store="memory://", max_new_tokens=24, learning=False,
+                             namespace=namespace, compile_decode=compile_decode) as rx:
+        stream = await rx.stream("c")
+        answers = [await stream.reply(text) for text in ("hello there", "what did I say?", "and then?")]
+        stats = await ray.get_actor("decoder", namespace=namespace).stats.remote()
+        return answers, stats["compiled"]
+
+
+@pytest.mark.slow  # the decoder compiles at start: seconds to tens
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                    reason="torch.compile on CPU needs a C++ compiler")
+async def test_the_compiled_decoder_answers_what_the_eager_one_does(ray_local, model):
+    eager, eager_compiled = await _compiled_conversation(model, False)
+    compiled, compiled_flag = await _compiled_conversation(model, True)
+    assert (eager_compiled, compiled_flag) == (0.0, 1.0)
+    assert compiled == eager and all(eager)

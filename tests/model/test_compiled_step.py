@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from reactor_rt.model import DecodeBatch, ReactiveTransformer, RxTConfig
+from reactor_rt.model import DecodeBatch, RxTConfig
 from reactor_rt.model.attention import apply_rope
 from reactor_rt.model.compiled_step import CompiledRowStep
 
@@ -18,15 +18,6 @@ def small(**changes):
     base = dict(vocab_size=300, dim=32, layers=2, heads=4, query_heads=2, kv_heads=2, ff_dim=48,
                 moe_experts=4, moe_top_k=2, stm_slots=8, max_seq_len=64, max_query_tokens=32)
     return RxTConfig(**{**base, **changes})
-
-
-def perturbed(cfg, seed=0):
-    torch.manual_seed(seed)
-    m = ReactiveTransformer(cfg).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return m
 
 
 def prompt(n, seed):
@@ -58,12 +49,12 @@ def test_real_rotations_rotate_like_the_complex_ones():
     assert torch.allclose(apply_rope(x, torch.view_as_real(cis)[:, None]), expected, atol=1e-6)
 
 
-def test_compile_needs_the_memory_pre_cache():
+def test_compile_needs_the_memory_pre_cache(perturbed):
     with pytest.raises(ValueError, match="cache_memory_kv"):
         DecodeBatch(perturbed(small()), capacity=1, cache_memory_kv=False, compile=True)
 
 
-def test_a_step_that_cannot_compile_fails_at_construction_with_a_clear_error(monkeypatch):
+def test_a_step_that_cannot_compile_fails_at_construction_with_a_clear_error(monkeypatch, perturbed):
     def broken(self, *args):
         raise OSError("no compiler")
 
@@ -73,7 +64,7 @@ def test_a_step_that_cannot_compile_fails_at_construction_with_a_clear_error(mon
 
 
 @pytest.fixture(scope="module")
-def pair():
+def pair(perturbed):
     model = perturbed(small())
     return model, DecodeBatch(model, capacity=3), DecodeBatch(model, capacity=3, compile=True)
 

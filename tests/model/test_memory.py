@@ -39,18 +39,9 @@ def test_fresh_gate_keeps_most_of_the_old_memory():
     assert (g < 0.5).all()
 
 
-def perturbed(cfg, seed=0):
-    torch.manual_seed(seed)
-    m = ReactiveTransformer(cfg).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return m
-
-
 @pytest.mark.parametrize("variant", ["simple", "self", "interlayer", "gated-self-interlayer"])
 @torch.no_grad()
-def test_update_is_slot_permutation_equivariant(variant):
+def test_update_is_slot_permutation_equivariant(variant, perturbed):
     """Memory attention treats the STM as a set: permuting slots permutes the new STM the same way."""
     m = perturbed(small(memory_attention=variant, gate_per_slot=False))
     stm = torch.randn(1, 2, 8, 32)
@@ -62,7 +53,7 @@ def test_update_is_slot_permutation_equivariant(variant):
 
 
 @torch.no_grad()
-def test_padding_is_ignored_by_the_update():
+def test_padding_is_ignored_by_the_update(perturbed):
     m = perturbed(small())
     stm = torch.randn(1, 2, 8, 32)
     ids = torch.randint(8, 260, (1, 7))
@@ -74,7 +65,7 @@ def test_padding_is_ignored_by_the_update():
 
 
 @torch.no_grad()
-def test_memory_stays_bounded_for_every_gate():
+def test_memory_stays_bounded_for_every_gate(perturbed):
     for gate in ("static", "elementwise", "linear"):
         m = perturbed(small(residual_gate=gate, memory_attention="gated-self-interlayer"))
         stm = m.init_stm(1) + torch.randn(1, 2, 8, 32)
@@ -85,7 +76,7 @@ def test_memory_stays_bounded_for_every_gate():
         assert torch.isfinite(stm).all() and stm.norm() <= 4 * start, gate
 
 
-def test_backprop_through_a_chain_of_updates():
+def test_backprop_through_a_chain_of_updates(perturbed):
     m = perturbed(small(moe_experts=4, moe_top_k=2)).train()
     stm = m.init_stm(2)
     for _ in range(3):
@@ -100,7 +91,7 @@ def test_backprop_through_a_chain_of_updates():
 
 
 @torch.no_grad()
-def test_memory_kv_rows_and_cat():
+def test_memory_kv_rows_and_cat(perturbed):
     m = perturbed(small())
     stm = torch.randn(3, 2, 8, 32)
     kv = m.memory_kv(stm)
@@ -113,7 +104,7 @@ def test_memory_kv_rows_and_cat():
 
 
 @torch.no_grad()
-def test_an_all_padding_row_stays_finite_and_leaves_other_rows_alone():
+def test_an_all_padding_row_stays_finite_and_leaves_other_rows_alone(perturbed):
     m = perturbed(small())
     stm = torch.randn(2, 2, 8, 32)
     ids = torch.randint(8, 260, (2, 6))
@@ -126,7 +117,7 @@ def test_an_all_padding_row_stays_finite_and_leaves_other_rows_alone():
 
 @pytest.mark.parametrize("variant", ["self", "gated-self-interlayer"])
 @torch.no_grad()
-def test_fused_memory_attention_takes_its_own_head_counts(variant):
+def test_fused_memory_attention_takes_its_own_head_counts(variant, perturbed):
     """memory_query_heads / memory_kv_heads (and the memory_pre_* pair of the first stage) set the memory
     attention's heads in the fused layout too (they were silently ignored there: any SQA/GQA/MQA choice
     for memory attention gave the self-attention head counts)."""
@@ -148,7 +139,7 @@ def test_fused_memory_attention_takes_its_own_head_counts(variant):
 @pytest.mark.parametrize("update", ["fused", "staged"])
 @pytest.mark.parametrize("dtype", [torch.long, torch.int32, torch.float32])
 @torch.no_grad()
-def test_a_0_1_attention_mask_of_any_dtype_masks_like_a_bool_one(update, dtype):
+def test_a_0_1_attention_mask_of_any_dtype_masks_like_a_bool_one(update, dtype, perturbed):
     """encode() takes a 0/1 mask of any dtype; update_memory must read the same mask the same way (a
     float mask went to attention as an additive bias, +1 on real keys and +0 on padding, so padding
     was attended; a long mask raised)."""
