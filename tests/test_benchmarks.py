@@ -128,3 +128,20 @@ def test_the_report_says_which_event_loop_rays_actors_run(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     monkeypatch.delenv("RAY_USE_UVLOOP")
     assert suite.actor_event_loop() == "asyncio (uvloop not installed)"
+
+
+def test_decode_speed_reports_a_compiled_step_that_cannot_compile_without_failing(monkeypatch):
+    """Without a C++ compiler the compiled row says so; the eager figures and goals still come."""
+    from benchmarks import decode_speed
+    from reactor_rt.model import compiled_step
+
+    def broken(self, *args):
+        raise OSError("no compiler")
+
+    monkeypatch.setattr(compiled_step.CompiledRowStep, "__call__", broken)
+    monkeypatch.setattr(decode_speed, "BATCHES", (1,))
+    r = decode_speed.measure(quick=True, preset="tiny")
+    assert r["compiled_ms"] is None and "could not compile" in r["compile_error"]
+    goals = decode_speed.goals(r)
+    assert goals[1][1].startswith("not measured") and goals[1][2] is False
+    assert "not measured" in decode_speed.markdown(r) and r["precache_ms"]["cpu"] > 0
