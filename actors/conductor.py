@@ -26,6 +26,7 @@ from reactor_rt.error_codes import code_for
 from reactor_rt.errors import (
     ConfigError,
     EmptyQueryError,
+    InvalidQueryError,
     QueryTooLongError,
     QueueFullError,
     ReactorError,
@@ -707,6 +708,10 @@ class Conductor:
         text = query.data.text
         if not text.strip():
             raise EmptyQueryError("the query is empty")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # the message leaves the text out: it could not be sent either
+            raise InvalidQueryError(f"the query is not valid UTF-8 text: {exc.reason} at {exc.start}") from None
         if stream.chat is not None:
             # several streams write one memory: the architecture tells them apart with a prefix
             text = f"Chat {stream.chat}: {text}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from reactor_rt.errors import (
     EmptyQueryError,
     InvalidIdError,
+    InvalidQueryError,
     QueryTooLongError,
     QueueFullError,
     ReactorError,
@@ -19,6 +20,7 @@ __all__ = ["code_for", "error_for"]
 _BY_CODE: dict[str, type[ReactorError]] = {
     "invalid_id": InvalidIdError,
     "empty_query": EmptyQueryError,
+    "invalid_query": InvalidQueryError,
     "query_too_long": QueryTooLongError,
     "queue_full": QueueFullError,
     "stream_closed": StreamClosedError,
@@ -33,6 +35,7 @@ _BY_CLASS: list[tuple[type[ReactorError], str]] = [
     (StoreError, "store"),
     (InvalidIdError, "invalid_id"),
     (EmptyQueryError, "empty_query"),
+    (InvalidQueryError, "invalid_query"),
     (QueryTooLongError, "query_too_long"),
     (QueueFullError, "queue_full"),
     (StreamClosedError, "stream_closed"),

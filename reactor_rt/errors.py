@@ -68,6 +68,11 @@ class QueryTooLongError(ReactorError, ValueError):
     """Raised when a query is empty or exceeds the model's query-token limit (never truncated silently)."""
 
 
+class InvalidQueryError(ReactorError, ValueError):
+    """Raised when a query's text cannot be encoded as UTF-8 (a lone surrogate, which a Python string may
+    hold): nothing downstream (tokenizer, event log, wire) can carry it."""
+
+
 class EmptyQueryError(QueryTooLongError):
     """Raised when a query has no text (a length error at the other end of the range)."""
 

@@ -49,18 +49,19 @@ class Local:
     bus: InProcessBus
     engine: LocalEngine
     store: STMStore
-    log: EventLog
+    log: EventLog | None
 
 
 @pytest.fixture
 def local_runtime(model: ReactiveTransformer) -> Callable[..., AsyncIterator[Local]]:
-    """``async with local_runtime(store=..., log_path=...) as rt`` — started, stopped on exit."""
+    """``async with local_runtime(store=..., log_path=...) as rt`` — started, stopped on exit;
+    ``log_path=None``: a bus without an event log."""
 
     @asynccontextmanager
-    async def build(store: STMStore | None = None, log_path: str = ":memory:", recover: bool = False,
+    async def build(store: STMStore | None = None, log_path: str | None = ":memory:", recover: bool = False,
                     **config: object) -> AsyncIterator[Local]:
         store = store if store is not None else MemorySTMStore()
-        log = EventLog(log_path)
+        log = None if log_path is None else EventLog(log_path)
         bus = InProcessBus(log=log)
         engine = LocalEngine(model, store)
         conductor = Conductor(bus, engine, model.tokenizer, model.config,

@@ -11,7 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reactor_rt import Reactor
-from reactor_rt.errors import CheckpointError, EventDecodeError, InvalidIdError, ReactorError, StoreError
+from reactor_rt.errors import (
+    CheckpointError,
+    EventDecodeError,
+    EventEncodeError,
+    InvalidIdError,
+    ReactorError,
+    StoreError,
+)
 from reactor_rt.events import codec
 from reactor_rt.ids import MAX_ID_LENGTH, validate_id
 from reactor_rt.model import ReactiveTransformer
@@ -97,6 +104,21 @@ async def test_a_corrupt_checkpoint_is_a_checkpoint_error(model, tmp_path, damag
     with pytest.raises(ReactorError):  # refused before any actor (or Ray) starts
         async with Reactor.start(model=str(path), store="memory://", namespace="rel-bad-ckpt"):
             pass
+
+
+async def test_a_query_that_is_not_utf8_is_refused_with_a_typed_error(local_runtime, run_query, query):
+    """A lone surrogate (a Python str may hold one): on a bus without a log the query reaches the
+    conductor, which refuses it (it used to fail inside the tokenizer: `internal`); a logged bus cannot
+    encode it and refuses it at publish. Either way the runtime keeps serving."""
+    async with local_runtime(log_path=None) as rt:
+        events = await run_query(rt.bus, query("s", "hi \ud800 there"))
+        assert events[-1].type == "rx.error" and events[-1].data.code == "invalid_query"
+        assert "surrogate" in events[-1].data.message
+        assert (await run_query(rt.bus, query("s", "hello")))[-1].type == "rx.memory.updated"
+    async with local_runtime() as rt:
+        with pytest.raises(EventEncodeError):
+            await rt.bus.publish(query("s", "hi \ud800 there"))
+        assert (await run_query(rt.bus, query("s", "hello")))[-1].type == "rx.memory.updated"
 
 
 @pytest.mark.parametrize(("column", "value"), [
