@@ -11,14 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import structlog
 import torch
 
 from reactor_rt.errors import CheckpointError
 from reactor_rt.learning import LearningExample, LearningResult, LiveLearner, saved_version
 from reactor_rt.learning.learner import LearnerSnapshot
+from reactor_rt.learning.persistence import STATE_FILE, VERSIONS_DIR, DamagedLearnerFile
 from reactor_rt.model import ReactiveTransformer
 
 __all__ = ["LearnerActor", "LearnerActorImpl", "LearnerCore"]
+
+log = structlog.get_logger()
 
 
 class LearnerCore:
@@ -32,8 +36,27 @@ class LearnerCore:
     def __init__(self, model: ReactiveTransformer, save_dir: str | Path | None = None, **options: Any) -> None:
         self.learner = LiveLearner(model, **options)
         self.save_dir = Path(save_dir) if save_dir is not None else None
-        if self.save_dir is not None and saved_version(self.save_dir) is not None:
-            self.learner.load(self.save_dir)
+        if self.save_dir is not None:
+            self._load(self.save_dir)
+
+    def _load(self, directory: Path) -> None:
+        """Load what was learned before. A state file damaged on disk (unreadable, or NaN/inf weights)
+        is put aside as ``learner.safetensors.damaged`` and the newest kept version is loaded instead
+        (its weights; the optimizer moments start over); a state file for another model or parameter
+        set is an error, as is damage with no usable kept version."""
+        try:
+            if saved_version(directory) is not None:
+                self.learner.load(directory)
+            return
+        except DamagedLearnerFile as exc:
+            damage = exc
+        version = self.learner.load_kept_version(directory)
+        if version is None:
+            raise CheckpointError(f"{damage}; no kept version under {directory / VERSIONS_DIR} is usable either "
+                                  "(move the directory away to start from the checkpoint's weights)") from damage
+        state = directory / STATE_FILE
+        state.replace(state.with_name(STATE_FILE + ".damaged"))  # kept for a look; the next save writes anew
+        log.error("learner.state_damaged_recovered", error=str(damage)[:500], version=version)
 
     @property
     def weights_version(self) -> int:

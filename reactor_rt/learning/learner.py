@@ -42,6 +42,7 @@ from reactor_rt.learning.params import ParamSet, select_parameters
 from reactor_rt.learning.persistence import (
     STATE_FILE,
     VERSIONS_DIR,
+    DamagedLearnerFile,
     read_tensors,
     version_files,
     write_tensors,
@@ -52,6 +53,8 @@ from reactor_rt.model import ReactiveTransformer
 __all__ = ["LearnerSnapshot", "LiveLearner"]
 
 log = structlog.get_logger()
+
+_NON_FINITE = "holds non-finite weights"
 
 
 @dataclass(frozen=True)
@@ -508,6 +511,32 @@ class LiveLearner:
             log.info("learning.loaded", version=self._version, kept=list(self._history))
             return self._version
 
+    def load_kept_version(self, directory: str | Path) -> int | None:
+        """Restore the newest kept version file (``versions/v<N>.safetensors``) that reads and fits:
+        its weights, version number, lineage and reward baseline. For a state file damaged on disk (see
+        `LearnerCore`): the optimizer moments and the older versions start over. Returns the version, or
+        None (nothing changed) when no kept version is usable."""
+        with self._lock:
+            for version, file in sorted(version_files(Path(directory)).items(), reverse=True):
+                try:
+                    tensors, meta = read_tensors(file)
+                    weights = self._checked_weights(tensors, meta, file, prefix="")
+                    lineage = meta["lineage"]
+                    baseline = (float(meta["baseline"]), int(meta["baseline_count"]))
+                except (CheckpointError, KeyError, ValueError) as exc:
+                    log.warning("learning.kept_version_unusable", file=str(file), error=str(exc))
+                    continue
+                with torch.no_grad():
+                    for name, p in self._params.items():
+                        p.copy_(weights[name])
+                self.optimizer.state.clear()
+                self._version, self._lineage = version, lineage
+                self.baseline.value, self.baseline.count = baseline
+                self._history.clear()
+                self._remember()
+                return version
+            return None
+
     def _metadata(self, version: int) -> dict[str, str]:
         return {
             "weights_version": str(version),
@@ -526,7 +555,8 @@ class LiveLearner:
         weights = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         problem = self._weights_problem(weights)
         if problem is not None:
-            raise CheckpointError(f"{file} {problem}")
+            damaged = problem.startswith(_NON_FINITE)  # decoded, but as NaN/inf: damage, not a mismatch
+            raise (DamagedLearnerFile if damaged else CheckpointError)(f"{file} {problem}")
         return weights
 
     def _weights_problem(self, weights: dict[str, Tensor]) -> str | None:
@@ -541,7 +571,7 @@ class LiveLearner:
         # safetensors has no checksum: damage that decodes as NaN/inf would otherwise be served
         broken = [n for n, t in weights.items() if not torch.isfinite(t).all()]
         if broken:
-            return f"holds non-finite weights: {broken[:5]}"
+            return f"{_NON_FINITE}: {broken[:5]}"
         return None
 
     def _checked_moments(self, tensors: dict[str, Tensor], file: Path) -> dict[str, dict[str, Tensor]]:

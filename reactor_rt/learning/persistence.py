@@ -22,6 +22,7 @@ __all__ = [
     "FORMAT",
     "STATE_FILE",
     "VERSIONS_DIR",
+    "DamagedLearnerFile",
     "read_tensors",
     "saved_version",
     "version_files",
@@ -32,6 +33,11 @@ FORMAT = "reactor-rt-learner/1"
 STATE_FILE = "learner.safetensors"
 VERSIONS_DIR = "versions"
 _VERSION_FILE = re.compile(r"^v(\d+)\.safetensors$")
+
+
+class DamagedLearnerFile(CheckpointError):
+    """A learner file that cannot be read, or holds non-finite weights: damaged on disk, as opposed to
+    one that belongs to another model or parameter set."""
 
 
 def write_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
@@ -60,7 +66,7 @@ def read_tensors(path: Path, metadata_only: bool = False) -> tuple[dict[str, Ten
             metadata = dict(fh.metadata() or {})
             tensors = {} if metadata_only else {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"corrupt learner file {path}: {exc}") from exc
+        raise DamagedLearnerFile(f"corrupt learner file {path}: {exc}") from exc
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a learner file (format {metadata.get('format')!r})")
     return tensors, metadata

@@ -188,3 +188,47 @@ def test_a_failed_save_of_a_small_reward_step_gives_back_the_full_learning_rate(
     monkeypatch.undo()
     assert [g["lr"] for g in core.learner.optimizer.param_groups] == [1e-3]
     assert core.weights_version == 1
+
+
+def _learned(model, tmp_path, updates: int = 2) -> tuple[LearnerCore, dict[str, torch.Tensor]]:
+    core = LearnerCore(copy.deepcopy(model), tmp_path, max_updates_per_minute=None)
+    stm = _stm(model)
+    for i in range(updates):
+        assert core.apply(LearningExample(QUERY, "?", stm, correction=f"Paris {i}.", target=f"i-{i}")).accepted
+    return core, core.weights_since(0)[1]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "nan"])
+def test_a_damaged_state_file_falls_back_to_the_newest_kept_version(model, tmp_path, damage):
+    from reactor_rt.learning.persistence import STATE_FILE, read_tensors, write_tensors
+
+    core, learned = _learned(model, tmp_path)
+    state = tmp_path / STATE_FILE
+    if damage == "garbage":
+        state.write_bytes(b"\x00" * 64)
+    else:  # decodes, but as NaN: safetensors has no checksum
+        tensors, meta = read_tensors(state)
+        tensors = {k: torch.full_like(v, math.nan) if k.startswith("param/") else v for k, v in tensors.items()}
+        write_tensors(state, tensors, {k: v for k, v in meta.items() if k != "format"})
+    restarted = LearnerCore(copy.deepcopy(model), tmp_path, max_updates_per_minute=None)
+    assert restarted.weights_version == core.weights_version == 2
+    assert all(torch.equal(restarted.weights_since(0)[1][n], t) for n, t in learned.items())
+    assert (tmp_path / (STATE_FILE + ".damaged")).is_file()
+    # it goes on learning and saving: the next start reads a whole state file again
+    assert restarted.apply(LearningExample(QUERY, "?", _stm(model), correction="Paris.", target="i-9")).accepted
+    assert LearnerCore(copy.deepcopy(model), tmp_path, max_updates_per_minute=None).weights_version == 3
+
+
+def test_damage_without_a_usable_kept_version_is_an_error_and_a_mismatch_never_falls_back(model, tmp_path):
+    from reactor_rt.errors import CheckpointError
+    from reactor_rt.learning.persistence import STATE_FILE, VERSIONS_DIR
+
+    _learned(model, tmp_path)
+    with pytest.raises(CheckpointError, match="params"):  # another parameter set: not damage
+        LearnerCore(copy.deepcopy(model), tmp_path, params="memory", max_updates_per_minute=None)
+    (tmp_path / STATE_FILE).write_bytes(b"junk")
+    for file in (tmp_path / VERSIONS_DIR).iterdir():
+        file.write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="no kept version"):
+        LearnerCore(copy.deepcopy(model), tmp_path, max_updates_per_minute=None)
+    assert (tmp_path / STATE_FILE).read_bytes() == b"junk"  # nothing moved when nothing was recovered
