@@ -149,3 +149,18 @@ def test_a_compiled_step_that_fails_later_falls_back_to_eager_steps(pair):
     with pytest.warns(RuntimeWarning, match="decoding eagerly"):
         assert run(compiled, row) == run(eager, row)
     assert not compiled.compiled and len(calls) == 4
+
+
+@pytest.mark.slow  # a compile per configuration (seconds each)
+@needs_compiler
+@pytest.mark.parametrize("changes", [
+    {"moe_experts": 0},  # dense SwiGLU
+    {"kv_heads": 1, "tied_head": False, "final_norm": False},
+    # an imported layout: stateless layers around the memory layers, gates, shared experts, a bf16 router
+    {"stateless_layers": ("dense",), "final_stateless_layers": ("moe",), "attn_gate": "sigmoid",
+     "cross_attn_gate": "sigmoid", "moe_shared_expert": True, "moe_shared_count": 2, "moe_router_bf16": True},
+])
+def test_other_layouts_compile_whole_and_give_the_eager_tokens(perturbed, changes):
+    model = perturbed(small(**changes))
+    rows = [(prompt(7, 3), stm(3), 20)]
+    assert run(DecodeBatch(model, capacity=1, compile=True), rows) == run(DecodeBatch(model, capacity=1), rows)
