@@ -164,3 +164,22 @@ def test_other_layouts_compile_whole_and_give_the_eager_tokens(perturbed, change
     model = perturbed(small(**changes))
     rows = [(prompt(7, 3), stm(3), 20)]
     assert run(DecodeBatch(model, capacity=1, compile=True), rows) == run(DecodeBatch(model, capacity=1), rows)
+
+
+@needs_compiler
+def test_a_sampled_row_draws_what_it_draws_eagerly(pair):
+    """The compiled logits go through the row's own sampler and generator as the eager ones do."""
+    from reactor_rt.model import Sampler
+
+    _, eager, compiled = pair
+    sampler = Sampler(temperature=0.9, top_k=40, top_p=0.95)
+    drawn = []
+    for db in (eager, compiled):
+        slot = db.add(prompt(8, 6), stm=stm(6), sampler=sampler, max_new_tokens=24,
+                      generator=torch.Generator().manual_seed(11))
+        tokens = []
+        while db.active:
+            tokens += [o.token for o in db.step()]
+        db.remove(slot)
+        drawn.append(tokens)
+    assert drawn[0] == drawn[1] and len(drawn[0]) == 24
