@@ -8,8 +8,8 @@ the keys past its position masked out, and RoPE uses real (cos, sin) pairs (the 
 complex kernels). The model's own modules run the step (`ReactiveTransformer.run_decoder`), so the
 compiled step computes what the eager one does, up to float rounding.
 
-Compiling takes seconds (tens on a cold inductor cache, ~4 s on a warm one here) and needs a C++
-compiler, so it is opt-in: ``DecodeBatch(model, compile=True)``.
+Compiling takes seconds (15-25 s on a cold inductor cache, ~5 s on a warm one here) and, on a CPU,
+needs a C++ compiler, so it is opt-in: ``DecodeBatch(model, compile=True)``.
 """
 
 from __future__ import annotations

@@ -170,7 +170,7 @@ class DecodeBatch:
                      *self._row0_buffers())
         except Exception as exc:
             raise RuntimeError(f"torch.compile could not compile the decode step ({type(exc).__name__}: "
-                               f"{str(exc)[:500]}); it needs a C++ compiler on the PATH") from exc
+                               f"{str(exc)[:500]}); on a CPU it needs a C++ compiler on the PATH") from exc
         finally:
             with torch.inference_mode():
                 self.k_cache[:, 0].zero_()
