@@ -54,7 +54,19 @@ __all__ = ["LearnerSnapshot", "LiveLearner"]
 
 log = structlog.get_logger()
 
-_NON_FINITE = "holds non-finite weights"
+
+def _non_finite(weights: dict[str, Tensor]) -> list[str]:
+    """Names of tensors with NaN/inf values (safetensors has no checksum: damage that decodes as NaN/inf
+    would otherwise be served)."""
+    return [n for n, t in weights.items() if not torch.isfinite(t).all()]
+
+
+def _lineage_and_baseline(meta: dict[str, str], file: Path) -> tuple[str, tuple[float, int]]:
+    """A saved file's lineage and reward baseline (value, count); CheckpointError when missing or bad."""
+    try:
+        return meta["lineage"], (float(meta["baseline"]), int(meta["baseline_count"]))
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{file} has bad metadata: {exc!r}") from exc
 
 
 @dataclass(frozen=True)
@@ -424,13 +436,7 @@ class LiveLearner:
             problem = self._weights_problem(state)
             if problem is not None:
                 raise ValueError(f"the state to adopt {problem}")
-            with torch.no_grad():
-                for name, p in self._params.items():
-                    p.copy_(state[name])
-            self.optimizer.state.clear()
-            self._version = version
-            self._history.clear()
-            self._remember()
+            self._install(state, version, OrderedDict())
             log.warning("learning.adopted", version=version)
 
     # ---------------------------------------------------------------- persistence
@@ -479,10 +485,10 @@ class LiveLearner:
             tensors, meta = read_tensors(path / STATE_FILE)
             weights = self._checked_weights(tensors, meta, path / STATE_FILE)
             try:
-                version, lineage = int(meta["weights_version"]), meta["lineage"]
-                baseline = (float(meta["baseline"]), int(meta["baseline_count"]))
+                version = int(meta["weights_version"])
             except (KeyError, ValueError) as exc:
                 raise CheckpointError(f"{path / STATE_FILE} has bad metadata: {exc!r}") from exc
+            lineage, baseline = _lineage_and_baseline(meta, path / STATE_FILE)
             moments = self._checked_moments(tensors, path / STATE_FILE)
             history: OrderedDict[int, dict[str, Tensor]] = OrderedDict()
             for older_version, file in sorted(version_files(path).items()):
@@ -497,17 +503,9 @@ class LiveLearner:
                     log.warning("learning.history_skipped", file=str(file), error=str(exc))
 
             # everything is read and checked: only now change the learner
-            with torch.no_grad():
-                for name, p in self._params.items():
-                    p.copy_(weights[name])
-            self.optimizer.state.clear()
-            for name, p in self._params.items():
-                if name in moments:
-                    self.optimizer.state[p] = moments[name]
-            self._version, self._lineage = version, lineage
+            self._install(weights, version, history, moments)
+            self._lineage = lineage
             self.baseline.value, self.baseline.count = baseline
-            self._history = history
-            self._remember()
             log.info("learning.loaded", version=self._version, kept=list(self._history))
             return self._version
 
@@ -521,21 +519,30 @@ class LiveLearner:
                 try:
                     tensors, meta = read_tensors(file)
                     weights = self._checked_weights(tensors, meta, file, prefix="")
-                    lineage = meta["lineage"]
-                    baseline = (float(meta["baseline"]), int(meta["baseline_count"]))
-                except (CheckpointError, KeyError, ValueError) as exc:
+                    lineage, baseline = _lineage_and_baseline(meta, file)
+                except CheckpointError as exc:
                     log.warning("learning.kept_version_unusable", file=str(file), error=str(exc))
                     continue
-                with torch.no_grad():
-                    for name, p in self._params.items():
-                        p.copy_(weights[name])
-                self.optimizer.state.clear()
-                self._version, self._lineage = version, lineage
+                self._install(weights, version, OrderedDict())
+                self._lineage = lineage
                 self.baseline.value, self.baseline.count = baseline
-                self._history.clear()
-                self._remember()
                 return version
             return None
+
+    def _install(self, weights: dict[str, Tensor], version: int, history: OrderedDict[int, dict[str, Tensor]],
+                 moments: dict[str, dict[str, Tensor]] | None = None) -> None:
+        """Make checked ``weights`` the current ``version``; the optimizer takes ``moments`` (None: it
+        starts afresh), ``history`` holds the older kept versions."""
+        with torch.no_grad():
+            for name, p in self._params.items():
+                p.copy_(weights[name])
+        self.optimizer.state.clear()
+        for name, p in self._params.items():
+            if moments and name in moments:
+                self.optimizer.state[p] = moments[name]
+        self._version = version
+        self._history = history
+        self._remember()
 
     def _metadata(self, version: int) -> dict[str, str]:
         return {
@@ -553,14 +560,17 @@ class LiveLearner:
             raise CheckpointError(f"{file} holds params={meta.get('params')!r}, this learner trains {self.params!r}")
         # parameter names have no "/", so the prefix alone tells weights from optimizer moments
         weights = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        problem = self._weights_problem(weights)
+        problem = self._weights_problem(weights, finite=False)
         if problem is not None:
-            damaged = problem.startswith(_NON_FINITE)  # decoded, but as NaN/inf: damage, not a mismatch
-            raise (DamagedLearnerFile if damaged else CheckpointError)(f"{file} {problem}")
+            raise CheckpointError(f"{file} {problem}")
+        broken = _non_finite(weights)
+        if broken:  # decoded, but as NaN/inf: damage on disk, not a mismatch
+            raise DamagedLearnerFile(f"{file} holds non-finite weights: {broken[:5]}")
         return weights
 
-    def _weights_problem(self, weights: dict[str, Tensor]) -> str | None:
-        """Why ``weights`` cannot be this learner's parameters (names, shapes, finite values), or None."""
+    def _weights_problem(self, weights: dict[str, Tensor], finite: bool = True) -> str | None:
+        """Why ``weights`` cannot be this learner's parameters (names, shapes, and with ``finite`` finite
+        values), or None."""
         if set(weights) != set(self._params):
             missing = sorted(set(self._params) - set(weights))[:5]
             extra = sorted(set(weights) - set(self._params))[:5]
@@ -568,11 +578,8 @@ class LiveLearner:
         wrong = [n for n, p in self._params.items() if weights[n].shape != p.shape]
         if wrong:
             return f"does not match the model's shapes: {wrong[:5]}"
-        # safetensors has no checksum: damage that decodes as NaN/inf would otherwise be served
-        broken = [n for n, t in weights.items() if not torch.isfinite(t).all()]
-        if broken:
-            return f"{_NON_FINITE}: {broken[:5]}"
-        return None
+        broken = _non_finite(weights) if finite else []
+        return f"holds non-finite weights: {broken[:5]}" if broken else None
 
     def _checked_moments(self, tensors: dict[str, Tensor], file: Path) -> dict[str, dict[str, Tensor]]:
         """AdamW's state per parameter name, checked like the weights (a wrong shape would only fail, or
