@@ -12,7 +12,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # actor on it: the suite runs them on asyncio's own loop, as a plain install does
 os.environ.setdefault("RAY_USE_UVLOOP", "0")
 
+import shutil
+
 import pytest
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``@pytest.mark.cxx`` tests (torch.compile on a CPU) are skipped where no C++ compiler is found."""
+    if any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return
+    skip = pytest.mark.skip(reason="torch.compile on a CPU needs a C++ compiler")
+    for item in items:
+        if item.get_closest_marker("cxx") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 
 import anyio
@@ -269,8 +268,7 @@ async def _compiled_conversation(model: ReactiveTransformer, compile_decode: boo
 
 
 @pytest.mark.slow  # the decoder compiles at start: seconds to tens
-@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
-                    reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.cxx
 async def test_the_compiled_decoder_answers_what_the_eager_one_does(ray_local, model):
     eager, eager_compiled = await _compiled_conversation(model, False)
     compiled, compiled_flag = await _compiled_conversation(model, True)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from reactor_rt.actors.decoder import DecoderCore
 from reactor_rt.actors.handles import GenerateRequest, STMHandle
 
-pytestmark = pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
-                                reason="torch.compile on CPU needs a C++ compiler")
+pytestmark = pytest.mark.cxx
 
 
 def _answer(core: DecoderCore, prompt: list[int], budget: int) -> list[int]:

@@ -1,17 +1,12 @@
 """The compiled one-row decode step (`DecodeBatch(compile=True)`): same tokens and logits as the eager
 step, row 0 only, a clear error when it cannot compile. Each compile takes seconds, so few models."""
 
-import shutil
-
 import pytest
 import torch
 
 from reactor_rt.model import DecodeBatch, RxTConfig
 from reactor_rt.model.attention import apply_rope
 from reactor_rt.model.compiled_step import CompiledRowStep
-
-needs_compiler = pytest.mark.skipif(
-    not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="torch.compile on CPU needs a C++ compiler")
 
 
 def small(**changes):
@@ -69,7 +64,7 @@ def pair(perturbed):
     return model, DecodeBatch(model, capacity=3), DecodeBatch(model, capacity=3, compile=True)
 
 
-@needs_compiler
+@pytest.mark.cxx
 def test_one_row_gives_the_eager_tokens_and_logits(pair):
     _, eager, compiled = pair
     for seed in range(3):
@@ -90,7 +85,7 @@ def test_one_row_gives_the_eager_tokens_and_logits(pair):
     compiled.remove(0)
 
 
-@needs_compiler
+@pytest.mark.cxx
 def test_several_rows_step_eagerly_and_a_lone_row_compiled(pair):
     """Rows join and leave: steps of several rows (and of a row not in cache row 0) run eagerly, those of
     a lone row in cache row 0 compiled; every row gets the tokens it gets from the eager batch."""
@@ -113,7 +108,7 @@ def test_several_rows_step_eagerly_and_a_lone_row_compiled(pair):
     assert not compiled.active and not compiled.finished
 
 
-@needs_compiler
+@pytest.mark.cxx
 def test_weights_changed_in_place_are_seen_by_the_compiled_step(pair):
     model, eager, compiled = pair
     row = [(prompt(6, 4), stm(4), 20)]
@@ -130,7 +125,7 @@ def test_weights_changed_in_place_are_seen_by_the_compiled_step(pair):
         model.load_state_dict(saved)
 
 
-@needs_compiler
+@pytest.mark.cxx
 def test_a_compiled_step_that_fails_later_falls_back_to_eager_steps(pair):
     """E.g. a recompile (the thread count changed) on a machine whose compiler has gone: the answer goes
     on, eagerly, with the tokens the eager batch gives; the compiled step stays off."""
@@ -152,7 +147,7 @@ def test_a_compiled_step_that_fails_later_falls_back_to_eager_steps(pair):
 
 
 @pytest.mark.slow  # a compile per configuration (seconds each)
-@needs_compiler
+@pytest.mark.cxx
 @pytest.mark.parametrize("changes", [
     {"moe_experts": 0},  # dense SwiGLU
     {"kv_heads": 1, "tied_head": False, "final_norm": False},
@@ -166,7 +161,7 @@ def test_other_layouts_compile_whole_and_give_the_eager_tokens(perturbed, change
     assert run(DecodeBatch(model, capacity=1, compile=True), rows) == run(DecodeBatch(model, capacity=1), rows)
 
 
-@needs_compiler
+@pytest.mark.cxx
 def test_a_sampled_row_draws_what_it_draws_eagerly(pair):
     """The compiled logits go through the row's own sampler and generator as the eager ones do."""
     from reactor_rt.model import Sampler
