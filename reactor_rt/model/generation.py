@@ -382,10 +382,11 @@ class DecodeBatch:
         """The lone row's logits (1, V) from the compiled step; None after it failed (e.g. a recompile
         that found no compiler), which turns it off for good: the eager step then writes the same
         cache position again."""
+        step = self._compiled
+        assert step is not None
         try:
-            assert self._compiled is not None
-            return self._compiled(self.pending[:1, None], torch.tensor([position], device=self.pending.device),
-                                  *self._row0_buffers())
+            return step(self.pending[:1, None], torch.tensor([position], device=self.pending.device),
+                        *self._row0_buffers())
         except Exception as exc:
             self._compiled = None
             warnings.warn(f"the compiled decode step failed ({type(exc).__name__}: {str(exc)[:300]}); "
