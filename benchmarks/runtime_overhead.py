@@ -63,9 +63,9 @@ class DirectSession:
     encode, update memory — minus the runtime. One `turn` at a time, so turns can alternate with the
     Reactor's."""
 
-    def __init__(self, model: ReactiveTransformer) -> None:
+    def __init__(self, model: ReactiveTransformer, compile_decode: bool = False) -> None:
         self.model = model
-        self.db = DecodeBatch(model, capacity=1)
+        self.db = DecodeBatch(model, capacity=1, compile=compile_decode)
         self.stm = model.init_stm(1)
         self.turns = 0
 
@@ -128,8 +128,11 @@ async def throughput(rx, streams: int, turns: int, tokens: int, tag: str) -> flo
     return sum(r[2] for r in results) / elapsed
 
 
-async def measure(quick: bool = False, tokens: int = 64) -> dict[str, object]:
-    """Run the whole benchmark; returns its figures (medians, ms; tokens/s by concurrent streams)."""
+async def measure(quick: bool = False, tokens: int = 64, compile_decode: bool = False) -> dict[str, object]:
+    """Run the whole benchmark; returns its figures (medians, ms; tokens/s by concurrent streams).
+
+    ``compile_decode``: lone answers' steps compiled on both paths (`Reactor.start(compile_decode=True)`
+    and `DecodeBatch(compile=True)` for the direct calls); steps of several rows stay eager."""
     from reactor_rt import Reactor
 
     model = build_model()
@@ -139,10 +142,10 @@ async def measure(quick: bool = False, tokens: int = 64) -> dict[str, object]:
     turns = 60 if quick else 120
     direct_turns(model, 2, tokens)  # warm-up
     async with Reactor.start(model=model, store="memory://", max_new_tokens=tokens, decoder_capacity=64,
-                             learning=False) as rx:
+                             learning=False, compile_decode=compile_decode) as rx:
         await reactor_turns(rx, "warmup", 2, tokens)
         # the two paths take turns (A B B A ...): a machine whose speed drifts slows both alike
-        direct = DirectSession(model)
+        direct = DirectSession(model, compile_decode)
         stream = await rx.stream("measure")
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         actor_pids = await _actor_pids(MODEL_ACTORS)
@@ -179,7 +182,7 @@ async def measure(quick: bool = False, tokens: int = 64) -> dict[str, object]:
         speedup = {n: paired(v, samples[1], ratio=True) for n, v in samples.items()}
     med = statistics.median
     return {
-        "tokens": tokens, "turns": turns,
+        "tokens": tokens, "turns": turns, "compiled": compile_decode,
         "direct_turn_ms": med(d_turn), "reactor_turn_ms": med(r_turn),
         "direct_ttft_ms": med(d_ttft), "reactor_ttft_ms": med(r_ttft),
         "direct_answer_ms": med(d_answer), "reactor_answer_ms": med(r_answer),
@@ -235,7 +238,8 @@ def report(r: dict[str, object]) -> str:
     lines = [
         f"runtime_overhead: tiny preset (untrained, EOS disabled), {r['tokens']}-token answers, "
         f"{r['turns']} turns per path, medians (overheads: of neighbouring turns, with the 95 % confidence "
-        f"interval of that median); cpus={os.cpu_count()}",
+        f"interval of that median); cpus={os.cpu_count()}"
+        + ("; lone answers' decode steps compiled on both paths (--compile)" if r.get("compiled") else ""),
         f"{'':32s} {'direct':>10s} {'Reactor':>10s} {'ratio / extra':>14s}  {'95 % CI':>15s}",
         f"{'per turn (answer + update), ms':32s} {r['direct_turn_ms']:10.2f} {r['reactor_turn_ms']:10.2f} "
         f"{r['overhead']:13.3f}x  {ci['overhead_ci'][0]:6.3f}-{ci['overhead_ci'][1]:.3f}x",
@@ -261,8 +265,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--compile", action="store_true",
+                        help="compile lone answers' decode steps on both paths (needs a C++ compiler)")
     args = parser.parse_args(argv)
-    print(report(asyncio.run(measure(args.quick, args.tokens))))
+    print(report(asyncio.run(measure(args.quick, args.tokens, args.compile))))
 
 
 if __name__ == "__main__":

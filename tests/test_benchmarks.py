@@ -92,6 +92,28 @@ def test_runtime_overhead_report_states_both_issues_goals():
     assert "<= 15 % / <= 10 %: met / NOT met (+12.0 %)" in text and "1.080-1.160x" in text
     assert "extra TTFT <= 5 ms: met" in text
     assert "16 streams >= 4x / >= 6x one stream: met / NOT met" in text and "64" in text
+    assert "compiled" not in text
+    assert "decode steps compiled on both paths (--compile)" in report({**r, "compiled": True})
+
+
+def test_runtime_overhead_compile_flag_reaches_both_paths(monkeypatch):
+    from benchmarks import runtime_overhead
+
+    seen = {}
+
+    async def fake_measure(quick, tokens, compile_decode):
+        seen.update(quick=quick, tokens=tokens, compile_decode=compile_decode)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(runtime_overhead, "measure", fake_measure)
+    with pytest.raises(SystemExit):
+        runtime_overhead.main(["--quick", "--compile"])
+    assert seen == {"quick": True, "tokens": 64, "compile_decode": True}
+    made = []
+    monkeypatch.setattr(runtime_overhead, "DecodeBatch", lambda model, capacity, compile: made.append(compile))
+    runtime_overhead.DirectSession(runtime_overhead.build_model(), compile_decode=True)
+    runtime_overhead.DirectSession(runtime_overhead.build_model())
+    assert made == [True, False]  # the direct calls' engine compiles only when asked
 
 
 def test_overheads_compare_neighbouring_turns():
