@@ -547,6 +547,16 @@ def _local_ray_on_loopback() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"].lower() in ("1", "true")
 
 
+# OpenMP worker threads of the local instance's processes wait for the next parallel region by
+# spinning this many iterations (~0.1 ms here), then sleep. An encoder or memory-updater call on 2 threads
+# (a big update batch, see RayEngine._update_threads) runs hundreds of small regions back to back: with
+# the worker asleep between them (OMP_WAIT_POLICY=PASSIVE, as our test script sets) the second thread
+# gained nothing (16-row encode 31 ms on 1 thread, 26-31 ms on 2; 19 ms with this spin), and spinning
+# without end (ACTIVE) would take a core from the decoder. GNU OpenMP lets this value win over
+# OMP_WAIT_POLICY. One-thread work (the decoder's steps, small updates) starts no worker threads.
+OPENMP_SPIN_COUNT = "10000"
+
+
 def _ensure_ray(address: str | None) -> bool:
     """Start or join Ray; True when this call initialised Ray in this process. ``RAY_ADDRESS`` in the
     environment joins that cluster, as ``ray.init`` itself would; a failure is a `RuntimeUnavailableError`."""
@@ -559,6 +569,8 @@ def _ensure_ray(address: str | None) -> bool:
     try:
         if join is None:
             _local_ray_on_loopback()
+            # read by each worker process as it starts (this process has read its own already)
+            os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPIN_COUNT)
             # STMs and encoded interactions are 10-200 KiB: passed inline with the call that needs them
             # rather than through the shared-memory object store (Ray's cut-off is 100 KiB), which saved
             # a few ms per memory update here. Ray runs its worker processes at nice 15 (background
