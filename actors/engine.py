@@ -406,8 +406,16 @@ class RayEngine:
         try:
             stms = [await self._stm_fields(handle) for handle, _, _ in items]
             threads = self._update_threads(len(items))
+            if threads == 1:
+                # the encoder takes one core: the updater does the STM side of the update on another
+                # meanwhile (its call after the encoder's is then shorter, and no longer starts cold)
+                versions = [[handle.memory_id, handle.version] for handle, _, _ in items]
+                memory.notify("prepare_many", versions, stms)
             encoded = await encoder.call("encode_many", [ids for _, ids, _ in items], threads)
-            new = await memory.call("update_many", encoded, stms, threads)
+            if threads == 1:
+                new = await memory.call("update_prepared", versions, encoded)
+            else:
+                new = await memory.call("update_many", encoded, stms, threads)
             meta = [(handle.memory_id, handle.version, interaction) for handle, _, interaction in items]
             store = await self._stm_link.get()
             if store is None:

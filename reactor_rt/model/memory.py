@@ -17,7 +17,7 @@ from reactor_rt.model.attention import Attention, RotaryEmbedding
 from reactor_rt.model.config import RxTConfig
 from reactor_rt.model.layers import RMSNorm
 
-__all__ = ["MemoryAttention", "MemoryAttentionLayer", "MemoryKV", "MemoryNorm", "ResidualGate"]
+__all__ = ["MemoryAttention", "MemoryAttentionLayer", "MemoryKV", "MemoryNorm", "MemoryPlan", "ResidualGate"]
 
 
 class MemoryNorm(RMSNorm):
@@ -109,6 +109,11 @@ class MemoryAttentionLayer(nn.Module):
     ) -> Tensor:
         """stm (B, S, D) raw layer, normed = MemoryNorm(stm), interlayer (B, S, D) mean of normed layers,
         encoded (B, T, D), cis (T, 1, hd/2), mask (B, T) bool -> new STM layer (B, S, D)."""
+        return self.write(stm, *self.prepare(normed, interlayer), encoded, cis, mask)
+
+    def prepare(self, normed: Tensor, interlayer: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The part of `forward` that reads only the STM: the write's queries (B, Hq, S, hd), and what
+        the consolidation step adds (B, S, D; None for "simple")."""
         s, consolidated = normed, None
         if self.pre is not None:
             if self.variant == "self":
@@ -121,7 +126,11 @@ class MemoryAttentionLayer(nn.Module):
             k, v = self.pre.project_kv(ctx)
             consolidated = self.pre.attend(self.pre.project_q(s), k, v)  # what the slots learn from the STM
             s = self.pre_norm(s + consolidated)
-        q = self.attn.project_q(s)  # (B, Hq, S, hd), no RoPE: slots have no order
+        return self.attn.project_q(s), consolidated  # queries without RoPE: slots have no order
+
+    def write(self, stm: Tensor, queries: Tensor, consolidated: Tensor | None, encoded: Tensor, cis: Tensor,
+              mask: Tensor | None) -> Tensor:
+        """The rest of `forward`, given what `prepare` made: attend to the encoded layer and gate."""
         k, v = self.attn.project_kv(self.enc_norm(encoded), cis)  # (B, Hkv, T, hd), RoPE on keys only
         b = k.shape[0]
         k = torch.cat([self.null_k.expand(b, -1, -1, -1), k], dim=2)  # (B, Hkv, 1+T, hd)
@@ -129,7 +138,7 @@ class MemoryAttentionLayer(nn.Module):
         attn_mask = None
         if mask is not None:
             attn_mask = F.pad(mask, (1, 0), value=True)[:, None, None, :]  # (B, 1, 1, 1+T)
-        update = self.attn.attend(q, k, v, attn_mask)  # (B, S, D) what the slots take from the input
+        update = self.attn.attend(queries, k, v, attn_mask)  # (B, S, D) what the slots take from the input
         if consolidated is not None:
             # the consolidation step writes too (not only steers the queries), as a stacked layer would
             update = update + consolidated
@@ -146,6 +155,18 @@ class MemoryAttention(nn.Module):
 
     def forward(self, stm: Tensor, encoded: Tensor, mask: Tensor | None = None) -> Tensor:
         """stm (B, L, S, D), encoded (L, B, T, D), mask (B, T) bool True = real token -> new stm."""
+        return self.write(self.prepare(stm), encoded, mask)
+
+    def prepare(self, stm: Tensor) -> MemoryPlan:
+        """What the update computes from stm (B, L, S, D) alone, before the encoded interaction exists."""
+        normed = [layer.stm_norm(stm[:, i]) for i, layer in enumerate(self.layers)]
+        interlayer = torch.stack(normed, 0).mean(0)  # (B, S, D)
+        return MemoryPlan(stm, tuple(layer.prepare(normed[i], interlayer) for i, layer in enumerate(self.layers)))
+
+    def write(self, plan: MemoryPlan, encoded: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The new stm from a `prepare` plan and encoded (L, B, T, D), mask (B, T)."""
+        assert plan.layers is not None, "a plan of this network has its layers' parts"
+        stm = plan.stm
         if encoded.shape[0] != stm.shape[1] or encoded.shape[1] != stm.shape[0]:
             raise ValueError(f"encoded {tuple(encoded.shape)} does not match stm {tuple(stm.shape)}")
         if mask is not None:
@@ -153,13 +174,23 @@ class MemoryAttention(nn.Module):
             # an additive bias (padding attended), an integer one would be refused
             mask = mask.bool()
         cis = self.rope.tables(encoded.shape[2])
-        normed = [layer.stm_norm(stm[:, i]) for i, layer in enumerate(self.layers)]
-        interlayer = torch.stack(normed, 0).mean(0)  # (B, S, D)
         new = [
-            layer(stm[:, i], normed[i], interlayer, encoded[i], cis, mask)
-            for i, layer in enumerate(self.layers)
+            layer.write(stm[:, i], queries, consolidated, encoded[i], cis, mask)
+            for i, (layer, (queries, consolidated)) in enumerate(zip(self.layers, plan.layers, strict=True))
         ]
         return torch.stack(new, dim=1)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The part of a memory update that reads only the STM, made before the encoded interaction
+    exists (`ReactiveTransformer.prepare_memory`): the runtime's memory updater computes it while the
+    encoder encodes. ``stm`` (B, L, S, D) is the STM it was made from; ``layers`` holds each layer's
+    write queries and consolidation output, or is None where the memory-attention layout computes all
+    of its update at write time (the staged layout of imported checkpoints)."""
+
+    stm: Tensor
+    layers: tuple[tuple[Tensor, Tensor | None], ...] | None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from reactor_rt.model.attention import Attention, RotaryEmbedding
 from reactor_rt.model.config import RxTConfig
 from reactor_rt.model.layers import MoE, RMSNorm, SwiGLU
 from reactor_rt.model.linear import Linear, TransposedWeight, linear
-from reactor_rt.model.memory import MemoryAttention, MemoryKV, MemoryNorm
+from reactor_rt.model.memory import MemoryAttention, MemoryKV, MemoryNorm, MemoryPlan
 from reactor_rt.tokenizer import ByteTokenizer, Tokenizer
 
 if TYPE_CHECKING:
@@ -201,10 +201,29 @@ class ReactiveTransformer(nn.Module):
         attention_mask (B, T), True / 1 = real token (the mask given to encode).
         """
         self._check_stm(stm)
+        self._check_mask(encoded, attention_mask)
+        return self.memory_attention(stm, encoded, attention_mask)
+
+    def prepare_memory(self, stm: Tensor) -> MemoryPlan:
+        """The part of a memory update that reads only stm (B, L, S, D), done before the interaction is
+        encoded: ``update_prepared(prepare_memory(stm), encoded)`` is ``update_memory(stm, encoded)``,
+        the same ops on the same values."""
+        self._check_stm(stm)
+        prepare = getattr(self.memory_attention, "prepare", None)  # the staged layout has no split
+        return prepare(stm) if prepare is not None else MemoryPlan(stm, None)
+
+    def update_prepared(self, plan: MemoryPlan, encoded: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """`update_memory` of the STM a `prepare_memory` plan was made from (with these weights)."""
+        if plan.layers is None:
+            return self.update_memory(plan.stm, encoded, attention_mask)
+        self._check_mask(encoded, attention_mask)
+        return self.memory_attention.write(plan, encoded, attention_mask)
+
+    @staticmethod
+    def _check_mask(encoded: Tensor, attention_mask: Tensor | None) -> None:
         if attention_mask is not None and tuple(attention_mask.shape) != tuple(encoded.shape[1:3]):
             raise ValueError(f"attention_mask {tuple(attention_mask.shape)} does not match the encoded "
                              f"(B, T) {tuple(encoded.shape[1:3])}")
-        return self.memory_attention(stm, encoded, attention_mask)
 
     def _check_stm(self, stm: Tensor) -> None:
         c = self.config

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 
+import pytest
 import torch
 
 from reactor_rt.actors.encoder import EncoderActorImpl, EncoderCore
-from reactor_rt.actors.handles import tensor_from_wire, tensor_to_wire, wire_copy
+from reactor_rt.actors.handles import STMHandle, tensor_from_wire, tensor_to_wire, wire_copy
 from reactor_rt.actors.memory_updater import MemoryUpdaterActorImpl, MemoryUpdaterCore
 from reactor_rt.events import local_link
 from reactor_rt.events.local_link import Blob, pack
@@ -134,3 +136,108 @@ def test_kept_fields_own_their_bytes():
     kept = wire_copy(fields)
     tensor_from_wire(fields, copy=False).zero_()  # the message's buffer is reused or changed
     assert torch.equal(tensor_from_wire(kept), t)
+
+
+def test_a_prepared_update_gives_the_same_bits_and_is_taken_once(model):
+    """The updater does the STM side of a batch while the encoder encodes (`prepare_many`, a notification),
+    then the rest when the encoded interactions come (`update_prepared`): what `update_many` gives."""
+    encoder, updater = EncoderCore(model), MemoryUpdaterActorImpl(model)
+    interactions = [_interaction(5, 9), _interaction(6, 13)]  # padded in the batch
+    stms = [model.init_stm(1)[0] + 0.3, model.init_stm(1)[0] - 0.2]
+    versions = [["a", 3], ["b", 0]]
+    encoded = encoder.encode_many(interactions)
+
+    async def prepared() -> list[torch.Tensor]:
+        await updater._prepare_many_wired(versions, [tensor_to_wire(s) for s in stms])
+        new = await updater._update_prepared_wired(versions, [tensor_to_wire(e) for e in encoded])
+        return [tensor_from_wire(n) for n in new]
+
+    for got, want in zip(asyncio.run(prepared()), updater.core.update_many(stms, encoded), strict=True):
+        assert torch.equal(got, want)
+    with pytest.raises(LookupError, match="no prepared update"):  # taken by its update
+        asyncio.run(updater._update_prepared_wired(versions, [tensor_to_wire(e) for e in encoded]))
+
+
+def test_new_weights_drop_the_prepared_updates(model):
+    updater = MemoryUpdaterActorImpl(copy.deepcopy(model))
+    stm, versions = [tensor_to_wire(model.init_stm(1)[0])], [["a", 1]]
+    enc = [tensor_to_wire(EncoderCore(model).encode_many([_interaction(7, 8)])[0])]
+
+    async def run() -> None:
+        await updater._prepare_many_wired(versions, stm)
+        state = {k: v + 0.01 for k, v in updater.core.model.state_dict().items() if k.startswith("memory_attention.")}
+        await updater.set_weights(1, state)  # the plan was made with the weights replaced
+        await updater._update_prepared_wired(versions, enc)
+
+    with pytest.raises(LookupError):
+        asyncio.run(run())
+
+
+class _Link:
+    """A local link to an actor of this process: its calls run in the order they were sent, as over a
+    real link (a notification's handler runs before a later call's)."""
+
+    def __init__(self, name: str, actor, sent: list) -> None:  # type: ignore[no-untyped-def]
+        self.name, self.actor, self.sent = name, actor, sent
+        self._pending: list[asyncio.Future] = []  # type: ignore[type-arg]
+
+    def notify(self, call: str, *args) -> None:  # type: ignore[no-untyped-def]
+        self.sent.append((self.name, call))
+        self._pending.append(asyncio.ensure_future(self.actor.link.calls[call](*args)))
+
+    async def call(self, call: str, *args):  # type: ignore[no-untyped-def]
+        self.sent.append((self.name, call))
+        for earlier in self._pending:
+            await earlier
+        self._pending.clear()
+        return await self.actor.link.calls[call](*args)
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.stms: list[torch.Tensor] = []
+
+    async def call(self, name: str, meta, stms):  # type: ignore[no-untyped-def]
+        self.stms += [tensor_from_wire(s) for s in stms]
+        return [STMHandle(memory_id, version + 1, None).to_wire() for memory_id, version, _ in meta]
+
+
+@pytest.mark.parametrize(("items", "generating", "prepared"), [(1, 0, True), (4, 1, True), (4, 0, False)])
+def test_the_linked_update_prepares_the_stm_side_while_the_encoder_runs(model, items, generating, prepared):
+    """A batch on one thread: the updater gets the STMs before the encoder's call and only the encoded
+    interactions after it. A big batch while nothing is generated runs on two threads in each actor
+    (see `_update_threads`): the updater would only compete with the encoder, so it gets both at once."""
+    from types import SimpleNamespace
+
+    from reactor_rt.actors.engine import ActorSet, RayEngine
+
+    eng = RayEngine(ActorSet(decoder=None, encoder=None, memory=None, stm=None))
+    eng._generating = generating
+    encoder, updater, store, sent = EncoderActorImpl(model), MemoryUpdaterActorImpl(model), _Store(), []
+    stms = [model.init_stm(1)[0] + 0.1 * i for i in range(items)]
+    handles = [STMHandle(f"m{i}", 2, None) for i in range(items)]
+    interactions = [_interaction(10 + i, 8 + 3 * i) for i in range(items)]
+
+    async def fields(handle: STMHandle) -> list:  # type: ignore[type-arg]
+        return tensor_to_wire(stms[int(handle.memory_id[1:])])
+
+    async def store_link() -> _Store:
+        return store
+
+    eng._stm_fields = fields  # type: ignore[method-assign]
+    eng._stm_link = SimpleNamespace(get=store_link)
+    eng._decoder = SimpleNamespace(warm_fields=lambda handles, stms: None)
+
+    async def run() -> list:  # type: ignore[type-arg]
+        links = _Link("encoder", encoder, sent), _Link("memory", updater, sent)
+        return await eng._update_batch_linked(list(zip(handles, interactions, ["i"] * items, strict=True)), *links)
+
+    results = asyncio.run(run())
+    assert [(h.memory_id, h.version) for h in results] == [(h.memory_id, 3) for h in handles]
+    if prepared:
+        assert sent[:3] == [("memory", "prepare_many"), ("encoder", "encode_many"), ("memory", "update_prepared")]
+    else:
+        assert sent[:2] == [("encoder", "encode_many"), ("memory", "update_many")]
+    want = MemoryUpdaterCore(model).update_many(stms, EncoderCore(model).encode_many(interactions))
+    for got, expected in zip(store.stms, want, strict=True):
+        assert torch.equal(got, expected)

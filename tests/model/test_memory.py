@@ -153,3 +153,25 @@ def test_a_0_1_attention_mask_of_any_dtype_masks_like_a_bool_one(update, dtype, 
     assert torch.equal(m.update_memory(stm, enc, attention_mask=mask.to(dtype)), expected)
     with pytest.raises(ValueError, match="attention_mask"):
         m.update_memory(stm, enc, attention_mask=mask[:, :5])
+
+
+@pytest.mark.parametrize(("update", "variant"), [("fused", "simple"), ("fused", "self"), ("fused", "interlayer"),
+                                                 ("fused", "gated-self-interlayer"), ("staged", "interlayer")])
+@torch.no_grad()
+def test_a_prepared_update_is_the_same_update(update, variant, perturbed):
+    """prepare_memory does the STM side ahead (the runtime's updater runs it while the encoder encodes);
+    update_prepared then gives update_memory's result bit for bit, padded batches included."""
+    m = perturbed(small(memory_update=update, memory_attention=variant))
+    ids = torch.randint(8, 260, (2, 11))
+    mask = torch.ones(2, 11, dtype=torch.bool)
+    mask[1, 6:] = False
+    enc = m.encode(ids, attention_mask=mask)
+    stm = torch.randn(2, 2, 8, 32)
+    plan = m.prepare_memory(stm)
+    assert (plan.layers is None) == (update == "staged")  # the staged layout computes it all at write time
+    assert torch.equal(m.update_prepared(plan, enc, attention_mask=mask), m.update_memory(stm, enc, attention_mask=mask))
+    assert torch.equal(m.update_prepared(m.prepare_memory(stm), enc), m.update_memory(stm, enc))
+    with pytest.raises(ValueError, match="does not match"):
+        m.update_prepared(m.prepare_memory(stm[:1]), enc)  # a plan of one memory, two encoded rows
+    with pytest.raises(ValueError, match="stm must be"):
+        m.prepare_memory(stm[0])
