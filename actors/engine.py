@@ -406,13 +406,13 @@ class RayEngine:
         try:
             stms = [await self._stm_fields(handle) for handle, _, _ in items]
             threads = self._update_threads(len(items))
-            if threads == 1:
-                # the encoder takes one core: the updater does the STM side of the update on another
-                # meanwhile (its call after the encoder's is then shorter, and no longer starts cold)
-                versions = [[handle.memory_id, handle.version] for handle, _, _ in items]
+            # on one thread the encoder takes one core: the updater does the STM side of the update on
+            # another meanwhile (its call after the encoder's is then shorter, and no longer starts cold)
+            versions = [[handle.memory_id, handle.version] for handle, _, _ in items] if threads == 1 else None
+            if versions is not None:
                 memory.notify("prepare_many", versions, stms)
             encoded = await encoder.call("encode_many", [ids for _, ids, _ in items], threads)
-            if threads == 1:
+            if versions is not None:
                 new = await memory.call("update_prepared", versions, encoded)
             else:
                 new = await memory.call("update_many", encoded, stms, threads)

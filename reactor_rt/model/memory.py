@@ -165,7 +165,7 @@ class MemoryAttention(nn.Module):
 
     def write(self, plan: MemoryPlan, encoded: Tensor, mask: Tensor | None = None) -> Tensor:
         """The new stm from a `prepare` plan and encoded (L, B, T, D), mask (B, T)."""
-        assert plan.layers is not None, "a plan of this network has its layers' parts"
+        assert plan.layers is not None, "a plan made by this network's prepare"
         stm = plan.stm
         if encoded.shape[0] != stm.shape[1] or encoded.shape[1] != stm.shape[0]:
             raise ValueError(f"encoded {tuple(encoded.shape)} does not match stm {tuple(stm.shape)}")

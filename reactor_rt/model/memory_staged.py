@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from reactor_rt.model.attention import Attention, RotaryEmbedding
 from reactor_rt.model.config import RxTConfig
 from reactor_rt.model.layers import RMSNorm
+from reactor_rt.model.memory import MemoryPlan
 
 __all__ = ["SlotGate", "StagedMemoryAttention", "StagedMemoryLayer"]
 
@@ -136,3 +137,11 @@ class StagedMemoryAttention(nn.Module):
             for i, layer in enumerate(self.layers)
         ]
         return torch.stack(new, dim=1)
+
+    def prepare(self, stm: Tensor) -> MemoryPlan:
+        """A plan that holds only the STM: this layout computes its whole update in `write`."""
+        return MemoryPlan(stm, None)
+
+    def write(self, plan: MemoryPlan, encoded: Tensor, mask: Tensor | None = None) -> Tensor:
+        """`forward` on the plan's STM."""
+        return self(plan.stm, encoded, mask)

@@ -209,13 +209,10 @@ class ReactiveTransformer(nn.Module):
         encoded: ``update_prepared(prepare_memory(stm), encoded)`` is ``update_memory(stm, encoded)``,
         the same ops on the same values."""
         self._check_stm(stm)
-        prepare = getattr(self.memory_attention, "prepare", None)  # the staged layout has no split
-        return prepare(stm) if prepare is not None else MemoryPlan(stm, None)
+        return self.memory_attention.prepare(stm)
 
     def update_prepared(self, plan: MemoryPlan, encoded: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """`update_memory` of the STM a `prepare_memory` plan was made from (with these weights)."""
-        if plan.layers is None:
-            return self.update_memory(plan.stm, encoded, attention_mask)
         self._check_mask(encoded, attention_mask)
         return self.memory_attention.write(plan, encoded, attention_mask)
 
