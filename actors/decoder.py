@@ -96,7 +96,8 @@ class DecoderCore:
     def set_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Load learned parameters in place (between interactions: the conductor makes sure none runs).
 
-        The cached memory keys/values were projected with the old cross-attention weights: dropped.
+        The cached memory keys/values were projected with the old cross-attention weights: dropped. The
+        traced step is traced again now (~0.2 s), not in the next answer's first step.
         """
         if self.busy:
             raise RuntimeError("weights can only change between interactions; requests are in flight")
@@ -104,6 +105,7 @@ class DecoderCore:
             apply_serving_state(self.model, state)
         with self._cache_lock:
             self._memory_cache.clear()
+        self.batch.weights_changed()
 
     def warm(self, handle: STMHandle, stm: torch.Tensor) -> None:
         """Pre-compute (and cache) the memory keys/values of a new STM version before a query needs them."""

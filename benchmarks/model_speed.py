@@ -87,11 +87,12 @@ def _ids(n: int, seed: int) -> torch.Tensor:
 
 def decode_per_token(
     model: ReactiveTransformer, stm: torch.Tensor, prompt: torch.Tensor, tokens: int, cache_memory_kv: bool = True,
-    compile: bool = False,
+    compile: bool = False, trace: bool | None = None,
 ) -> Callable[[], Timing]:
     """A run that prefills, then times `tokens` KV-cached decode steps; returns ms/token. compile=True:
-    the compiled one-row step (`DecodeBatch(compile=True)`; compiled here, before any run)."""
-    db = DecodeBatch(model, capacity=1, cache_memory_kv=cache_memory_kv, compile=compile)
+    the compiled one-row step (`DecodeBatch(compile=True)`; compiled here, before any run); trace: as
+    `DecodeBatch`'s (None: traced on a CPU, with the memory pre-cache)."""
+    db = DecodeBatch(model, capacity=1, cache_memory_kv=cache_memory_kv, compile=compile, trace=trace)
 
     def run() -> Timing:
         slot = db.add(prompt, stm=stm, max_new_tokens=tokens + 1)

@@ -157,9 +157,12 @@ class MoE(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])  # (N, D)
         logits, weights, idx = self.route(flat)
-        if flat.shape[0] == 1 and not torch.compiler.is_compiling():  # its expert choice is Python ints
+        # a graph (compiled or traced) takes the dense path: the others turn the expert choice into
+        # Python ints, which a trace would fix
+        graph = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        if flat.shape[0] == 1 and not graph:
             y = self._single(flat, weights, idx)
-        elif flat.shape[0] * self.experts <= self.dense_limit:
+        elif graph or flat.shape[0] * self.experts <= self.dense_limit:
             y = self._dense(flat, weights, idx)
         else:
             y = self._sparse(flat, weights, idx)

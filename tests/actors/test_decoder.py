@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -241,6 +243,23 @@ async def test_service_weights_change_only_when_idle_and_a_closed_service_starts
     await service.set_weights({})  # idle: weights may change, and the cached memory keys/values go
     assert not service.core.has_memory(STMHandle("m", 1, None))
     service.close()
+
+
+def test_new_weights_are_traced_into_the_step_at_once_and_answer_like_the_new_model(model):
+    served, target = copy.deepcopy(model), copy.deepcopy(model)
+    with torch.no_grad():
+        for p in target.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    core = DecoderCore(served, capacity=2)
+    assert core.batch.traced
+    core.set_weights({name: p.detach().clone() for name, p in target.named_parameters()})
+    assert not core.batch._traced.stale  # traced again here, between interactions
+    prompt, stm, got = _prompt(9, 7), _stm(target, 9), []
+    core.submit(GenerateRequest(prompt, STMHandle("w", 0, None), max_new_tokens=8), stm,
+                lambda tokens, finished, error: got.extend(tokens))
+    while core.busy:
+        core.step()
+    assert got == _alone(target, prompt, stm, 8)
 
 
 def test_a_seeded_sampled_request_repeats_and_samples_on_the_models_device(model, monkeypatch):

@@ -61,7 +61,7 @@ def test_a_step_that_cannot_compile_fails_at_construction_with_a_clear_error(mon
 @pytest.fixture(scope="module")
 def pair(perturbed):
     model = perturbed(small())
-    return model, DecodeBatch(model, capacity=3), DecodeBatch(model, capacity=3, compile=True)
+    return model, DecodeBatch(model, capacity=3, trace=False), DecodeBatch(model, capacity=3, compile=True)
 
 
 @pytest.mark.cxx

@@ -54,6 +54,30 @@ def test_moe_paths_match_a_per_token_reference(tokens):
     assert aux is not None and aux.item() >= 1.0 - 1e-5
 
 
+class _Output(torch.nn.Module):
+    def __init__(self, moe: MoE) -> None:
+        super().__init__()
+        self.moe = moe
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.moe(x, need_aux=False)[0]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("tokens", [1, 80])  # the paths that read the expert choice as Python ints
+def test_a_traced_moe_routes_each_input_anew(tokens):
+    """Traced on one input, the layer routes another (other experts) as the eager layer does: a trace
+    takes the dense path, not one that fixes the example's expert choice."""
+    torch.manual_seed(0)
+    moe = MoE(16, 24, experts=4, top_k=2).eval()
+    example, other = torch.randn(tokens, 16), torch.randn(tokens, 16)
+    with torch.no_grad():
+        while torch.equal(moe.route(other)[2], moe.route(example)[2]):
+            other = torch.randn(tokens, 16)
+        traced = torch.jit.trace(_Output(moe), example, check_trace=False)
+        assert torch.allclose(traced(other), reference_moe(moe, other), atol=1e-5)
+
+
 def test_router_picks_top_k_and_weights_sum_to_one():
     torch.manual_seed(0)
     moe = MoE(16, 24, experts=6, top_k=3)
