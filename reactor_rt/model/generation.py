@@ -166,9 +166,7 @@ class DecodeBatch:
                 raise ValueError("compile=True needs cache_memory_kv=True")
             self._compiled = self._compile_row_step()
         if trace is None:
-            trace = p.device.type == "cpu" and cache_memory_kv
-        elif trace and not cache_memory_kv:
-            raise ValueError("trace=True needs cache_memory_kv=True")
+            trace = p.device.type == "cpu"
         self._traced: TracedStep | None = None
         if trace:
             self._traced = TracedStep(model)
@@ -440,10 +438,14 @@ class DecodeBatch:
         length = max(positions) + 1
         pos = torch.tensor(positions, device=device)
         keep = (torch.arange(length, device=device)[None] <= pos[:, None])[:, None, None]  # (n, 1, 1, T)
+        if self.stm is not None:  # benchmark path: project the memory K/V again at every step
+            mem = self.model.memory_kv(self.stm[rows])
+            mem_k, mem_v = mem.k, mem.v
+        else:
+            mem_k, mem_v = self.mem_k[:, rows], self.mem_v[:, rows]
         try:
             return step(self.pending[rows][:, None], self.model.rope.at(pos), keep, step.positions_index(pos),
-                        self.k_cache[:, rows, :, :length], self.v_cache[:, rows, :, :length],
-                        self.mem_k[:, rows], self.mem_v[:, rows])
+                        self.k_cache[:, rows, :, :length], self.v_cache[:, rows, :, :length], mem_k, mem_v)
         except Exception as exc:
             self._trace_failed(exc)
             return None

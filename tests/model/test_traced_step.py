@@ -89,6 +89,15 @@ def test_traced_logits_and_cache_match_the_eager_step(name, perturbed):
         assert torch.allclose(getattr(dbs[0], cache), getattr(dbs[1], cache), atol=1e-6)
 
 
+def test_without_the_memory_pre_cache_traced_steps_give_the_eager_tokens(perturbed, monkeypatch):
+    """The benchmark's baseline (memory keys/values projected at every step) runs traced as well."""
+    model = perturbed(small())
+    calls = count_calls(monkeypatch, TracedStep, "__call__")
+    traced = run(DecodeBatch(model, capacity=3, cache_memory_kv=False), model, [4, 9, 6])
+    assert calls
+    assert traced == run(DecodeBatch(model, capacity=3, trace=False), model, [4, 9, 6])
+
+
 def test_a_weight_changed_in_place_is_traced_again(perturbed):
     model = perturbed(small(), seed=1)
     db, eager = DecodeBatch(model, capacity=1), DecodeBatch(model, capacity=1, trace=False)
@@ -151,9 +160,7 @@ def test_what_is_traced_by_default(perturbed, monkeypatch):
     model = perturbed(small())
     assert DecodeBatch(model, capacity=1).traced
     assert not DecodeBatch(model, capacity=1, trace=False).traced
-    assert not DecodeBatch(model, capacity=1, cache_memory_kv=False).traced  # it projects memory per step
-    with pytest.raises(ValueError, match="cache_memory_kv"):
-        DecodeBatch(model, capacity=1, cache_memory_kv=False, trace=True)
+    assert DecodeBatch(model, capacity=1, cache_memory_kv=False).traced
     retraces = count_calls(monkeypatch, TracedStep, "retrace")
     model.generate(prompt(5, 0), stm(model, 0), max_new_tokens=4)  # one short generation: not worth a trace
     assert retraces == []
