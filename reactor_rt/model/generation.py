@@ -63,7 +63,7 @@ class _PrefillHook:
     """Writes right-padded prompts into their cache rows (the padding lands past each row's end, where
     its decode steps overwrite it); causal attention keeps every real token from seeing the padding."""
 
-    def __init__(self, db: DecodeBatch, rows: Tensor) -> None:
+    def __init__(self, db: DecodeBatch, rows: slice) -> None:
         self.db, self.rows = db, rows
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None, bool]:
@@ -313,7 +313,9 @@ class DecodeBatch:
         slots = self.free_slots[: len(flat)]
         first = len(self._rows)  # the new rows go right after the occupied ones
         rows = list(range(first, first + len(flat)))
-        index = torch.tensor(rows, device=device)
+        # the new rows are consecutive: views of the buffers, not gathered copies (a 16-row prefill's
+        # memory K/V gather alone took 1.3 ms)
+        block = slice(first, first + len(flat))
         for row, kv in zip(rows, memory_kvs, strict=True):
             self.mem_k[:, row] = kv.k[:, 0]
             self.mem_v[:, row] = kv.v[:, 0]
@@ -321,10 +323,10 @@ class DecodeBatch:
         ids = torch.full((len(flat), width), self.model.tokenizer.pad_id, dtype=torch.long, device=device)
         for i, p in enumerate(flat):
             ids[i, : lengths[i]] = p
-        mem = MemoryKV(self.mem_k.index_select(1, index), self.mem_v.index_select(1, index))
+        mem = MemoryKV(self.mem_k[:, block], self.mem_v[:, block])
         last = torch.tensor(lengths, device=device) - 1
         with _attention_backends(device):
-            logits, _ = self.model.run_decoder(ids, mem, self.model.rope.tables(width), _PrefillHook(self, index),
+            logits, _ = self.model.run_decoder(ids, mem, self.model.rope.tables(width), _PrefillHook(self, block),
                                                need_aux=False, at=last)
         new_rows, first_tokens = [], []
         for i in range(len(slots)):  # sample every row before registering any: a failure leaves no row behind
