@@ -120,7 +120,8 @@ class DecodeBatch:
     measure what the pre-cache saves; see benchmarks/model_speed.py).
 
     On a CPU the steps run as one traced graph (traced_step.py: the same ops without Python, ~2x faster
-    for `tiny` at batch 1; traced here, ~0.2 s, and again after the weights change); ``trace=False``
+    for `tiny` at batch 1; traced here unless another batch on the model did, ~0.2 s, and again after
+    the weights change); ``trace=False``
     decodes eagerly, as on other devices. ``compile=True`` runs a lone row's steps compiled instead.
 
     add() and step() run under torch.inference_mode (about 20% faster steps than no_grad on CPU); they
@@ -169,7 +170,7 @@ class DecodeBatch:
             trace = p.device.type == "cpu"
         self._traced: TracedStep | None = None
         if trace:
-            self._traced = TracedStep(model)
+            self._traced = TracedStep.of(model)
             self.weights_changed()
         # a traced MoE layer runs every expert: only as many rows as its eager dense path takes
         self._traced_rows = MoE.dense_limit // c.moe_experts if c.moe_experts else capacity

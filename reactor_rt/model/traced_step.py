@@ -10,9 +10,10 @@ what `DecodeBatch` runs by default on a CPU.
 One graph serves any number of rows and any cache length: sizes are read from the inputs, which are
 the rows' prefix of the cache (written in place at each row's position) and a mask of each row's
 keys. What tracing fixes is control flow: a MoE layer takes its dense path (every expert, weighted;
-`MoE.forward`), so `DecodeBatch` uses the graph only where eager decoding would take that path too.
-Weights that are not parameters are fixed as well (the transposed copies `Linear` multiplies by), so
-the graph is traced again when any parameter changed in place or moved (`stale`).
+`MoE.forward`), so `DecodeBatch` uses the graph only for as many rows as that path takes. Weights that
+are not parameters are fixed as well (the transposed copies `Linear` multiplies by), so the graph is
+traced again when any parameter changed in place or moved (`stale`). A parameter replaced by another
+tensor object is not seen: new weights are copied in place (as `load_state_dict` and the learner do).
 
 TorchScript is deprecated in favour of torch.compile and may leave torch one day: a trace that fails
 makes `DecodeBatch` decode eagerly from then on (with a warning), as it does on other devices.
@@ -20,7 +21,9 @@ makes `DecodeBatch` decode eagerly from then on (with a warning), as it does on 
 
 from __future__ import annotations
 
+import threading
 import warnings
+import weakref
 from typing import TYPE_CHECKING
 
 import torch
@@ -69,12 +72,25 @@ class TracedStep:
     ``step(ids, cis, keep, at, k_cache, v_cache, mem_k, mem_v)``: ids (n, 1) long, cis (n, 1, 1, hd/2)
     the rows' RoPE rotations, keep (n, 1, 1, T) bool (a row's keys: positions <= its own), at (n, Hkv,
     1, hd) long: each row's position, expanded (`positions_index`), caches (L, n, Hkv, T, hd) (the new
-    keys/values are written at those positions), memory keys/values (L, n, Hkv, S, hd) -> logits (n, V). Traced on the first call and again when the
-    weights changed; raises what tracing raised.
+    keys/values are written at those positions), memory keys/values (L, n, Hkv, S, hd) -> logits (n, V).
+    Traced on the first call and again when the weights changed; raises what tracing raised.
+
+    `TracedStep.of(model)` is the model's one traced step, shared by every decode batch on it (each
+    trace costs ~0.2 s); it holds the model weakly, so it goes when the model goes.
     """
 
+    @classmethod
+    def of(cls, model: ReactiveTransformer) -> TracedStep:
+        """The traced step of ``model`` (made on first use; traced on its first call)."""
+        with _BY_MODEL_LOCK:
+            step = _BY_MODEL.get(model)
+            if step is None:
+                step = _BY_MODEL[model] = cls(model)
+            return step
+
     def __init__(self, model: ReactiveTransformer) -> None:
-        self.model = model
+        self._model = weakref.ref(model)
+        self._lock = threading.Lock()  # one trace at a time, for batches on several threads
         self._graph: torch.jit.ScriptModule | None = None
         self._params: list[Tensor] = []  # as of the trace: walking the modules each step costs ~0.3 ms
         self._weights: list[tuple[int, int]] = []
@@ -96,8 +112,19 @@ class TracedStep:
         """Whether the next call traces (again): never traced, or the weights changed since."""
         return self._graph is None or self._weights != self._weights_key()
 
+    @property
+    def model(self) -> ReactiveTransformer:
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the model of this traced step is gone")
+        return model
+
     def retrace(self) -> None:
         """Trace now, on small example inputs of two rows (~0.2 s)."""
+        with self._lock:
+            self._retrace()
+
+    def _retrace(self) -> None:
         model = self.model
         c = model.config
         p = next(model.parameters())
@@ -134,9 +161,15 @@ class TracedStep:
     def __call__(self, ids: Tensor, cis: Tensor, keep: Tensor, at: Tensor, k_cache: Tensor, v_cache: Tensor,
                  mem_k: Tensor, mem_v: Tensor) -> Tensor:
         if self.stale:
-            self.retrace()
+            with self._lock:
+                if self.stale:  # not traced meanwhile by another batch's thread
+                    self._retrace()
         assert self._graph is not None
         # TorchScript's profiling executor would specialise the graph to the cache length, which grows
         # every step: ~1.8 ms a 1-row step of `tiny` with it, ~1.2 without
         with torch.jit.optimized_execution(False):
             return self._graph(ids, cis, keep, at, k_cache, v_cache, mem_k, mem_v)
+
+
+_BY_MODEL: weakref.WeakKeyDictionary[nn.Module, TracedStep] = weakref.WeakKeyDictionary()
+_BY_MODEL_LOCK = threading.Lock()

@@ -174,3 +174,19 @@ def test_the_graph_holds_the_transposed_weights_instead_of_making_them(perturbed
     kinds = [node.kind() for node in db._traced._graph.inlined_graph.nodes()]
     assert "aten::matmul" in kinds
     assert "aten::t" not in kinds and "aten::contiguous" not in kinds
+
+
+def test_batches_on_one_model_share_its_trace_which_does_not_keep_the_model_alive(perturbed, monkeypatch):
+    import gc
+    import weakref
+
+    retraces = count_calls(monkeypatch, TracedStep, "_retrace")
+    model = perturbed(small(), seed=3)
+    first, second = DecodeBatch(model, capacity=2), DecodeBatch(model, capacity=3)
+    assert first._traced is second._traced and len(retraces) == 1
+    assert run(first, model, [4, 7]) == run(second, model, [4, 7])
+    assert len(retraces) == 1
+    gone = weakref.ref(model)
+    del model, first, second
+    gc.collect()
+    assert gone() is None
