@@ -196,15 +196,16 @@ def main(argv: list[str] | None = None) -> None:
     head = f"  {'':50s} {'wall ms':>8s} {'cpu ms':>8s}"
     with torch.no_grad():
         mem = model.memory_kv(stm)
+        # eager steps, like the full recompute's: this table compares the caches (decode_speed the steps)
         samples = _interleaved({
-            "fast": decode_per_token(model, stm, prompt, tokens),
-            "no_mem": decode_per_token(model, stm, prompt, tokens, cache_memory_kv=False),
+            "fast": decode_per_token(model, stm, prompt, tokens, trace=False),
+            "no_mem": decode_per_token(model, stm, prompt, tokens, cache_memory_kv=False, trace=False),
             "no_kv": decode_uncached_per_token(model, mem, prompt, tokens),
         }, repeats)
         fast, no_mem, no_kv = (_median(samples[k]) for k in ("fast", "no_mem", "no_kv"))
         best = min(s[1] for s in samples["fast"])
         print()
-        print("decode, batch 1, ms per token (ratios against the first row; variants run round-robin)")
+        print("decode, batch 1, eager steps, ms per token (ratios against the first row; variants run round-robin)")
         print(f"{head} {'wall':>9s} {'cpu':>9s}")
         print(_row("KV cache + memory K/V pre-cache", fast, fast))
         print(_row("KV cache, memory K/V projected every token", no_mem, fast))
