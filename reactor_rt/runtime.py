@@ -359,7 +359,7 @@ class Reactor:
         this many decode steps waits for it (at most that long), so their memory updates batch together
         and their streams stay in step (see `DecoderCore`); 0 sends every answer's end at once.
         ``compile_decode``: the decoder runs a lone answer's steps compiled with torch.compile
-        (`DecodeBatch(compile=True)`: batch-1 steps of ``tiny`` ~1.4x faster here than the default
+        (`DecodeBatch(compile=True)`: batch-1 steps of ``tiny`` ~1.3x faster here than the default
         traced ones; steps of several rows stay traced). The decoder compiles at start: seconds (tens
         on a cold inductor cache), and it needs a C++ compiler.
         """
