@@ -16,12 +16,15 @@ def small(**changes):
     return RxTConfig(**{**base, **changes})
 
 
-# the shapes a trace could get wrong: MoE and dense FFNs, GQA, gated attention, stateless layers
+# the shapes a trace could get wrong: MoE and dense FFNs, GQA, gated attention, stateless layers, the
+# options of imported checkpoints (biases, an own output head, no final norm)
 CONFIGS = {
     "moe": small(),
     "dense-gqa": small(moe_experts=0, kv_heads=1),
     "gated-stateless": small(attn_gate="sigmoid", cross_attn_gate="silu", stateless_layers=("dense",),
                              final_stateless_layers=("moe",)),
+    "imported-options": small(attn_out_bias=True, ffn_bias=True, tied_head=False, final_norm=False,
+                              moe_shared_expert=True, moe_expert_bias=True, cross_kv_heads=1),
 }
 
 
