@@ -114,6 +114,7 @@ class TracedStep:
 
     @property
     def model(self) -> ReactiveTransformer:
+        """The model this step traces (held weakly: RuntimeError once it is gone)."""
         model = self._model()
         if model is None:
             raise RuntimeError("the model of this traced step is gone")
