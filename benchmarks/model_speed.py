@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
         if cfg.is_moe:
             print()
             print(f"MoE layer paths, cpu ms (dim {cfg.dim}, ff {cfg.ff_dim}, {cfg.moe_experts} experts "
-                  f"top-{cfg.moe_top_k}); dense runs up to {MoE.dense_limit // cfg.moe_experts} tokens")
+                  f"top-{cfg.moe_top_k}); dense runs up to {MoE.dense_tokens(cfg.moe_experts)} tokens")
             for line in moe_paths(cfg.dim, cfg.ff_dim, cfg.moe_experts, cfg.moe_top_k, [1, 2, 4, 8, 16, 64],
                                   repeats):
                 print(line)

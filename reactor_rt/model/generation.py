@@ -173,7 +173,7 @@ class DecodeBatch:
             self._traced = TracedStep.of(model)
             self.weights_changed()
         # a traced MoE layer runs every expert: only as many rows as its eager dense path takes
-        self._traced_rows = MoE.dense_limit // c.moe_experts if c.moe_experts else capacity
+        self._traced_rows = MoE.dense_tokens(c.moe_experts) if c.moe_experts else capacity
 
     def _compile_row_step(self) -> CompiledRowStep:
         """Compile the one-row step now, on cache row 0 (empty: a prefill overwrites what this writes),
@@ -432,6 +432,14 @@ class DecodeBatch:
                           "decoding eagerly from now on", RuntimeWarning, stacklevel=2)
             return None
 
+    def _memory_of(self, rows: slice | Tensor) -> MemoryKV:
+        """The memory keys/values of cache ``rows`` (a view for a slice of them)."""
+        if self.stm is not None:  # benchmark path: project the memory K/V again at every step
+            return self.model.memory_kv(self.stm[rows])
+        if isinstance(rows, slice):
+            return MemoryKV(self.mem_k[:, rows], self.mem_v[:, rows])
+        return MemoryKV(self.mem_k.index_select(1, rows), self.mem_v.index_select(1, rows))
+
     def _traced_logits(self, rows: slice, positions: list[int]) -> Tensor | None:
         """The packed rows' logits (n, V) from the traced step; None after it failed (tracing is then
         off for good, and the eager step writes the same cache positions again)."""
@@ -441,14 +449,10 @@ class DecodeBatch:
         length = max(positions) + 1
         pos = torch.tensor(positions, device=device)
         keep = (torch.arange(length, device=device)[None] <= pos[:, None])[:, None, None]  # (n, 1, 1, T)
-        if self.stm is not None:  # benchmark path: project the memory K/V again at every step
-            mem = self.model.memory_kv(self.stm[rows])
-            mem_k, mem_v = mem.k, mem.v
-        else:
-            mem_k, mem_v = self.mem_k[:, rows], self.mem_v[:, rows]
+        mem = self._memory_of(rows)
         try:
             return step(self.pending[rows][:, None], self.model.rope.at(pos), keep, step.positions_index(pos),
-                        self.k_cache[:, rows, :, :length], self.v_cache[:, rows, :, :length], mem_k, mem_v)
+                        self.k_cache[:, rows, :, :length], self.v_cache[:, rows, :, :length], mem.k, mem.v)
         except Exception as exc:
             self._trace_failed(exc)
             return None
@@ -466,12 +470,7 @@ class DecodeBatch:
             cis = model.rope.at(pos)
             if min(positions) != max(positions):
                 mask = (torch.arange(length, device=pos.device)[None] <= pos[:, None])[:, None, None]  # (n,1,1,T)
-        if self.stm is not None:  # benchmark path: project the memory K/V again at every step
-            mem = model.memory_kv(self.stm[rows])
-        elif isinstance(rows, slice):
-            mem = MemoryKV(self.mem_k[:, rows], self.mem_v[:, rows])
-        else:
-            mem = MemoryKV(self.mem_k.index_select(1, rows), self.mem_v.index_select(1, rows))
+        mem = self._memory_of(rows)
         hook = _StepHook(self, rows, pos, positions[0] if n == 1 else None, length, mask)
         ids = self.pending[rows][:, None]  # (n, 1)
         with _attention_backends(ids.device):

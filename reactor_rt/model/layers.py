@@ -92,6 +92,11 @@ class MoE(nn.Module):
     # ~64 tokens with 4 experts and ~24 with 12 (benchmarks/model_speed.py prints the cross-over)
     dense_limit = 256
 
+    @classmethod
+    def dense_tokens(cls, experts: int) -> int:
+        """The most tokens that take the dense path with this many experts (see ``dense_limit``)."""
+        return cls.dense_limit // experts
+
     def __init__(
         self,
         dim: int,
@@ -162,7 +167,7 @@ class MoE(nn.Module):
         graph = torch.compiler.is_compiling() or torch.jit.is_tracing()
         if flat.shape[0] == 1 and not graph:
             y = self._single(flat, weights, idx)
-        elif graph or flat.shape[0] * self.experts <= self.dense_limit:
+        elif graph or flat.shape[0] <= self.dense_tokens(self.experts):
             y = self._dense(flat, weights, idx)
         else:
             y = self._sparse(flat, weights, idx)
