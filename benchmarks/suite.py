@@ -99,11 +99,20 @@ def _runtime(quick: bool, plots: Path) -> tuple[str, list[Goal]]:
         f"| time to first token, wall ms | {r['direct_ttft_ms']:.2f} | {r['reactor_ttft_ms']:.2f} | "
         f"{r['extra_ttft_ms']:+.2f} ms (95 % CI {_span(r['extra_ttft_ci'], '+.2f')} ms) |",
         "",
-        "| concurrent streams (Reactor) | tokens/s (median of rounds) | vs 1 stream (median of each round's ratio) |",
-        "|---:|---:|---:|",
+        "Concurrent streams, in rounds: each round runs every level through the Reactor, then 1 and 16 "
+        "conversations through direct in-process calls batched as the actors batch them (one prefill, batched "
+        "decode steps, one encoder and one memory-updater call for all): the model's own speed-up, no runtime.",
+        "",
+        "| concurrent streams | Reactor tokens/s (median of rounds) | vs 1 stream (median of each round's ratio) "
+        "| direct batched calls, tokens/s | vs 1 stream |",
+        "|---:|---:|---:|---:|---:|",
     ]
     speedup: dict[int, float] = r["speedup"]  # type: ignore[assignment]
-    lines += [f"| {n} | {v:.1f} | {speedup[n]:.2f}x |" for n, v in tps.items()]
+    direct_tps: dict[int, float] = r["direct_tokens_per_s"]  # type: ignore[assignment]
+    direct_speedup: dict[int, float] = r["direct_speedup"]  # type: ignore[assignment]
+    lines += [f"| {n} | {v:.1f} | {speedup[n]:.2f}x | "
+              + (f"{direct_tps[n]:.1f} | {direct_speedup[n]:.2f}x |" if n in direct_tps else "— | — |")
+              for n, v in tps.items()]
     overhead = r["overhead"] - 1  # type: ignore[operator]
     low, high = (x - 1 for x in r["overhead_ci"])  # type: ignore[attr-defined]
     goals: list[Goal] = [
@@ -118,6 +127,10 @@ def _runtime(quick: bool, plots: Path) -> tuple[str, list[Goal]]:
         ratio = speedup[16]
         goals.append((f"16 streams >= {GOAL_STREAMS:.0f}x the tokens/s of one stream (Reactor)",
                       f"{ratio:.2f}x (median of rounds: {tps[16]:.0f} vs {tps[1]:.0f} tokens/s)", ratio >= GOAL_STREAMS))
+        if 16 in direct_tps:
+            goals.append(("16 streams / one stream, direct batched calls (the model alone, no runtime)",
+                          f"{direct_speedup[16]:.2f}x ({direct_tps[16]:.0f} vs {direct_tps[1]:.0f} tokens/s; "
+                          f"{GOAL_STREAMS:.0f}x the Reactor's one stream would be {GOAL_STREAMS * tps[1]:.0f})", None))
     return "\n".join(lines), goals
 
 

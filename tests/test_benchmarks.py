@@ -94,6 +94,28 @@ def test_runtime_overhead_report_states_both_issues_goals():
     assert "16 streams >= 4x / >= 6x one stream: met / NOT met" in text and "64" in text
     assert "compiled" not in text
     assert "decode steps compiled on both paths (--compile)" in report({**r, "compiled": True})
+    assert "direct batched calls" not in text  # a run without the direct path's figures
+    text = report({**r, "direct_tokens_per_s": {1: 120.0, 16: 540.0}, "direct_speedup": {1: 1.0, 16: 4.5}})
+    assert "(6x is 600 tokens/s; direct batched calls, no runtime, reach 540: 4.50x their one stream)" in text
+    row_16 = next(line for line in text.splitlines() if line.startswith("16 "))
+    assert row_16.split()[-2:] == ["540.0", "4.50x"]
+    row_4 = next(line for line in text.splitlines() if line.startswith("4 "))
+    assert row_4.split()[-2:] == ["-", "-"]
+
+
+def test_direct_streams_batched_end_where_lone_conversations_end():
+    from benchmarks.runtime_overhead import DirectSession, DirectStreams, build_model
+
+    model = build_model()
+    produced, stms = DirectStreams(model, capacity=4).run(streams=3, turns=2, tokens=4)
+    assert produced == 3 * 2 * 4
+    lone = DirectSession(model)
+    for _ in range(2):
+        lone.turn(4)
+    assert len(stms) == 3
+    for stm in stms:
+        torch.testing.assert_close(stm, lone.stm[0], atol=1e-5, rtol=1e-5)
+    assert not torch.equal(stms[0], model.init_stm(1)[0])
 
 
 def test_runtime_overhead_compile_flag_reaches_both_paths(monkeypatch):
