@@ -29,6 +29,7 @@ from reactor_rt.events import Event, LearningFeedback, Query
 from reactor_rt.ids import validate_id
 from reactor_rt.inbox import Inbox
 from reactor_rt.model import ReactiveTransformer, RxTConfig
+from reactor_rt.openmp import OPENMP_SPIN_COUNT
 from reactor_rt.store.lock import StoreLock
 from reactor_rt.store.url import sqlite_path
 
@@ -545,16 +546,6 @@ def _local_ray_on_loopback() -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # what Ray would have read at import time (its own rule: "1" or "true" enables external addresses)
     ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"].lower() in ("1", "true")
-
-
-# OpenMP worker threads of the local instance's processes wait for the next parallel region by
-# spinning this many iterations (~0.3 ms here), then sleep. An encoder or memory-updater call on 2 threads
-# (a big update batch, see RayEngine._update_threads) runs hundreds of small regions back to back: with
-# the worker asleep between them (OMP_WAIT_POLICY=PASSIVE, as our test script sets) the second thread
-# gained nothing (16-row encode 31 ms on 1 thread, 26-31 ms on 2; 19 ms with this spin); GNU OpenMP's
-# default spin (~10 ms here after every region) or ACTIVE (no end) would take a core from the decoder.
-# This value wins over OMP_WAIT_POLICY. One-thread work (decode steps, small updates) starts no workers.
-OPENMP_SPIN_COUNT = "10000"
 
 
 def _ensure_ray(address: str | None) -> bool:

@@ -190,3 +190,16 @@ def test_decode_speed_reports_a_compiled_step_that_cannot_compile_without_failin
     assert len(compiled) == 1 and compiled[0][1].startswith("not measured") and compiled[0][2] is False
     assert "not measured" in decode_speed.markdown(r) and r["precache_ms"]["cpu"] > 0
     assert r["traced_ms"]["cpu"] > 0 and set(r["step_ms"]) == {"traced", "eager"}
+
+
+def test_the_benchmarks_set_the_actors_openmp_spin_before_torch_loads():
+    import os
+    import subprocess
+
+    from reactor_rt.openmp import OPENMP_SPIN_COUNT
+
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    code = "import os, sys, benchmarks; print('torch' in sys.modules, os.environ['GOMP_SPINCOUNT'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == ["False", OPENMP_SPIN_COUNT]
