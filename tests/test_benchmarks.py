@@ -103,6 +103,27 @@ def test_runtime_overhead_report_states_both_issues_goals():
     assert row_4.split()[-2:] == ["-", "-"]
 
 
+
+def test_the_results_put_the_direct_batched_calls_beside_the_reactors_streams(monkeypatch, tmp_path):
+    from benchmarks import runtime_overhead
+
+    async def fake_measure(quick, tokens):
+        return {"tokens": 64, "turns": 6, "direct_turn_ms": 100.0, "reactor_turn_ms": 108.0, "direct_ttft_ms": 9.0,
+                "reactor_ttft_ms": 11.0, "direct_answer_ms": 93.0, "reactor_answer_ms": 97.0,
+                "answer_overhead": 97 / 93, "overhead": 1.08, "extra_ttft_ms": 2.0,
+                "overhead_ci": (1.05, 1.11), "answer_overhead_ci": (1.02, 1.06), "extra_ttft_ci": (1.5, 2.5),
+                "tokens_per_s": {1: 500.0, 4: 1200.0, 16: 2500.0, 64: 3400.0},
+                "speedup": {1: 1.0, 4: 2.4, 16: 4.9, 64: 6.8},
+                "direct_tokens_per_s": {1: 600.0, 16: 3100.0}, "direct_speedup": {1: 1.0, 16: 5.2}}
+
+    monkeypatch.setattr(runtime_overhead, "measure", fake_measure)
+    text, goals = suite._runtime(True, tmp_path)
+    assert "| 16 | 2500.0 | 4.90x | 3100.0 | 5.20x |" in text and "| 4 | 1200.0 | 2.40x | — | — |" in text
+    by_name = {name: (measured, met) for name, measured, met in goals}
+    assert by_name["16 streams >= 6x the tokens/s of one stream (Reactor)"][1] is False
+    measured, met = by_name["16 streams / one stream, direct batched calls (the model alone, no runtime)"]
+    assert met is None and measured == "5.20x (3100 vs 600 tokens/s; 6x the Reactor's one stream would be 3000)"
+
 def test_direct_streams_batched_end_where_lone_conversations_end():
     from benchmarks.runtime_overhead import DirectSession, DirectStreams, build_model
 
