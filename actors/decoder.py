@@ -28,6 +28,7 @@ from reactor_rt.actors.outlets import Channel, ChunkItem, Outlet, call_in_loop
 from reactor_rt.events.local_link import LinkHost, LinkServer
 from reactor_rt.learning import apply_serving_state
 from reactor_rt.model import DecodeBatch, ReactiveTransformer, Sampler
+from reactor_rt.model.memory import MemoryKV
 
 __all__ = ["DecoderActor", "DecoderActorImpl", "DecoderCore", "DecoderService"]
 
@@ -110,6 +111,26 @@ class DecoderCore:
     def warm(self, handle: STMHandle, stm: torch.Tensor) -> None:
         """Pre-compute (and cache) the memory keys/values of a new STM version before a query needs them."""
         self._memory_kv(handle, stm)
+
+    def warm_many(self, handles: list[STMHandle], stms: list[torch.Tensor]) -> None:
+        """`warm` for the versions one update batch wrote, projected in one batched call (16 STMs of
+        `tiny`: ~2.5 ms against ~6.5 one by one); versions already cached are skipped."""
+        with self._cache_lock:
+            todo = [(h, s) for h, s in zip(handles, stms, strict=True) if h.cache_key not in self._memory_cache]
+        if len(todo) <= 1:
+            for handle, stm in todo:
+                self._memory_kv(handle, stm)
+            return
+        with torch.inference_mode():
+            kv = self.model.memory_kv(torch.stack([stm for _, stm in todo]))
+            # each row its own copy: a cached entry must not keep the whole batch's tensors alive
+            rows = [MemoryKV(kv.k[:, i : i + 1].clone(), kv.v[:, i : i + 1].clone()) for i in range(len(todo))]
+        with self._cache_lock:
+            for (handle, _), row in zip(todo, rows, strict=True):
+                self._memory_cache[handle.cache_key] = row
+                self._memory_cache.move_to_end(handle.cache_key)
+            while len(self._memory_cache) > self._memory_cache_size:
+                self._memory_cache.popitem(last=False)
 
     def has_memory(self, handle: STMHandle) -> bool:
         """Whether the pre-computed memory keys/values of this STM version are cached (now: a `warm` on
@@ -548,13 +569,15 @@ class DecoderActorImpl(LinkHost):
         """Warm the memory keys/values of the versions one batched update wrote (None: that item was not
         written), so their next queries do not wait for the STM to be fetched (``stms`` arrive with the
         call, resolved by Ray)."""
-        for handle, stm in zip(handles, stms, strict=True):
-            if handle is None:
-                continue
-            try:
-                self.service.core.warm(handle, stm)  # on this thread: the cache has a lock
-            except Exception:  # only a lost head start: submit() loads the STM itself
-                log.exception("decoder.prepare_failed", memory=handle.memory_id[:256], version=handle.version)
+        written = [(handle, stm) for handle, stm in zip(handles, stms, strict=True) if handle is not None]
+        if not written:
+            return
+        try:
+            # on this thread: the cache has a lock
+            self.service.core.warm_many([handle for handle, _ in written], [stm for _, stm in written])
+        except Exception:  # only a lost head start: submit() loads the STM itself
+            log.exception("decoder.prepare_failed", memories=len(written),
+                          memory=written[0][0].memory_id[:256], version=written[0][0].version)
 
     async def loaded_weights_version(self) -> int:
         """The learned weights this actor serves (0 after a restart, until they are pushed again)."""

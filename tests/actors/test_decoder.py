@@ -124,6 +124,36 @@ def test_handles_of_one_stored_stm_share_its_memory_keys_values(model):
     assert got == _alone(model, _prompt(7, 6), stm, 6)
 
 
+
+def test_an_update_batchs_versions_are_warmed_in_one_projection(model):
+    core = DecoderCore(model, capacity=4, memory_cache_size=3)
+    stms = [_stm(model, 30 + i) for i in range(4)]
+    handles = [STMHandle(f"m{i}", 1, None) for i in range(4)]
+    core.warm(handles[0], stms[0])
+    cached = core.cached_memory(handles[0])
+    projected: list[int] = []
+    project = model.memory_kv
+    model.memory_kv = lambda stm: projected.append(stm.shape[0]) or project(stm)  # type: ignore[method-assign]
+    try:
+        core.warm_many(handles, stms)
+    finally:
+        del model.memory_kv
+    assert projected == [3]  # the one cached version skipped, the other three in one call
+    assert core.cached_memory(handles[0]) is None  # the bound holds: the oldest entry went
+    for handle, stm in zip(handles[1:], stms[1:], strict=True):
+        kv, alone = core.cached_memory(handle), model.memory_kv(stm.unsqueeze(0))
+        assert kv.batch_size == 1
+        torch.testing.assert_close(kv.k, alone.k, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(kv.v, alone.v, atol=1e-6, rtol=1e-5)
+        assert kv.k.untyped_storage().nbytes() == kv.k.numel() * kv.k.element_size()  # its own copy
+    assert cached is not None
+    got: list[int] = []
+    prompt = _prompt(31, 6)
+    core.submit(GenerateRequest(prompt, handles[1], max_new_tokens=6), None, lambda t, d, e: got.extend(t))
+    while core.busy:
+        core.step()
+    assert got == _alone(model, prompt, stms[1], 6)
+
 def test_a_request_keeps_the_cached_memory_it_was_accepted_with(model):
     # the decoder actor accepts a request without its STM when the version is cached; a warm of another
     # version (on another thread, see DecoderService) may evict that entry before the next step admits it
