@@ -125,12 +125,7 @@ class DecoderCore:
             kv = self.model.memory_kv(torch.stack([stm for _, stm in todo]))
             # each row its own copy: a cached entry must not keep the whole batch's tensors alive
             rows = [MemoryKV(kv.k[:, i : i + 1].clone(), kv.v[:, i : i + 1].clone()) for i in range(len(todo))]
-        with self._cache_lock:
-            for (handle, _), row in zip(todo, rows, strict=True):
-                self._memory_cache[handle.cache_key] = row
-                self._memory_cache.move_to_end(handle.cache_key)
-            while len(self._memory_cache) > self._memory_cache_size:
-                self._memory_cache.popitem(last=False)
+        self._cache_memory([(handle.cache_key, row) for (handle, _), row in zip(todo, rows, strict=True)])
 
     def has_memory(self, handle: STMHandle) -> bool:
         """Whether the pre-computed memory keys/values of this STM version are cached (now: a `warm` on
@@ -307,14 +302,19 @@ class DecoderCore:
         kv = self._cached_memory_kv(handle)
         if kv is not None:
             return kv
-        key = handle.cache_key
         with torch.inference_mode():
             kv = self.model.memory_kv(stm.unsqueeze(0))  # (1, L, S, D) -> one row
-        with self._cache_lock:
-            self._memory_cache[key] = kv
-            if len(self._memory_cache) > self._memory_cache_size:
-                self._memory_cache.popitem(last=False)
+        self._cache_memory([(handle.cache_key, kv)])
         return kv
+
+    def _cache_memory(self, entries: list[tuple[str, Any]]) -> None:
+        """Cache keys/values by version token (as the most recently used), oldest evicted past the bound."""
+        with self._cache_lock:
+            for key, kv in entries:
+                self._memory_cache[key] = kv
+                self._memory_cache.move_to_end(key)
+            while len(self._memory_cache) > self._memory_cache_size:
+                self._memory_cache.popitem(last=False)
 
 
 class DecoderService:
